@@ -1,0 +1,179 @@
+"""Values the slow path and plugins exchange. Immutable, cheap to build."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+from typing import Optional, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+PROTO_TCP = socket.IPPROTO_TCP
+PROTO_UDP = socket.IPPROTO_UDP
+PROTO_ICMP = socket.IPPROTO_ICMP
+PROTO_ICMPV6 = socket.IPPROTO_ICMPV6
+
+PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmp"}
+
+
+def proto_number(name: str, family: int) -> int:
+    """"tcp"/"udp"/"icmp" -> IP protocol number (ICMPv6 for family 6)."""
+    if name == "icmp":
+        return PROTO_ICMP if family == 4 else PROTO_ICMPV6
+    return {"tcp": PROTO_TCP, "udp": PROTO_UDP}[name]
+
+
+def is_icmp(proto: int) -> bool:
+    return proto in (PROTO_ICMP, PROTO_ICMPV6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One backend of a translation: the seed's ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``.
+
+    ``src``/``sport`` None keep the packet's source; ``dport`` None keeps
+    the original destination port.
+    """
+
+    dst: IPAddress
+    dport: Optional[int] = None
+    src: Optional[IPAddress] = None
+    sport: Optional[int] = None
+
+    def __str__(self) -> str:
+        left = ""
+        if self.src is not None:
+            left = str(self.src) + (f" {self.sport}" if self.sport else "")
+        right = str(self.dst) + (f" {self.dport}" if self.dport else "")
+        return f"{left}->{right}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    """(address, port, protocol) -> backends. ``kind`` is "vip" or "real"."""
+
+    id: int
+    kind: str
+    address: IPAddress
+    port: int
+    proto: str
+    backends: tuple[Backend, ...]
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+    def __str__(self) -> str:
+        port = f" {self.port}" if self.proto != "icmp" else ""
+        backends = ", ".join(str(b) for b in self.backends) or "(no backends)"
+        return f"[{self.id}] {self.proto} {self.kind} {self.address}{port} to {backends}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Session lifetimes in seconds (VPP cnat defaults, plus half-closed).
+
+    ``session``: UDP, ICMP and TCP before the handshake completes.
+    ``tcp_half_closed``: after a FIN in one direction only; a half-closed TCP
+    connection can stream for hours, so it defaults to the established value.
+    ``tcp_closing``: after RST, or FIN seen in both directions.
+    """
+
+    session: float = 30.0
+    tcp_established: float = 3600.0
+    tcp_closing: float = 5.0
+    tcp_half_closed: Optional[float] = None
+
+    def as_ms(self) -> tuple[int, int, int, int]:
+        half = self.tcp_established if self.tcp_half_closed is None else self.tcp_half_closed
+        return (
+            round(self.session * 1000),
+            round(self.tcp_established * 1000),
+            round(half * 1000),
+            round(self.tcp_closing * 1000),
+        )
+
+
+class Flow:
+    """A new flow as the slow path sees it (one per new flow, never per packet).
+
+    Addresses are decoded lazily: most decisions only need ``hash`` or ports.
+    """
+
+    __slots__ = ("family", "proto", "_src", "_dst", "sport", "dport", "interface", "hash",
+                 "tcp_flags", "_src_ip", "_dst_ip")
+
+    def __init__(self, family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int,
+                 interface: str, hash: int, tcp_flags: int = 0) -> None:
+        self.family = family
+        self.proto = proto
+        self._src = src
+        self._dst = dst
+        self.sport = sport
+        self.dport = dport
+        self.interface = interface
+        self.hash = hash
+        self.tcp_flags = tcp_flags
+        self._src_ip: Optional[IPAddress] = None
+        self._dst_ip: Optional[IPAddress] = None
+
+    @property
+    def src(self) -> IPAddress:
+        if self._src_ip is None:
+            self._src_ip = ipaddress.ip_address(self._src)
+        return self._src_ip
+
+    @property
+    def dst(self) -> IPAddress:
+        if self._dst_ip is None:
+            self._dst_ip = ipaddress.ip_address(self._dst)
+        return self._dst_ip
+
+    @property
+    def proto_name(self) -> str:
+        return PROTO_NAMES.get(self.proto, str(self.proto))
+
+    def replace(self, *, dst: bytes, dport: int) -> "Flow":
+        return Flow(self.family, self.proto, self._src, dst, self.sport, dport, self.interface,
+                    self.hash, self.tcp_flags)
+
+    def __repr__(self) -> str:
+        return (f"Flow({self.proto_name} {fmt_endpoint(self.src, self.sport)} -> "
+                f"{fmt_endpoint(self.dst, self.dport)} on {self.interface})")
+
+
+def fmt_endpoint(addr: IPAddress, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionInfo:
+    """A copy of one session, for ``show`` and for notification hooks."""
+
+    index: int
+    proto: str
+    # the flow as the initiator sends it, and as it leaves the NAT
+    src: IPAddress
+    sport: int
+    dst: IPAddress
+    dport: int
+    new_src: IPAddress
+    new_sport: int
+    new_dst: IPAddress
+    new_dport: int
+    translation: Optional[int]
+    backend: Optional[int]
+    state: str
+    kind: str              # "translation", "snat", "translation+snat" or "bypass"
+    created: float
+    last_seen: float
+    expires: float
+    packets: tuple[int, int]
+    reason: str = ""       # for expiry notifications: "timeout" or "removed"
+
+    def __str__(self) -> str:
+        return (f"[{self.index}] {self.proto} {fmt_endpoint(self.src, self.sport)} -> "
+                f"{fmt_endpoint(self.dst, self.dport)} => {fmt_endpoint(self.new_src, self.new_sport)}"
+                f" -> {fmt_endpoint(self.new_dst, self.new_dport)} {self.kind} {self.state} "
+                f"pkts {self.packets[0]}/{self.packets[1]} expires {self.expires:.3f}")

@@ -1,0 +1,57 @@
+"""cffi build script for the NAT fast path (API mode, compiled at install).
+
+The C lives in plain files under ``appliance/nat/c/``; the cdef is the part of
+``nat.h`` between the CFFI-BEGIN/CFFI-END markers, so the header is the one
+source of truth and cffi checks every struct field offset against the
+compiler. The package version is baked in and checked at import
+(``appliance/nat/_binding.py``) so a stale build fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+C_DIR = HERE / "c"
+
+
+def _version() -> str:
+    text = (HERE.parent / "__about__.py").read_text()
+    match = re.search(r'__version__ = "([^"]+)"', text)
+    assert match, "appliance/__about__.py has no __version__"
+    return match.group(1)
+
+
+def _cdef() -> str:
+    header = (C_DIR / "nat.h").read_text()
+    match = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", header, re.S)
+    assert match, "nat.h lost its CFFI-BEGIN/CFFI-END markers"
+    body = match.group(1)
+    # cffi's parser wants no comments
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    return body
+
+
+def _rel(path: pathlib.Path) -> str:
+    # setuptools insists on paths relative to setup.py (the working directory)
+    return os.path.relpath(path, os.getcwd())
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "appliance.nat._nat_c",
+    '#include "nat.h"\n',
+    sources=[_rel(C_DIR / "nat.c")],
+    include_dirs=[_rel(C_DIR)],
+    depends=[_rel(p) for p in sorted(C_DIR.iterdir())],
+    define_macros=[("NAT_BUILD_VERSION", '"%s"' % _version())],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

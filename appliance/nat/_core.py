@@ -1,0 +1,487 @@
+"""The NAT core: the C fast path plus the Python slow path. Sans-IO.
+
+Nothing here reads a clock, opens a socket or imports trio: ``now`` is a
+parameter (seconds, float), frames come in as batches, verdicts go out in
+the same batch, and timers are :meth:`NatCore.next_deadline` /
+:meth:`NatCore.expire`. The runtime (live AF_XDP, ``appliance replay``, the
+tests) drives it.
+
+Per batch the C fast path handles every frame of an established flow. Frames
+that start a flow come back as misses; for each, the slow path here asks the
+hooks (backend, SNAT, timeouts), allocates a source port when the source
+changes or the return 5-tuple is taken, installs the session in C and hands
+the frame back to C, which rewrites it like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+from typing import Iterable, Iterator, Optional, Sequence
+
+from .. import hooks
+from .._config import Config
+from .._plugins import Plugins
+from ._binding import COUNTER_HELP, COUNTER_INDEX, COUNTER_NAMES, ffi, lib
+from .._types import (
+    Backend,
+    Flow,
+    SessionInfo,
+    Timeouts,
+    Translation,
+    is_icmp,
+    proto_number,
+)
+
+log = logging.getLogger("appliance.nat")
+
+# Verdicts, mirrored from nat.h (tests/test_lockstep.py checks them).
+FORWARD = lib.NAT_FORWARD
+PASS = lib.NAT_PASS
+DROP = lib.NAT_DROP
+MISS = lib.NAT_MISS
+
+# The scanner examines this many slots per tick: at ~10 ns a slot that is
+# ~80 us of work, VPP's "at most ~100 us per wake-up"; a million-slot table
+# is swept in 128 ticks. Expired sessions are also removed when a packet
+# finds them, so the sweep only reclaims memory; it never decides liveness.
+SCAN_INTERVAL = 0.1   # seconds between ticks
+SCAN_BUDGET = 8192    # slots per tick
+
+# Source ports handed out when the original one is taken: above the
+# well-known range. ICMP echo identifiers use the whole 16-bit space.
+PORT_LO, PORT_HI = 1024, 65535
+
+NO_BACKEND = 0xFFFF
+
+_STATE_NAMES = {
+    lib.NAT_ST_OTHER: "active",
+    lib.NAT_ST_TCP_NEW: "new",
+    lib.NAT_ST_TCP_SYN_SENT: "syn-sent",
+    lib.NAT_ST_TCP_SYN_RCVD: "syn-rcvd",
+    lib.NAT_ST_TCP_MIDSTREAM: "midstream",
+    lib.NAT_ST_TCP_ESTABLISHED: "established",
+    lib.NAT_ST_TCP_FIN_FWD: "fin-initiator",
+    lib.NAT_ST_TCP_FIN_REV: "fin-responder",
+    lib.NAT_ST_TCP_CLOSING: "closing",
+}
+
+
+def _us(now: float) -> int:
+    return int(round(now * 1_000_000))
+
+
+def _u8(data: bytes):
+    """bytes -> const uint8_t * for the C calls."""
+    return ffi.from_buffer("uint8_t[]", data)
+
+
+def _ntohs(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    """A snapshot of the core's counters (see nat_counters.def)."""
+
+    counters: dict[str, int]
+    sessions: int
+    capacity: int
+    new_flows_per_translation: dict[int, int]
+    plugin_errors: dict[str, int]
+    sessions_created: int
+    sessions_expired: int
+
+    def as_dict(self) -> dict:
+        return {
+            "counters": self.counters,
+            "sessions": self.sessions,
+            "capacity": self.capacity,
+            "sessions_created": self.sessions_created,
+            "sessions_expired": self.sessions_expired,
+            "new_flows_per_translation": {str(k): v for k, v in self.new_flows_per_translation.items()},
+            "plugin_errors": self.plugin_errors,
+        }
+
+
+class Batch:
+    """A batch of frames for :meth:`NatCore.process` (owned C memory).
+
+    The live datapath fills ``frames`` from its rings in C; replay and tests
+    use :meth:`load` to copy Python bytes in and :meth:`data` to read back.
+    """
+
+    def __init__(self, capacity: int = 256, frame_size: int = 2048) -> None:
+        self.capacity = capacity
+        self.frame_size = frame_size
+        self.frames = ffi.new("struct nat_frame[]", capacity)
+        self.buf = ffi.new("uint8_t[]", capacity * frame_size)
+        self.miss = ffi.new("uint32_t[]", capacity)
+        self.n = 0
+
+    def load(self, items: Sequence[tuple[bytes, int, float]]) -> None:
+        """items: (frame bytes, ingress port id, timestamp seconds)."""
+        assert len(items) <= self.capacity
+        for i, (data, port, ts) in enumerate(items):
+            size = min(len(data), self.frame_size)
+            off = i * self.frame_size
+            ffi.memmove(self.buf + off, data[:size], size)
+            f = self.frames[i]
+            f.data = self.buf + off
+            f.len = size
+            f.port = port
+            f.ts_us = _us(ts)
+        self.n = len(items)
+
+    def data(self, i: int) -> bytes:
+        f = self.frames[i]
+        return bytes(ffi.buffer(f.data, f.len))
+
+
+class NatCore:
+    """Translations, sessions and SNAT over the C fast path.
+
+    :param config: the parsed configuration.
+    :param plugins: a loaded :class:`~appliance._plugins.Plugins`; by default
+        the configuration's plugin modules and the entry-point group.
+    :param table_seed: seed of the session table's hash (random by default,
+        so nobody can aim flows at one hash chain).
+    """
+
+    def __init__(self, config: Config, plugins: Optional[Plugins] = None,
+                 table_seed: Optional[int] = None) -> None:
+        if table_seed is None:
+            table_seed = int.from_bytes(os.urandom(8), "little")
+        self._nat = ffi.gc(lib.nat_create(config.max_sessions, table_seed), lib.nat_destroy)
+        if self._nat == ffi.NULL:
+            raise MemoryError(f"cannot allocate a session table of {config.max_sessions} sessions")
+        self.plugins = plugins if plugins is not None else Plugins(config.plugin_modules,
+                                                                    config_path=config.path)
+        self._ports: dict[str, int] = {}
+        self._port_names: list[str] = []
+        self._profiles: dict[Timeouts, int] = {}
+        self._new_flows: dict[int, int] = {}
+        self.sessions_created = 0
+        self.sessions_expired = 0
+        self._events = ffi.new("struct nat_session_info[]", 1024)
+        self._info = ffi.new("struct nat_session_info *")
+        self._key_rev = ffi.new("struct nat_key *")
+        self._idx = ffi.new("uint32_t *")
+        self.config = config
+        self.apply_config(config)
+
+    # ------------------------------------------------------------------
+    # configuration
+
+    def apply_config(self, config: Config) -> None:
+        """Switch to a new configuration. Sessions keep their rewrites."""
+        if config.max_sessions != self.config.max_sessions:
+            log.warning("sessions.max changes take effect at restart (%d kept)",
+                        lib.nat_session_capacity(self._nat))
+        c = lib.nat_classifier_create(2 * len(config.translations) + 8)
+        if c == ffi.NULL:
+            raise MemoryError("classifier")
+        for t in config.translations:
+            addr = _u8(t.address.packed)
+            proto = proto_number(t.proto, t.family)
+            port_be = 0 if t.proto == "icmp" else _ntohs(t.port)
+            rc = lib.nat_classifier_add_translation(c, t.family, addr, proto, port_be, t.id)
+            assert rc == 0, (t, rc)  # duplicates were rejected by the parser
+            flag = lib.NAT_ADDR_VIP if t.kind == "vip" else lib.NAT_ADDR_REAL
+            lib.nat_classifier_add_address(c, t.family, addr, flag)
+        snat = config.snat
+        if snat is not None:
+            for addr in (snat.ip4, snat.ip6):
+                if addr is not None:
+                    lib.nat_classifier_add_address(c, addr.version, _u8(addr.packed), lib.NAT_ADDR_SNAT)
+        lib.nat_set_classifier(self._nat, c)
+        lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
+        self.config = config
+        self._translations = {t.id: t for t in config.translations}
+        self._set_profile(0, config.timeouts)
+        self._profiles = {config.timeouts: 0, **{k: v for k, v in self._profiles.items() if v != 0}}
+        self._update_snat_ports()
+        self.plugins.configure(config)
+
+    def _set_profile(self, index: int, t: Timeouts) -> None:
+        p = ffi.new("struct nat_profile *")
+        p.ms = list(t.as_ms())
+        lib.nat_set_profile(self._nat, index, p)
+
+    def _update_snat_ports(self) -> None:
+        enabled = bytearray(lib.NAT_MAX_PORTS)
+        snat = self.config.snat
+        if snat is not None:
+            for name in snat.interfaces:
+                enabled[self.port(name)] = 1
+        lib.nat_set_snat(self._nat, _u8(bytes(enabled)),
+                         int(snat is not None and snat.ip4 is not None),
+                         int(snat is not None and snat.ip6 is not None))
+
+    def port(self, interface: str) -> int:
+        """The dense id the core uses for an ingress interface."""
+        p = self._ports.get(interface)
+        if p is None:
+            p = len(self._port_names)
+            if p >= lib.NAT_MAX_PORTS:
+                raise ValueError(f"more than {lib.NAT_MAX_PORTS} interfaces")
+            self._ports[interface] = p
+            self._port_names.append(interface)
+        return p
+
+    def interface_name(self, port: int) -> str:
+        return self._port_names[port] if port < len(self._port_names) else f"port{port}"
+
+    # ------------------------------------------------------------------
+    # data path
+
+    def process(self, batch: Batch, now: Optional[float] = None) -> None:
+        """Run a batch through the NAT. With ``now`` None, each frame's own
+        timestamp is its clock (replay); verdicts are left in batch.frames."""
+        flags = lib.NAT_PF_FRAME_TIME if now is None else 0
+        now_us = 0 if now is None else _us(now)
+        frames = batch.frames
+        nmiss = lib.nat_process(self._nat, frames, batch.n, now_us, flags, batch.miss)
+        for j in range(nmiss):
+            f = frames + batch.miss[j]
+            t = f.ts_us if now is None else now_us
+            # an earlier miss of this batch may have created its session
+            lib.nat_process(self._nat, f, 1, t, flags | lib.NAT_PF_FINAL, ffi.NULL)
+            if f.verdict == MISS:
+                self._new_flow(f, t, flags)
+        self._drain_events()
+
+    def _slow_verdict(self, f, verdict: int, reason: str) -> None:
+        code = COUNTER_INDEX[reason]
+        f.verdict = verdict
+        f.reason = code
+        lib.nat_count_verdict(self._nat, verdict, code)
+
+    def _new_flow(self, f, now_us: int, flags: int) -> None:
+        key = f.key
+        if f.miss_kind == lib.NAT_MISS_FRAGMENT:  # pragma: no cover - C decides orphans with FINAL
+            self._slow_verdict(f, DROP, "drop_frag_orphan")
+            return
+        family = key.family
+        alen = 4 if family == 4 else 16
+        src = bytes(ffi.buffer(key.src, alen))
+        dst = bytes(ffi.buffer(key.dst, alen))
+        sport, dport = _ntohs(key.sport), _ntohs(key.dport)
+        proto = key.proto
+        icmp = is_icmp(proto)
+        flow = Flow(family, proto, src, dst, sport, dport, self.interface_name(f.port), f.hash,
+                    f.tcp_flags)
+        plugins = self.plugins
+
+        new_src, new_dst, new_dport = src, dst, dport
+        src_pref = sport  # for ICMP echo: the identifier
+        src_rewritten = False
+        sflags = 0
+        translation: Optional[Translation] = None
+        backend_idx = NO_BACKEND
+        if f.translation != lib.NAT_NONE:
+            translation = self._translations.get(f.translation)
+            if translation is None or not translation.backends:
+                self._slow_verdict(f, DROP, "drop_no_backend")
+                return
+            n = len(translation.backends)
+            choice = plugins.decide("appliance_select_backend",
+                                    lambda r: r == hooks.DROP or (type(r) is int and 0 <= r < n),
+                                    flow=flow, translation=translation)
+            if choice == hooks.DROP:
+                self._slow_verdict(f, DROP, "drop_policy")
+                return
+            backend_idx = choice
+            b: Backend = translation.backends[choice]
+            new_dst = b.dst.packed
+            if not icmp and b.dport:
+                new_dport = b.dport
+            if b.src is not None:
+                new_src = b.src.packed
+                src_rewritten = True
+                if b.sport:
+                    src_pref = b.sport
+            sflags |= lib.NAT_SF_TRANSLATED
+
+        snat = self.config.snat
+        if (snat is not None and not src_rewritten and flow.interface in snat.interfaces
+                and snat.address(family) is not None):
+            post = flow if translation is None else flow.replace(dst=new_dst, dport=new_dport)
+            decision = plugins.decide("appliance_snat", lambda r: _valid_snat(r, family),
+                                      flow=post, snat=snat)
+            if decision == hooks.DROP:
+                self._slow_verdict(f, DROP, "drop_policy")
+                return
+            if decision != hooks.NO_SNAT:
+                new_src = ipaddress.ip_address(decision).packed
+                sflags |= lib.NAT_SF_SNAT
+
+        bypass = not sflags
+        if bypass:
+            sflags = lib.NAT_SF_BYPASS
+
+        # The return key: replies come from the new destination to the new
+        # source; its dport is the source port we send from.
+        rev = self._key_rev
+        ffi.memmove(rev, ffi.addressof(f, "key"), ffi.sizeof("struct nat_key"))
+        ffi.memmove(rev.src, b"\0" * 16, 16)
+        ffi.memmove(rev.dst, b"\0" * 16, 16)
+        ffi.memmove(rev.src, new_dst, alen)
+        ffi.memmove(rev.dst, new_src, alen)
+        if icmp:
+            rev.sport = 0
+            lo, hi = 0, 65535
+        else:
+            rev.sport = _ntohs(new_dport)
+            lo, hi = PORT_LO, PORT_HI
+        if bypass:
+            rev.dport = key.sport
+        elif lib.nat_alloc_port(self._nat, rev, src_pref, lo, hi, now_us) != 0:
+            self._slow_verdict(f, DROP, "drop_ports_exhausted")
+            return
+
+        timeouts = plugins.decide("appliance_session_timeouts", lambda r: isinstance(r, Timeouts),
+                                  flow=flow, translation=translation)
+        profile = self._profile(timeouts)
+        rc = lib.nat_session_add(self._nat, ffi.addressof(f, "key"), rev, now_us,
+                                 translation.id if translation else lib.NAT_NONE,
+                                 backend_idx, profile, sflags, self._idx)
+        if rc != 0:
+            if bypass:
+                self._slow_verdict(f, PASS, "pass_bypass")
+            elif rc == -2:
+                self._slow_verdict(f, DROP, "drop_session_full")
+            else:  # pragma: no cover - keys were checked free just above
+                self._slow_verdict(f, DROP, "drop_policy")
+            return
+        self.sessions_created += 1
+        if translation is not None:
+            self._new_flows[translation.id] = self._new_flows.get(translation.id, 0) + 1
+        if plugins.wants_created:
+            plugins.notify("appliance_session_created", session=self.session(self._idx[0]))
+        lib.nat_process(self._nat, f, 1, now_us, flags | lib.NAT_PF_FINAL, ffi.NULL)
+
+    def _profile(self, t: Timeouts) -> int:
+        idx = self._profiles.get(t)
+        if idx is None:
+            if len(self._profiles) >= lib.NAT_MAX_PROFILES:
+                self.plugins.errors["too-many-timeout-profiles"] += 1
+                return 0
+            idx = len(self._profiles)
+            self._profiles[t] = idx
+            self._set_profile(idx, t)
+        return idx
+
+    # ------------------------------------------------------------------
+    # timers
+
+    def next_deadline(self, now: float) -> float:
+        """When :meth:`expire` should run next."""
+        return now + SCAN_INTERVAL
+
+    def expire(self, now: float, budget: int = SCAN_BUDGET) -> int:
+        """Remove expired sessions among the next ``budget`` slots."""
+        n = lib.nat_expire(self._nat, _us(now), budget)
+        self._drain_events()
+        return n
+
+    def expire_all(self, now: float) -> int:
+        """Sweep the whole table once (offline use: end of a replay)."""
+        n = lib.nat_expire(self._nat, _us(now), lib.nat_session_capacity(self._nat))
+        self._drain_events()
+        return n
+
+    def _drain_events(self) -> None:
+        while True:
+            n = lib.nat_drain_events(self._nat, self._events, 1024)
+            if not n:
+                return
+            self.sessions_expired += n
+            if self.plugins.wants_expired:
+                for i in range(n):
+                    self.plugins.notify("appliance_session_expired",
+                                        session=self._session_info(self._events[i]))
+
+    # ------------------------------------------------------------------
+    # introspection
+
+    def session(self, index: int) -> Optional[SessionInfo]:
+        if lib.nat_session_get(self._nat, index, self._info) != 0:
+            return None
+        return self._session_info(self._info)
+
+    def sessions(self) -> Iterator[SessionInfo]:
+        i = lib.nat_session_next(self._nat, 0)
+        while i != lib.NAT_NONE:
+            s = self.session(i)
+            if s is not None:
+                yield s
+            i = lib.nat_session_next(self._nat, i + 1)
+
+    def find_session(self, family: int, proto: int, src: str, sport: int, dst: str, dport: int,
+                     now: float) -> Optional[SessionInfo]:
+        """The session a packet with this tuple would use (either direction)."""
+        k = ffi.new("struct nat_key *")
+        a, b = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+        ffi.memmove(k.src, a, len(a))
+        ffi.memmove(k.dst, b, len(b))
+        k.sport, k.dport, k.proto, k.family = _ntohs(sport), _ntohs(dport), proto, family
+        i = lib.nat_session_find(self._nat, k, _us(now))
+        return None if i == lib.NAT_NONE else self.session(i)
+
+    def _session_info(self, s) -> SessionInfo:
+        fam = s.key[0].family
+        alen = 4 if fam == 4 else 16
+
+        def ip(b):
+            return ipaddress.ip_address(bytes(ffi.buffer(b, alen)))
+
+        k0, k1 = s.key[0], s.key[1]
+        fl = s.flags
+        if fl & lib.NAT_SF_BYPASS:
+            kind = "bypass"
+        else:
+            kind = "+".join(n for bit, n in ((lib.NAT_SF_TRANSLATED, "translation"),
+                                             (lib.NAT_SF_SNAT, "snat")) if fl & bit)
+        from .._types import PROTO_NAMES
+        return SessionInfo(
+            index=s.index,
+            proto=PROTO_NAMES.get(k0.proto, str(k0.proto)),
+            src=ip(k0.src), sport=_ntohs(k0.sport), dst=ip(k0.dst), dport=_ntohs(k0.dport),
+            new_src=ip(k1.dst), new_sport=_ntohs(k1.dport), new_dst=ip(k1.src),
+            new_dport=_ntohs(k1.sport),
+            translation=None if s.translation == lib.NAT_NONE else s.translation,
+            backend=None if s.backend == NO_BACKEND else s.backend,
+            state=_STATE_NAMES.get(s.state, str(s.state)), kind=kind,
+            created=s.created_us / 1e6, last_seen=s.last_seen_us / 1e6, expires=s.expires_us / 1e6,
+            packets=(s.packets[0], s.packets[1]),
+            reason=("timeout", "removed")[s.reason] if s.reason < 2 else "",
+        )
+
+    def statistics(self) -> Statistics:
+        c = lib.nat_counters(self._nat)
+        counters = {name: c[i] for i, name in enumerate(COUNTER_NAMES)}
+        return Statistics(counters=counters, sessions=lib.nat_session_count(self._nat),
+                          capacity=lib.nat_session_capacity(self._nat),
+                          new_flows_per_translation=dict(self._new_flows),
+                          plugin_errors=dict(self.plugins.errors),
+                          sessions_created=self.sessions_created,
+                          sessions_expired=self.sessions_expired)
+
+    @staticmethod
+    def counter_help() -> dict[str, str]:
+        return dict(zip(COUNTER_NAMES, COUNTER_HELP))
+
+    def memory_bytes(self) -> int:
+        return lib.nat_memory_bytes(self._nat)
+
+
+def _valid_snat(r, family: int) -> bool:
+    if r in (hooks.DROP, hooks.NO_SNAT):
+        return True
+    try:
+        return ipaddress.ip_address(r).version == family
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,205 @@
+/*
+ * NAT core fast path: the public interface of nat.c.
+ *
+ * Everything an established flow needs happens here, a whole batch of frames
+ * per call: parse, hash, session lookup, rewrite, incremental checksums.
+ * Frames that need a decision (first packet of a flow) come back as
+ * NAT_MISS; the Python slow path decides, installs a session with
+ * nat_session_add() and hands the frame back to nat_process().
+ *
+ * The declarations between the CFFI-BEGIN/CFFI-END markers are read verbatim
+ * by appliance/nat/_build.py as the cffi cdef, so the Python wrapper and this
+ * header cannot disagree about a struct layout: cffi checks every field
+ * offset against the compiler at build time.
+ */
+#ifndef APPLIANCE_NAT_H
+#define APPLIANCE_NAT_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+enum nat_counter {
+#define _(name, text) NAT_C_##name,
+#include "nat_counters.def"
+#undef _
+    NAT_C__COUNT
+};
+
+/* CFFI-BEGIN */
+#define NAT_NONE 0xffffffff      /* "no session / no translation" index */
+#define NAT_MAX_PORTS 256        /* ingress interfaces the core tells apart */
+#define NAT_MAX_PROFILES 256     /* distinct timeout profiles at once */
+
+enum nat_verdict {
+    NAT_FORWARD = 0,   /* rewritten by a session: send it on */
+    NAT_PASS = 1,      /* not NAT traffic: send it on unchanged */
+    NAT_DROP = 2,      /* drop; reason says why */
+    NAT_MISS = 3,      /* needs the slow path (new flow) */
+};
+
+/* Flags for nat_process(). */
+#define NAT_PF_FRAME_TIME 1  /* use frames[i].ts_us instead of now_us */
+#define NAT_PF_FINAL 2       /* slow-path re-run: orphans are final */
+
+enum nat_family { NAT_AF_INET = 4, NAT_AF_INET6 = 6 };
+
+/* A flow as a lookup key: 40 bytes, compared and hashed as five uint64.
+ * IPv4 addresses occupy the first 4 bytes of src/dst, the rest is zero.
+ * Ports are in network byte order. For ICMP echo, the identifier is the
+ * querier's port: requests carry it as sport (dport 0), replies as dport. */
+struct nat_key {
+    uint8_t src[16];
+    uint8_t dst[16];
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t proto;
+    uint8_t family;
+    uint16_t zero;
+};
+
+/* One frame of a batch. The caller fills data/len/port (and ts_us with
+ * NAT_PF_FRAME_TIME); nat_process() fills the rest. */
+struct nat_frame {
+    uint8_t *data;           /* Ethernet frame, rewritten in place */
+    uint32_t len;
+    uint16_t port;           /* ingress interface, dense index < NAT_MAX_PORTS */
+    uint8_t verdict;         /* enum nat_verdict */
+    uint8_t dir;             /* FORWARD: 0 = as the initiator sent, 1 = return */
+    uint16_t reason;         /* enum nat_counter explaining the verdict */
+    uint8_t tcp_flags;       /* MISS: TCP flags of the frame */
+    uint8_t miss_kind;       /* MISS: enum nat_miss_kind */
+    uint32_t session;        /* FORWARD: session index */
+    uint32_t translation;    /* MISS: translation id, or NAT_NONE */
+    uint32_t hash;           /* MISS: keyed flow hash of key */
+    uint64_t ts_us;
+    struct nat_key key;      /* MISS: the flow as received */
+};
+
+enum nat_miss_kind {
+    NAT_MISS_TRANSLATION = 1,   /* key.dst/dport matched a translation */
+    NAT_MISS_SNAT = 2,          /* received on an SNAT interface */
+    NAT_MISS_FRAGMENT = 3,      /* non-first fragment, first one pending */
+};
+
+/* TCP/other session states; see the transition table in nat.c. */
+enum nat_state {
+    NAT_ST_OTHER = 0,        /* UDP, ICMP: one lifetime */
+    NAT_ST_TCP_NEW,          /* created, no packet applied yet */
+    NAT_ST_TCP_SYN_SENT,
+    NAT_ST_TCP_SYN_RCVD,     /* SYN-ACK seen, handshake not complete */
+    NAT_ST_TCP_MIDSTREAM,    /* picked up without a SYN */
+    NAT_ST_TCP_ESTABLISHED,
+    NAT_ST_TCP_FIN_FWD,      /* half-closed by the initiator */
+    NAT_ST_TCP_FIN_REV,      /* half-closed by the responder */
+    NAT_ST_TCP_CLOSING,      /* FIN both ways, or RST */
+    NAT_ST__COUNT,
+};
+
+/* Which lifetime of a profile applies in a state. */
+enum nat_lifetime {
+    NAT_LT_SESSION = 0,      /* UDP, ICMP, TCP before the handshake completes */
+    NAT_LT_ESTABLISHED = 1,
+    NAT_LT_HALF_CLOSED = 2,
+    NAT_LT_CLOSING = 3,
+};
+
+struct nat_profile {
+    uint32_t ms[4];          /* indexed by enum nat_lifetime */
+};
+
+/* Session flags */
+#define NAT_SF_TRANSLATED 1   /* created by a translation */
+#define NAT_SF_SNAT 2         /* source rewritten by SNAT */
+#define NAT_SF_BYPASS 4       /* no rewrite: kept so the flow stays in C */
+
+/* A session as shown to Python (copy, never a pointer into the table). */
+struct nat_session_info {
+    struct nat_key key[2];   /* [0] as the initiator sends, [1] as replies arrive */
+    uint64_t created_us;
+    uint64_t last_seen_us;
+    uint64_t expires_us;
+    uint32_t index;
+    uint32_t translation;
+    uint16_t backend;
+    uint8_t state;
+    uint8_t profile;
+    uint8_t flags;
+    uint8_t reason;          /* expiry events: 0 = timeout, 1 = removed */
+    uint16_t _pad;
+    uint64_t packets[2];
+};
+
+/* Classifier entries: what the core knows of the configuration. */
+#define NAT_ADDR_VIP 1    /* owned by the NAT: unmatched traffic dropped */
+#define NAT_ADDR_REAL 2   /* host address with translated ports */
+#define NAT_ADDR_SNAT 4   /* an SNAT address (return traffic lands here) */
+
+struct nat;
+struct nat_classifier;
+
+const char *nat_build_version(void);
+unsigned nat_counter_count(void);
+const char *nat_counter_name(unsigned i);
+const char *nat_counter_help(unsigned i);
+size_t nat_sizeof_session(void);
+
+struct nat *nat_create(uint32_t max_sessions, uint64_t table_seed);
+void nat_destroy(struct nat *nat);
+size_t nat_memory_bytes(const struct nat *nat);
+void nat_set_flow_hash_seed(struct nat *nat, uint64_t seed);
+void nat_set_snat(struct nat *nat, const uint8_t *port_enabled /* NAT_MAX_PORTS */,
+                  int have_ip4, int have_ip6);
+int nat_set_profile(struct nat *nat, unsigned index, const struct nat_profile *p);
+const uint64_t *nat_counters(const struct nat *nat);
+/* Count a verdict the slow path decided (frame dropped or passed there). */
+void nat_count_verdict(struct nat *nat, uint8_t verdict, uint16_t reason);
+uint32_t nat_session_count(const struct nat *nat);
+uint32_t nat_session_capacity(const struct nat *nat);
+
+struct nat_classifier *nat_classifier_create(uint32_t capacity);
+void nat_classifier_destroy(struct nat_classifier *c);
+int nat_classifier_add_translation(struct nat_classifier *c, uint8_t family,
+                                   const uint8_t *addr, uint8_t proto,
+                                   uint16_t port_be, uint32_t id);
+int nat_classifier_add_address(struct nat_classifier *c, uint8_t family,
+                               const uint8_t *addr, uint8_t flags);
+/* Takes ownership of c; frees the classifier it replaces. */
+void nat_set_classifier(struct nat *nat, struct nat_classifier *c);
+uint32_t nat_translation_lookup(const struct nat *nat, uint8_t family,
+                                const uint8_t *addr, uint8_t proto,
+                                uint16_t port_be);
+
+/* Returns the number of NAT_MISS frames and, if miss_idx is not NULL,
+ * writes their indices there (room for n). */
+uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n,
+                     uint64_t now_us, uint32_t flags, uint32_t *miss_idx);
+
+uint32_t nat_flow_hash(const struct nat *nat, const struct nat_key *key);
+/* 0: added (index in *out); -1: a key exists already; -2: table full. */
+int nat_session_add(struct nat *nat, const struct nat_key *fwd,
+                    const struct nat_key *rev, uint64_t now_us,
+                    uint32_t translation, uint16_t backend, uint8_t profile,
+                    uint8_t flags, uint32_t *out);
+/* Session index for a key (either direction), or NAT_NONE. Expired
+ * sessions are not returned. */
+uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key,
+                          uint64_t now_us);
+int nat_session_get(const struct nat *nat, uint32_t index,
+                    struct nat_session_info *out);
+int nat_session_remove(struct nat *nat, uint32_t index);
+/* Iterate: next in-use index >= start, or NAT_NONE. */
+uint32_t nat_session_next(const struct nat *nat, uint32_t start);
+
+/* Pick rev->dport so that rev is free: preferred first, then hashed probes,
+ * then a scan of [lo, hi]. 0 on success, -1 when every port is taken. */
+int nat_alloc_port(const struct nat *nat, struct nat_key *rev,
+                   int32_t preferred, uint16_t lo, uint16_t hi, uint64_t now_us);
+
+/* Incremental expiry: examine at most budget slots from where the last
+ * call stopped; returns the number of sessions removed. */
+uint32_t nat_expire(struct nat *nat, uint64_t now_us, uint32_t budget);
+/* Move up to max queued expiry events into out; returns how many. */
+uint32_t nat_drain_events(struct nat *nat, struct nat_session_info *out, uint32_t max);
+/* CFFI-END */
+
+#endif

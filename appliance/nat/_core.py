@@ -350,7 +350,7 @@ class NatCore:
                                  backend_idx, profile, sflags, self._idx)
         if rc != 0:
             if bypass:
-                self._slow_verdict(f, PASS, "pass_bypass")
+                self._slow_verdict(f, PASS, "pass_untracked")
             elif rc == -2:
                 self._slow_verdict(f, DROP, "drop_session_full")
             else:  # pragma: no cover - keys were checked free just above

@@ -976,8 +976,6 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         struct session *s = &nat->s[idx];
         struct nat_key to;
         key_reverse(&to, &s->key[!dir]);
-        if (!(s->flags & NAT_SF_BYPASS))
-            rewrite_packet(nat, &p, &to);
         s->last_seen_us = now;
         s->packets[dir]++;
         if (p.proto == IPPROTO_TCP_)
@@ -985,7 +983,12 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         nat->counters[NAT_C_SESSION_HIT]++;
         f->session = idx;
         f->dir = (uint8_t)dir;
-        verdict(nat, f, NAT_FORWARD, NAT_C_TRANSLATED);
+        if (s->flags & NAT_SF_BYPASS) {
+            verdict(nat, f, NAT_PASS, NAT_C_PASS_NO_SNAT);
+        } else {
+            rewrite_packet(nat, &p, &to);
+            verdict(nat, f, NAT_FORWARD, NAT_C_TRANSLATED);
+        }
         goto done;
     }
 

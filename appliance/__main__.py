@@ -1,0 +1,146 @@
+"""The ``appliance`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .__about__ import __version__
+
+EPILOG = """\
+commands:
+  demo          the seed's examples through the NAT core, explained (no root needed)
+  replay        run a pcap/pcapng capture through the NAT core, write what it forwards
+  check-config  validate a configuration file and print what it configures
+  bench core    measure the NAT core in-process (fast path, slow path, memory)
+
+Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="appliance", description="cnat-style NAT appliance",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"appliance {__version__}")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("demo", help="run the built-in demo (NAT core, bundled config and traffic)")
+
+    r = sub.add_parser("replay", help="replay a capture through the NAT core",
+                       description="Run every frame of IN (pcap or pcapng, Ethernet) through the NAT "
+                       "core in file order, with its capture timestamp as the clock, and write every "
+                       "frame the appliance would forward to OUT (pcap) with its input timestamp. "
+                       "pcap frames are received on --interface; pcapng frames on the interface "
+                       "named by their interface description block.")
+    r.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    r.add_argument("--interface", default="replay0", metavar="NAME",
+                   help="ingress interface for pcap frames and unnamed pcapng interfaces (default replay0)")
+    r.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    r.add_argument("-v", "--verbose", action="store_true", help="print a line per frame")
+    r.add_argument("input", metavar="IN")
+    r.add_argument("output", metavar="OUT")
+
+    c = sub.add_parser("check-config", help="validate a configuration file")
+    c.add_argument("config", metavar="FILE")
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", metavar="WHAT")
+    bc = bsub.add_parser("core", help="NAT core in-process: fastpath_pps, new_sessions_per_s, bytes_per_session")
+    bc.add_argument("--json", action="store_true", help="print one JSON object")
+    bc.add_argument("--sessions", type=int, default=1_000_000, help="sessions to create (default 1000000)")
+    bc.add_argument("--flows", type=int, default=131_072,
+                    help="established flows the fast-path traffic spreads over (default 131072)")
+    bc.add_argument("--seconds", type=float, default=3.0, help="fast-path measurement time (default 3)")
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"appliance: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ._config import ConfigError, load_config
+
+    if args.command == "demo":
+        from . import _demo
+
+        return _demo.run()
+
+    if args.command == "check-config":
+        try:
+            cfg = load_config(args.config)
+            from ._plugins import Plugins
+
+            plugins = Plugins(cfg.plugin_modules, config_path=cfg.path)
+        except ConfigError as exc:
+            return _error(str(exc))
+        print(f"{cfg.path}: ok")
+        for t in cfg.translations:
+            print(f"  translation {t}")
+        if cfg.snat:
+            print(f"  snat ip4={cfg.snat.ip4} ip6={cfg.snat.ip6} interfaces={list(cfg.snat.interfaces)} "
+                  f"exclude={[str(n) for n in cfg.snat.exclude]}")
+        print(f"  timeouts {cfg.timeouts}")
+        print(f"  plugins {plugins.names}")
+        return 0
+
+    if args.command == "replay":
+        from .nat import DROP
+        from .replay import CaptureError, replay
+        from ._describe import describe
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            return _error(str(exc))
+
+        def on_frame(i, iface, verdict, reason, fin, fout):
+            tag = {0: "forward", 1: "pass", 2: "drop"}.get(verdict, str(verdict))
+            line = f"#{i} {iface} {describe(fin)} -> {tag}"
+            if verdict == DROP or verdict == 1:
+                line += f" ({reason})"
+            if verdict == 0:
+                line += f": {describe(fout)}"
+            print(line)
+
+        try:
+            report = replay(cfg, args.input, args.output, interface=args.interface,
+                            on_frame=on_frame if args.verbose else None)
+        except CaptureError as exc:
+            return _error(str(exc))
+        except ConfigError as exc:
+            return _error(str(exc))
+        if args.json:
+            print(json.dumps(report.as_dict(), sort_keys=True))
+        else:
+            print("\n".join(report.lines()))
+        return 0
+
+    if args.command == "bench":
+        if args.bench != "core":
+            parser.parse_args(["bench", "--help"])
+            return 2
+        from . import _bench
+
+        result = _bench.run(sessions=args.sessions, fastpath_flows=args.flows, seconds=args.seconds)
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            for k, v in result.items():
+                print(f"{k:24} {v}")
+        return 0
+
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

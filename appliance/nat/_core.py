@@ -50,10 +50,6 @@ MISS = lib.NAT_MISS
 SCAN_INTERVAL = 0.1   # seconds between ticks
 SCAN_BUDGET = 8192    # slots per tick
 
-# Source ports handed out when the original one is taken: above the
-# well-known range. ICMP echo identifiers use the whole 16-bit space.
-PORT_LO, PORT_HI = 1024, 65535
-
 NO_BACKEND = 0xFFFF
 
 _STATE_NAMES = {
@@ -167,8 +163,6 @@ class NatCore:
         self.sessions_expired = 0
         self._events = ffi.new("struct nat_session_info[]", 1024)
         self._info = ffi.new("struct nat_session_info *")
-        self._key_rev = ffi.new("struct nat_key *")
-        self._idx = ffi.new("uint32_t *")
         self.config = config
         self.apply_config(config)
 
@@ -260,19 +254,20 @@ class NatCore:
         lib.nat_count_verdict(self._nat, verdict, code)
 
     def _new_flow(self, f, now_us: int, flags: int) -> None:
-        key = f.key
+        # Once per new flow: keep this lean (bench core: new_sessions_per_s).
         if f.miss_kind == lib.NAT_MISS_FRAGMENT:  # pragma: no cover - C decides orphans with FINAL
             self._slow_verdict(f, DROP, "drop_frag_orphan")
             return
-        family = key.family
+        raw = bytes(ffi.buffer(ffi.addressof(f, "key"), 40))
+        family = raw[37]
         alen = 4 if family == 4 else 16
-        src = bytes(ffi.buffer(key.src, alen))
-        dst = bytes(ffi.buffer(key.dst, alen))
-        sport, dport = _ntohs(key.sport), _ntohs(key.dport)
-        proto = key.proto
-        icmp = is_icmp(proto)
-        flow = Flow(family, proto, src, dst, sport, dport, self.interface_name(f.port), f.hash,
-                    f.tcp_flags)
+        src, dst = raw[:alen], raw[16:16 + alen]
+        sport, dport = raw[32] << 8 | raw[33], raw[34] << 8 | raw[35]
+        proto = raw[36]
+        icmp = proto == 1 or proto == 58
+        port = f.port
+        iface = self._port_names[port] if port < len(self._port_names) else f"port{port}"
+        flow = Flow(family, proto, src, dst, sport, dport, iface, f.hash, f.tcp_flags)
         plugins = self.plugins
 
         new_src, new_dst, new_dport = src, dst, dport
@@ -286,10 +281,7 @@ class NatCore:
             if translation is None or not translation.backends:
                 self._slow_verdict(f, DROP, "drop_no_backend")
                 return
-            n = len(translation.backends)
-            choice = plugins.decide("appliance_select_backend",
-                                    lambda r: r == hooks.DROP or (type(r) is int and 0 <= r < n),
-                                    flow=flow, translation=translation)
+            choice = plugins.select_backend(flow, translation)
             if choice == hooks.DROP:
                 self._slow_verdict(f, DROP, "drop_policy")
                 return
@@ -303,65 +295,42 @@ class NatCore:
                 src_rewritten = True
                 if b.sport:
                     src_pref = b.sport
-            sflags |= lib.NAT_SF_TRANSLATED
+            sflags = lib.NAT_SF_TRANSLATED
 
         snat = self.config.snat
-        if (snat is not None and not src_rewritten and flow.interface in snat.interfaces
-                and snat.address(family) is not None):
+        if snat is not None and not src_rewritten and iface in snat.interfaces \
+                and snat.address(family) is not None:
             post = flow if translation is None else flow.replace(dst=new_dst, dport=new_dport)
-            decision = plugins.decide("appliance_snat", lambda r: _valid_snat(r, family),
-                                      flow=post, snat=snat)
+            decision = plugins.snat(post, snat)
             if decision == hooks.DROP:
                 self._slow_verdict(f, DROP, "drop_policy")
                 return
             if decision != hooks.NO_SNAT:
                 new_src = ipaddress.ip_address(decision).packed
                 sflags |= lib.NAT_SF_SNAT
-
-        bypass = not sflags
-        if bypass:
+        if not sflags:
             sflags = lib.NAT_SF_BYPASS
 
-        # The return key: replies come from the new destination to the new
-        # source; its dport is the source port we send from.
-        rev = self._key_rev
-        ffi.memmove(rev, ffi.addressof(f, "key"), ffi.sizeof("struct nat_key"))
-        ffi.memmove(rev.src, b"\0" * 16, 16)
-        ffi.memmove(rev.dst, b"\0" * 16, 16)
-        ffi.memmove(rev.src, new_dst, alen)
-        ffi.memmove(rev.dst, new_src, alen)
-        if icmp:
-            rev.sport = 0
-            lo, hi = 0, 65535
-        else:
-            rev.sport = _ntohs(new_dport)
-            lo, hi = PORT_LO, PORT_HI
-        if bypass:
-            rev.dport = key.sport
-        elif lib.nat_alloc_port(self._nat, rev, src_pref, lo, hi, now_us) != 0:
-            self._slow_verdict(f, DROP, "drop_ports_exhausted")
-            return
-
-        timeouts = plugins.decide("appliance_session_timeouts", lambda r: isinstance(r, Timeouts),
-                                  flow=flow, translation=translation)
-        profile = self._profile(timeouts)
-        rc = lib.nat_session_add(self._nat, ffi.addressof(f, "key"), rev, now_us,
-                                 translation.id if translation else lib.NAT_NONE,
-                                 backend_idx, profile, sflags, self._idx)
+        timeouts = plugins.session_timeouts(flow, translation)
+        profile = 0 if timeouts is self.config.timeouts else self._profile(timeouts)
+        rc = lib.nat_flow_install(self._nat, f, new_src, new_dst, _ntohs(new_dport), src_pref,
+                                  translation.id if translation is not None else lib.NAT_NONE,
+                                  backend_idx, profile, sflags, now_us, flags)
         if rc != 0:
-            if bypass:
+            if sflags == lib.NAT_SF_BYPASS:
                 self._slow_verdict(f, PASS, "pass_untracked")
+            elif rc == -1:
+                self._slow_verdict(f, DROP, "drop_ports_exhausted")
             elif rc == -2:
                 self._slow_verdict(f, DROP, "drop_session_full")
-            else:  # pragma: no cover - keys were checked free just above
+            else:  # pragma: no cover - the frame's own key was just looked up
                 self._slow_verdict(f, DROP, "drop_policy")
             return
         self.sessions_created += 1
         if translation is not None:
             self._new_flows[translation.id] = self._new_flows.get(translation.id, 0) + 1
         if plugins.wants_created:
-            plugins.notify("appliance_session_created", session=self.session(self._idx[0]))
-        lib.nat_process(self._nat, f, 1, now_us, flags | lib.NAT_PF_FINAL, ffi.NULL)
+            plugins.notify("appliance_session_created", session=self.session(f.session))
 
     def _profile(self, t: Timeouts) -> int:
         idx = self._profiles.get(t)
@@ -476,12 +445,3 @@ class NatCore:
 
     def memory_bytes(self) -> int:
         return lib.nat_memory_bytes(self._nat)
-
-
-def _valid_snat(r, family: int) -> bool:
-    if r in (hooks.DROP, hooks.NO_SNAT):
-        return True
-    try:
-        return ipaddress.ip_address(r).version == family
-    except (TypeError, ValueError):
-        return False

@@ -1104,6 +1104,34 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
     return 0;
 }
 
+int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
+                     const char *new_dst, uint16_t new_dport, int32_t src_pref,
+                     uint32_t translation, uint16_t backend, uint8_t profile, uint8_t flags,
+                     uint64_t now_us, uint32_t pflags)
+{
+    const struct nat_key *fwd = &f->key;
+    unsigned alen = fwd->family == NAT_AF_INET ? 4 : 16;
+    int icmp = is_icmp_proto(fwd->family, fwd->proto);
+    struct nat_key rev;
+    memset(&rev, 0, sizeof rev);
+    memcpy(rev.src, new_dst, alen);
+    memcpy(rev.dst, new_src, alen);
+    rev.proto = fwd->proto;
+    rev.family = fwd->family;
+    rev.sport = icmp ? 0 : new_dport;
+    if (flags & NAT_SF_BYPASS) {
+        rev.dport = fwd->sport;
+    } else if (nat_alloc_port(nat, &rev, src_pref, icmp ? 0 : NAT_PORT_LO, 0xffff, now_us) != 0) {
+        return -1;
+    }
+    uint32_t idx;
+    int rc = nat_session_add(nat, fwd, &rev, now_us, translation, backend, profile, flags, &idx);
+    if (rc != 0)
+        return rc == -2 ? -2 : -3;
+    process_one(nat, f, now_us, pflags | NAT_PF_FINAL, 0);
+    return 0;
+}
+
 uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key, uint64_t now_us)
 {
     uint32_t ref = table_lookup(nat, key);

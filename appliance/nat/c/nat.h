@@ -29,6 +29,7 @@ enum nat_counter {
 #define NAT_NONE 0xffffffff      /* "no session / no translation" index */
 #define NAT_MAX_PORTS 256        /* ingress interfaces the core tells apart */
 #define NAT_MAX_PROFILES 256     /* distinct timeout profiles at once */
+#define NAT_PORT_LO 1024         /* lowest source port handed out (ICMP ids: 0) */
 
 enum nat_verdict {
     NAT_FORWARD = 0,   /* rewritten by a session: send it on */
@@ -180,6 +181,17 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd,
                     const struct nat_key *rev, uint64_t now_us,
                     uint32_t translation, uint16_t backend, uint8_t profile,
                     uint8_t flags, uint32_t *out);
+/* Install the session for a NAT_MISS frame and run the frame again, in one
+ * call. The rewritten flow goes new_src -> new_dst:new_dport (addresses of
+ * the frame's family, new_dport in network order, ignored for ICMP); its
+ * source port is chosen by nat_alloc_port() with src_pref first (-1: none),
+ * unless flags has NAT_SF_BYPASS (then the session is the identity).
+ * 0: installed, frame verdict set; -1: no free source port; -2: table full;
+ * -3: a key exists already. */
+int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
+                     const char *new_dst, uint16_t new_dport, int32_t src_pref,
+                     uint32_t translation, uint16_t backend, uint8_t profile,
+                     uint8_t flags, uint64_t now_us, uint32_t pflags);
 /* Session index for a key (either direction), or NAT_NONE. Expired
  * sessions are not returned. */
 uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key,

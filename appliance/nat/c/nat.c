@@ -773,8 +773,6 @@ static inline void verdict(struct nat *nat, struct nat_frame *f, uint8_t v, uint
     } else if (v == NAT_DROP) {
         nat->counters[NAT_C_DROPPED]++;
         nat->counters[reason]++;
-    } else {
-        nat->counters[NAT_C_SESSION_MISS]++;
     }
 }
 
@@ -980,7 +978,8 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         s->packets[dir]++;
         if (p.proto == IPPROTO_TCP_)
             s->state = tcp_next[s->state][tcp_event(p.tcp_flags)][dir];
-        nat->counters[NAT_C_SESSION_HIT]++;
+        if (!(flags & NAT_PF_FINAL))
+            nat->counters[NAT_C_SESSION_HIT]++;
         f->session = idx;
         f->dir = (uint8_t)dir;
         if (s->flags & NAT_SF_BYPASS) {
@@ -1037,6 +1036,7 @@ uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint
         uint64_t now = (flags & NAT_PF_FRAME_TIME) ? f->ts_us : now_us;
         process_one(nat, f, now, flags, missed != 0);
         if (f->verdict == NAT_MISS) {
+            nat->counters[NAT_C_SESSION_MISS]++;
             if (miss_idx)
                 miss_idx[missed] = i;
             missed++;
@@ -1121,7 +1121,8 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     rev.sport = icmp ? 0 : new_dport;
     if (flags & NAT_SF_BYPASS) {
         rev.dport = fwd->sport;
-    } else if (nat_alloc_port(nat, &rev, src_pref, icmp ? 0 : NAT_PORT_LO, 0xffff, now_us) != 0) {
+    } else if (nat_alloc_port(nat, &rev, src_pref, icmp ? 0 : NAT_PORT_LO, 0xffff,
+                              key_hash64(nat->table_seed, fwd), now_us) != 0) {
         return -1;
     }
     uint32_t idx;
@@ -1179,7 +1180,7 @@ static inline int port_free(const struct nat *nat, struct nat_key *rev, uint16_t
 }
 
 int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred, uint16_t lo,
-                   uint16_t hi, uint64_t now_us)
+                   uint16_t hi, uint64_t salt, uint64_t now_us)
 {
     if (preferred >= 0 && preferred <= 0xffff && port_free(nat, rev, (uint16_t)preferred, now_us))
         return 0;
@@ -1187,7 +1188,10 @@ int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred
         return -1;
     uint32_t range = (uint32_t)hi - lo + 1;
     rev->dport = 0;
-    uint64_t h = key_hash64(nat->table_seed ^ 0xa5a5a5a5a5a5a5a5ULL, rev);
+    /* The salt (the new flow's hash) gives every flow its own probe order:
+     * flows towards one destination share rev except for the port, and a
+     * shared order would make each allocation walk all earlier ones. */
+    uint64_t h = key_hash64(nat->table_seed ^ salt, rev);
     for (int i = 0; i < NAT_PORT_PROBES; i++) {
         uint16_t port = (uint16_t)(lo + (h % range));
         if (port_free(nat, rev, port, now_us))

@@ -202,10 +202,12 @@ int nat_session_remove(struct nat *nat, uint32_t index);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
 
-/* Pick rev->dport so that rev is free: preferred first, then hashed probes,
- * then a scan of [lo, hi]. 0 on success, -1 when every port is taken. */
+/* Pick rev->dport so that rev is free: preferred first (-1: none), then
+ * probes in an order derived from salt, then a scan of [lo, hi] from a
+ * salted start. 0 on success, -1 when every port is taken. */
 int nat_alloc_port(const struct nat *nat, struct nat_key *rev,
-                   int32_t preferred, uint16_t lo, uint16_t hi, uint64_t now_us);
+                   int32_t preferred, uint16_t lo, uint16_t hi, uint64_t salt,
+                   uint64_t now_us);
 
 /* Incremental expiry: examine at most budget slots from where the last
  * call stopped; returns the number of sessions removed. */

@@ -1,0 +1,185 @@
+"""Session lifetimes (fake clock), incremental expiry, capacity."""
+
+import pytest
+
+from packets import Harness, tcp, udp
+
+BASE = """
+[timeouts]
+session = {session}
+tcp_established = {est}
+tcp_closing = {closing}
+[sessions]
+max = {max}
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->20.0.0.2 8080"]
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.1 5353", "->20.0.0.2 5353"]
+"""
+
+SYN, SYNACK, ACK, FIN, RST = 0x02, 0x12, 0x10, 0x11, 0x04
+
+
+def harness(session=30, est=3600, closing=5, max=1000):
+    return Harness(BASE.format(session=session, est=est, closing=closing, max=max))
+
+
+def alive(h, frame):
+    return h.core.find_session(4, frame_proto(frame), *frame_tuple(frame), now=h.now) is not None
+
+
+def frame_proto(frame):
+    return frame[14 + 9]
+
+
+def frame_tuple(frame):
+    import ipaddress
+    import struct
+    ip = frame[14:]
+    src, dst = str(ipaddress.ip_address(ip[12:16])), str(ipaddress.ip_address(ip[16:20]))
+    sport, dport = struct.unpack("!HH", ip[20:24])
+    return src, sport, dst, dport
+
+
+def handshake(h, cport=40000):
+    h.send(tcp("10.0.0.1", cport, "30.0.0.2", 80, SYN))
+    backend = frame_tuple(h.out)[2]
+    h.send(tcp(backend, 8080, "10.0.0.1", cport, SYNACK))
+    h.send(tcp("10.0.0.1", cport, "30.0.0.2", 80, ACK))
+    return backend
+
+
+def state(h):
+    (s,) = list(h.core.sessions())
+    return s.state
+
+
+def test_udp_expires_after_session_timeout_both_directions_refresh():
+    h = harness(session=10)
+    fwd = udp("10.0.0.1", 5000, "30.0.0.2", 53)
+    h.send(fwd)
+    backend = frame_tuple(h.out)[2]
+    h.advance(9).send(udp(backend, 5353, "10.0.0.1", 5000))     # reply refreshes
+    h.advance(9)
+    assert alive(h, fwd)
+    h.advance(1.001)
+    assert not alive(h, fwd)
+    # a packet after expiry starts a new session
+    created = h.core.statistics().sessions_created
+    h.send(fwd)
+    assert h.core.statistics().sessions_created == created + 1
+
+
+def test_tcp_handshake_then_established_timeout():
+    h = harness(session=30, est=100)
+    handshake(h)
+    assert state(h) == "established"
+    h.advance(99)
+    assert alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    h.advance(2)
+    assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+
+
+def test_tcp_before_handshake_uses_session_timeout():
+    h = harness(session=30, est=3600)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, SYN))
+    assert state(h) == "syn-sent"
+    h.advance(30.5)
+    assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+
+
+def test_rst_cuts_to_closing_timeout():
+    h = harness(closing=5)
+    handshake(h)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, RST))
+    assert state(h) == "closing"
+    h.advance(5.5)
+    assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+
+
+def test_single_fin_half_close_keeps_the_flow():
+    h = harness(closing=5, est=3600)
+    backend = handshake(h)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, FIN))
+    assert state(h) == "fin-initiator"
+    h.advance(600)   # far beyond the 5 s of a closed flow
+    h.send(tcp(backend, 8080, "10.0.0.1", 40000, ACK)).expect(tcp("30.0.0.2", 80, "10.0.0.1", 40000, ACK))
+    # FIN from the other side too: now closing, 5 s
+    h.send(tcp(backend, 8080, "10.0.0.1", 40000, FIN))
+    assert state(h) == "closing"
+    h.advance(5.5)
+    assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+
+
+def test_half_closed_timeout_is_configurable():
+    h = Harness(BASE.format(session=30, est=3600, closing=5, max=10).replace(
+        "tcp_closing = 5", "tcp_closing = 5\ntcp_half_closed = 50"))
+    handshake(h)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, FIN))
+    h.advance(51)
+    assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+
+
+def test_syn_on_closing_session_reuses_it():
+    h = harness()
+    handshake(h)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, RST))
+    h.advance(1)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, SYN))
+    assert state(h) == "syn-sent"
+
+
+def test_expiry_is_incremental_with_bounded_work():
+    h = harness(session=1, max=5000)
+    for i in range(3000):
+        h.send(udp(f"10.0.{i // 250}.{i % 250 + 1}", 5000, "30.0.0.2", 53))
+    h.advance(2)
+    removed = h.core.expire(h.now, budget=1000)
+    assert removed <= 1000
+    assert h.core.statistics().sessions == 3000 - removed
+    total = removed
+    while h.core.statistics().sessions:
+        total += h.core.expire(h.now, budget=1000)
+    assert total == 3000
+    assert h.core.statistics().sessions_expired == 3000
+
+
+def test_full_table_drops_new_flows_established_keep_working():
+    h = harness(max=4)
+    flows = [udp(f"10.0.0.{i}", 5000, "30.0.0.2", 53) for i in range(1, 5)]
+    outs = []
+    for f in flows:
+        h.send(f)
+        outs.append(h.out)
+    h.send(udp("10.0.0.9", 5000, "30.0.0.2", 53)).expect_drop("drop_session_full")
+    for f, o in zip(flows, outs):
+        h.send(f).expect(o)
+    # once sessions expire, their slots are reused by new flows
+    h.advance(31)
+    h.send(udp("10.0.0.9", 5000, "30.0.0.2", 53))
+    assert h.last[0] == 0
+
+
+def test_expired_sessions_notify_plugins():
+    from appliance._plugins import Plugins
+    from appliance.hooks import hookimpl
+
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def appliance_session_expired(self, session):
+            seen.append((session.src, session.dport, session.reason))
+
+    h = Harness(BASE.format(session=3, est=3600, closing=5, max=100),
+                plugins=Plugins(objects=[Watch()], entry_points=False))
+    h.send(udp("10.0.0.1", 5000, "30.0.0.2", 53))
+    h.advance(4)
+    h.core.expire(h.now)
+    assert [(str(a), p, r) for a, p, r in seen] == [("10.0.0.1", 53, "timeout")]

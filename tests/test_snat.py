@@ -1,0 +1,122 @@
+"""SNAT: addresses per family, exclusions (longest match, after translation),
+per-destination port allocation, exhaustion, ICMP echo identifiers."""
+
+import ipaddress
+
+import dpkt
+import pytest
+
+from packets import Harness, icmp_echo, tcp, udp
+
+CONF = """
+[snat]
+ip4 = "30.0.0.1"
+ip6 = "30::1"
+exclude = ["20.0.0.0/24", "20::/100", "8.8.0.0/16"]
+interfaces = ["tap0"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->40.0.0.1 8080"]
+"""
+
+
+def sport_of(frame):
+    return dpkt.ethernet.Ethernet(frame).data.data.sport
+
+
+TABLE = [
+    ("ipv4 udp", udp("10.1.0.5", 33333, "9.9.9.9", 53), udp("30.0.0.1", 33333, "9.9.9.9", 53),
+     udp("9.9.9.9", 53, "30.0.0.1", 33333), udp("9.9.9.9", 53, "10.1.0.5", 33333)),
+    ("ipv4 tcp", tcp("10.1.0.5", 40000, "9.9.9.9", 443), tcp("30.0.0.1", 40000, "9.9.9.9", 443),
+     tcp("9.9.9.9", 443, "30.0.0.1", 40000, 0x12), tcp("9.9.9.9", 443, "10.1.0.5", 40000, 0x12)),
+    ("ipv6 udp", udp("10::5", 33333, "2001:db8::9", 53), udp("30::1", 33333, "2001:db8::9", 53),
+     udp("2001:db8::9", 53, "30::1", 33333), udp("2001:db8::9", 53, "10::5", 33333)),
+    ("ipv4 ping", icmp_echo("10.1.0.5", "9.9.9.9", 7), icmp_echo("30.0.0.1", "9.9.9.9", 7),
+     icmp_echo("9.9.9.9", "30.0.0.1", 7, reply=True), icmp_echo("9.9.9.9", "10.1.0.5", 7, reply=True)),
+    ("ipv6 ping", icmp_echo("10::5", "2001:db8::9", 7), icmp_echo("30::1", "2001:db8::9", 7),
+     icmp_echo("2001:db8::9", "30::1", 7, reply=True), icmp_echo("2001:db8::9", "10::5", 7, reply=True)),
+]
+
+@pytest.mark.parametrize("what,fwd,fwd_out,ret,ret_out", TABLE, ids=[t[0] for t in TABLE])
+def test_snat_both_ways(what, fwd, fwd_out, ret, ret_out):
+    h = Harness(CONF)
+    h.send(fwd, "tap0").expect(fwd_out)
+    h.send(ret, "eth1").expect(ret_out)
+
+
+def test_only_listed_interfaces_are_snatted():
+    h = Harness(CONF)
+    f = udp("10.1.0.5", 33333, "9.9.9.9", 53)
+    h.send(f, "eth0").expect_pass(f)
+
+
+def test_excluded_prefixes_keep_the_source():
+    h = Harness(CONF)
+    for f in (udp("10.1.0.5", 1, "20.0.0.7", 53), udp("10::5", 1, "20::7", 53), udp("10.1.0.5", 1, "8.8.8.8", 53)):
+        h.send(f, "tap0").expect_pass(f)
+    # and the flow stays in the fast path (a tracked session without rewrite)
+    h.send(udp("10.1.0.5", 1, "20.0.0.7", 53), "tap0")
+    assert h.counter("pass_no_snat") == 4
+    assert h.counter("session_miss") == 3
+
+
+def test_exclusion_matched_after_translation():
+    """A pod behind tap0 reaching a vip: backend 20.0.0.1 is excluded (no
+    SNAT), backend 40.0.0.1 is not (SNAT)."""
+    h = Harness(CONF)
+    results = set()
+    for i in range(40):
+        h.send(tcp(f"10.1.0.{i + 1}", 40000, "30.0.0.2", 80), "tap0")
+        ipp = dpkt.ethernet.Ethernet(h.out).data
+        results.add((str(ipaddress.ip_address(ipp.dst)), str(ipaddress.ip_address(ipp.src)) == "30.0.0.1"))
+    assert results == {("20.0.0.1", False), ("40.0.0.1", True)}
+
+
+def test_ports_allocated_per_destination():
+    h = Harness(CONF)
+    # two pods, same source port, same destination: second gets another port
+    h.send(udp("10.1.0.5", 5000, "9.9.9.9", 53), "tap0").expect(udp("30.0.0.1", 5000, "9.9.9.9", 53))
+    h.send(udp("10.1.0.6", 5000, "9.9.9.9", 53), "tap0")
+    p2 = sport_of(h.out)
+    assert p2 != 5000 and 1024 <= p2 <= 65535
+    h.send(udp("9.9.9.9", 53, "30.0.0.1", p2), "eth1").expect(udp("9.9.9.9", 53, "10.1.0.6", 5000))
+    # same source port to other destinations (address or port): kept
+    h.send(udp("10.1.0.6", 5000, "9.9.9.10", 53), "tap0").expect(udp("30.0.0.1", 5000, "9.9.9.10", 53))
+    h.send(udp("10.1.0.7", 5000, "9.9.9.9", 54), "tap0").expect(udp("30.0.0.1", 5000, "9.9.9.9", 54))
+
+
+def test_port_exhaustion_towards_one_destination_drops_and_counts():
+    h = Harness(CONF + "\n[sessions]\nmax = 70000\n")
+    # 64512 ports (1024-65535) towards 9.9.9.9:53; clients all use port 80,
+    # which is outside that range, so every flow takes one of them.
+    base = int(ipaddress.IPv4Address("10.1.0.1"))
+    frames = [udp(str(ipaddress.IPv4Address(base + i)), 80, "9.9.9.9", 53) for i in range(64512 + 1)]
+    first = h.run(frames[:1], "tap0")
+    assert first[0][0] == 0
+    for k in range(1, len(frames) - 1, 256):
+        res = h.run(frames[k:min(k + 256, len(frames) - 1)], "tap0")
+        assert all(v == 0 for v, _, _ in res)
+    ports = {s.new_sport for s in h.core.sessions()}
+    assert len(ports) == 64512 and 80 in ports and min(p for p in ports if p != 80) >= 1024
+    h.send(frames[-1], "tap0").expect_drop("drop_ports_exhausted")
+    assert h.counter("drop_ports_exhausted") == 1
+    # other destinations are not affected (per-destination allocation)
+    h.send(udp("10.200.0.1", 80, "9.9.9.9", 54), "tap0").expect(udp("30.0.0.1", 80, "9.9.9.9", 54))
+
+
+def test_icmp_identifier_reallocated_on_collision():
+    h = Harness(CONF)
+    h.send(icmp_echo("10.1.0.5", "9.9.9.9", 7), "tap0").expect(icmp_echo("30.0.0.1", "9.9.9.9", 7))
+    h.send(icmp_echo("10.1.0.6", "9.9.9.9", 7), "tap0")
+    new_id = dpkt.ethernet.Ethernet(h.out).data.data.data.id
+    assert new_id != 7
+    h.send(icmp_echo("9.9.9.9", "30.0.0.1", new_id, reply=True), "eth1").expect(
+        icmp_echo("9.9.9.9", "10.1.0.6", 7, reply=True))
+
+
+def test_reply_without_session_to_snat_address_passes():
+    h = Harness(CONF)
+    f = udp("9.9.9.9", 53, "30.0.0.1", 12345)
+    h.send(f, "eth1").expect_pass(f)

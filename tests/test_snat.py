@@ -89,17 +89,17 @@ def test_ports_allocated_per_destination():
 
 def test_port_exhaustion_towards_one_destination_drops_and_counts():
     h = Harness(CONF + "\n[sessions]\nmax = 70000\n")
-    # 64512 ports (1024-65535) towards 9.9.9.9:53; clients all use port 80,
-    # which is outside that range, so every flow takes one of them.
+    # Clients all use source port 80: the first flow keeps it, every later
+    # one takes one of the 64512 ports 1024-65535 towards 9.9.9.9:53.
     base = int(ipaddress.IPv4Address("10.1.0.1"))
-    frames = [udp(str(ipaddress.IPv4Address(base + i)), 80, "9.9.9.9", 53) for i in range(64512 + 1)]
+    frames = [udp(str(ipaddress.IPv4Address(base + i)), 80, "9.9.9.9", 53) for i in range(1 + 64512 + 1)]
     first = h.run(frames[:1], "tap0")
     assert first[0][0] == 0
     for k in range(1, len(frames) - 1, 256):
         res = h.run(frames[k:min(k + 256, len(frames) - 1)], "tap0")
         assert all(v == 0 for v, _, _ in res)
     ports = {s.new_sport for s in h.core.sessions()}
-    assert len(ports) == 64512 and 80 in ports and min(p for p in ports if p != 80) >= 1024
+    assert len(ports) == 64513 and 80 in ports and min(p for p in ports if p != 80) >= 1024
     h.send(frames[-1], "tap0").expect_drop("drop_ports_exhausted")
     assert h.counter("drop_ports_exhausted") == 1
     # other destinations are not affected (per-destination allocation)

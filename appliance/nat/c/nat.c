@@ -1036,7 +1036,8 @@ uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint
         uint64_t now = (flags & NAT_PF_FRAME_TIME) ? f->ts_us : now_us;
         process_one(nat, f, now, flags, missed != 0);
         if (f->verdict == NAT_MISS) {
-            nat->counters[NAT_C_SESSION_MISS]++;
+            if (!(flags & NAT_PF_FINAL))
+                nat->counters[NAT_C_SESSION_MISS]++;
             if (miss_idx)
                 miss_idx[missed] = i;
             missed++;

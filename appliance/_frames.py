@@ -53,8 +53,9 @@ def ip(src: str, dst: str, payload, proto: Optional[int] = None, ttl: int = 64, 
     if not isinstance(payload, (bytes, bytearray)):
         # checksum computed over the whole L4 by dpkt
         pkt = dpkt.ip.IP(src=_ip(src), dst=_ip(dst), p=proto, ttl=ttl, id=ident, data=payload, opts=opts)
-        return bytes(pkt)
-    pkt = dpkt.ip.IP(src=_ip(src), dst=_ip(dst), p=proto, ttl=ttl, id=ident, data=bytes(payload), opts=opts)
+    else:
+        pkt = dpkt.ip.IP(src=_ip(src), dst=_ip(dst), p=proto, ttl=ttl, id=ident, data=bytes(payload), opts=opts)
+    pkt.hl = 5 + len(opts) // 4
     return bytes(pkt)
 
 

@@ -1,0 +1,89 @@
+"""Configuration errors name the file, the line, the key and the reason."""
+
+import pytest
+
+from appliance import ConfigError, load_config, parse_config
+
+GOOD = """flow_hash_seed = 1234
+
+[timeouts]
+session = 30
+tcp_established = 3600
+tcp_closing = 5
+
+[snat]
+ip4 = "30.0.0.1"
+ip6 = "30::1"
+exclude = ["20.0.0.0/24", "20::/100"]
+interfaces = ["tap0"]
+
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "1.2.3.4->20.0.0.2 8080"]
+
+[plugins]
+modules = []
+"""
+
+
+def test_the_contract_example_parses():
+    c = parse_config(GOOD, "a.toml")
+    assert c.flow_hash_seed == 1234
+    assert c.timeouts.tcp_established == 3600
+    assert str(c.snat.ip4) == "30.0.0.1" and c.snat.interfaces == ("tap0",)
+    (t,) = c.translations
+    assert (t.kind, str(t.address), t.port, t.proto) == ("vip", "30.0.0.2", 80, "tcp")
+    assert [str(b) for b in t.backends] == ["->20.0.0.1 8080", "1.2.3.4->20.0.0.2 8080"]
+
+
+def test_defaults_when_everything_is_optional():
+    c = parse_config("", "empty.toml")
+    assert (c.timeouts.session, c.timeouts.tcp_established, c.timeouts.tcp_closing) == (30, 3600, 5)
+    assert c.snat is None and c.translations == ()
+
+
+BAD = [
+    ("syntax", GOOD.replace('port = 80', 'port = = 80'), 17, "", "TOML syntax error"),
+    ("unknown top-level key", "bogus = 1\n" + GOOD, 1, "bogus", "unknown key"),
+    ("unknown key in a table", GOOD + "bogus = 1\n", 22, "plugins.bogus", "unknown key"),
+    ("unknown key in translation", GOOD.replace('port = 80', 'port = 80\nweight = 3'), 18,
+     "translation[0].weight", "unknown key"),
+    ("wrong type", GOOD.replace('port = 80', 'port = "80"'), 17, "translation[0].port", "expected an integer"),
+    ("bad vip", GOOD.replace('"30.0.0.2"', '"30.0.0.300"'), 16, "translation[0].vip", "not an IP address"),
+    ("vip and real", GOOD.replace('vip = "30.0.0.2"', 'vip = "30.0.0.2"\nreal = "30.0.0.3"'), 16,
+     "translation[0].vip", "exactly one of 'vip' or 'real'"),
+    ("bad backend", GOOD.replace('"->20.0.0.1 8080"', '"20.0.0.1 8080"'), 18, "translation[0].backends",
+     "missing '->'"),
+    ("family mismatch", GOOD.replace('"->20.0.0.1 8080"', '"->20::1 8080"'), 18, "translation[0].backends",
+     "is IPv6, the translation is IPv4"),
+    ("bad port in backend", GOOD.replace('"->20.0.0.1 8080"', '"->20.0.0.1 80800"'), 18,
+     "translation[0].backends", "not a port"),
+    ("bad proto", GOOD.replace('proto = "tcp"', 'proto = "sctp"'), 15, "translation[0].proto", "not one of"),
+    ("bad snat address", GOOD.replace('ip4 = "30.0.0.1"', 'ip4 = "30::1"'), 9, "snat.ip4", "not an IPv4 address"),
+    ("bad prefix", GOOD.replace('"20.0.0.0/24"', '"20.0.0.0/33"'), 11, "snat.exclude", "not an IP prefix"),
+    ("negative timeout", GOOD.replace("session = 30", "session = -1"), 4, "timeouts.session", "must be > 0"),
+    ("duplicate translation", GOOD + '\n[[translation]]\nproto = "tcp"\nvip = "30.0.0.2"\nport = 80\nbackends = []\n',
+     25, "translation[1].vip", "duplicate translation"),
+    ("missing port", GOOD.replace("port = 80\n", ""), 14, "translation[0]", "missing required key 'port'"),
+]
+
+
+@pytest.mark.parametrize("what,text,line,key,reason", BAD, ids=[b[0] for b in BAD])
+def test_config_errors(what, text, line, key, reason):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "/etc/appliance.toml")
+    e = ei.value
+    msg = str(e)
+    assert msg.startswith("/etc/appliance.toml"), msg
+    assert reason in msg, msg
+    assert e.key == key, msg
+    if line is not None:
+        assert e.line == line, msg
+        assert msg.startswith(f"/etc/appliance.toml:{line}: "), msg
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,47 @@
+"""C and Python agree: verdicts, flags, struct layouts, counters; the public
+names are pinned."""
+
+import re
+import pathlib
+
+import appliance
+import appliance.nat
+from appliance.nat import _core
+from appliance.nat._binding import COUNTER_NAMES, ffi, lib
+
+C_DIR = pathlib.Path(appliance.__file__).parent / "nat" / "c"
+
+
+def test_struct_layouts():
+    assert ffi.sizeof("struct nat_key") == 40
+    assert ffi.offsetof("struct nat_key", "sport") == 32
+    assert ffi.offsetof("struct nat_key", "proto") == 36
+    assert ffi.offsetof("struct nat_key", "family") == 37
+    # the session stays small: bytes_per_session target is 512
+    assert lib.nat_sizeof_session() <= 160
+
+
+def test_verdicts_match():
+    assert (_core.FORWARD, _core.PASS, _core.DROP, _core.MISS) == (0, 1, 2, 3)
+    assert appliance.nat.FORWARD == lib.NAT_FORWARD
+
+
+def test_counter_names_come_from_the_def_file():
+    names = re.findall(r"^_\((\w+),", (C_DIR / "nat_counters.def").read_text(), re.M)
+    assert [n.lower() for n in names] == list(COUNTER_NAMES)
+    # every reason the slow path uses exists in C
+    src = (pathlib.Path(_core.__file__)).read_text()
+    for reason in re.findall(r'_slow_verdict\(f, \w+, "(\w+)"\)', src):
+        assert reason in COUNTER_NAMES, reason
+
+
+def test_build_version_matches_package():
+    assert ffi.string(lib.nat_build_version()).decode() == appliance.__version__
+
+
+def test_public_names():
+    assert {n for n in dir(appliance) if not n.startswith("_")} >= {
+        "Config", "ConfigError", "load_config", "parse_config"}
+    assert {n for n in appliance.nat.__dict__ if not n.startswith("_") and n[0].isupper()} == {
+        "DROP", "FORWARD", "MISS", "PASS", "Batch", "NatCore", "Statistics", "Backend", "Flow",
+        "SessionInfo", "Timeouts", "Translation"}

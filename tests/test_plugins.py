@@ -1,0 +1,163 @@
+"""Hooks: custom decisions, containment of crashing plugins, validation."""
+
+import ipaddress
+
+import dpkt
+import pytest
+
+from appliance import ConfigError
+from appliance._plugins import Plugins
+from appliance.hooks import DROP, NO_SNAT, hookimpl
+from appliance.nat import Timeouts
+from packets import Harness, tcp, udp
+
+CONF = """
+[snat]
+ip4 = "30.0.0.1"
+interfaces = ["tap0"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->20.0.0.2 8080", "->20.0.0.3 8080"]
+"""
+
+
+def dst_of(frame):
+    return str(ipaddress.ip_address(dpkt.ethernet.Ethernet(frame).data.dst))
+
+
+def with_plugins(*objs):
+    return Harness(CONF, plugins=Plugins(objects=objs, entry_points=False))
+
+
+def test_selector_plugin_overrides_builtin():
+    class AlwaysLast:
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            return len(translation.backends) - 1
+
+    h = with_plugins(AlwaysLast())
+    for i in range(10):
+        h.send(tcp(f"10.0.0.{i + 1}", 40000, "30.0.0.2", 80))
+        assert dst_of(h.out) == "20.0.0.3"
+
+
+def test_selector_returning_none_defers_to_builtin():
+    calls = []
+
+    class Observer:
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            calls.append(flow.hash)
+            return None
+
+    h = with_plugins(Observer())
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert dst_of(h.out) == f"20.0.0.{calls[0] % 3 + 1}"
+
+
+def test_crashing_plugin_is_contained_and_counted():
+    class Broken:
+        name = "broken-plugin"
+
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            raise RuntimeError("boom")
+
+    h = with_plugins(Broken())
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert dst_of(h.out) in ("20.0.0.1", "20.0.0.2", "20.0.0.3")   # built-in decided
+    h.send(tcp("10.0.0.2", 40000, "30.0.0.2", 80))
+    assert h.core.statistics().plugin_errors == {"broken-plugin": 2}
+
+
+def test_invalid_answer_is_a_plugin_error():
+    class OutOfRange:
+        name = "out-of-range"
+
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            return 7
+
+    h = with_plugins(OutOfRange())
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert h.last[0] == 0
+    assert h.core.statistics().plugin_errors == {"out-of-range": 1}
+
+
+def test_selector_can_drop():
+    class Deny:
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            return DROP
+
+    with_plugins(Deny()).send(tcp("10.0.0.1", 40000, "30.0.0.2", 80)).expect_drop("drop_policy")
+
+
+def test_timeouts_plugin():
+    class Short:
+        @hookimpl
+        def appliance_session_timeouts(self, flow, translation):
+            return Timeouts(session=2) if flow.proto == 17 else None
+
+    h = with_plugins(Short())
+    h.send(udp("10.1.0.1", 5000, "9.9.9.9", 53), "tap0")
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    by_proto = {s.proto: s.expires - s.last_seen for s in h.core.sessions()}
+    assert by_proto == {"udp": 2.0, "tcp": 30.0}
+
+
+def test_snat_policy_plugin():
+    class OnlyDns:
+        @hookimpl
+        def appliance_snat(self, flow, snat):
+            return None if flow.dport == 53 else NO_SNAT
+
+    h = with_plugins(OnlyDns())
+    h.send(udp("10.1.0.1", 5000, "9.9.9.9", 53), "tap0").expect(udp("30.0.0.1", 5000, "9.9.9.9", 53))
+    f = udp("10.1.0.1", 5000, "9.9.9.9", 123)
+    h.send(f, "tap0").expect_pass(f)
+
+
+def test_session_created_notification_once_per_flow():
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def appliance_session_created(self, session):
+            seen.append((str(session.new_dst), session.kind))
+
+    h = with_plugins(Watch())
+    for _ in range(3):
+        h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert len(seen) == 1 and seen[0][1] == "translation"
+
+
+def test_unknown_hook_is_rejected_naming_the_plugin():
+    class Typo:
+        name = "typo-plugin"
+
+        @hookimpl
+        def appliance_select_backends(self, flow):
+            return 0
+
+    with pytest.raises(ConfigError, match="typo-plugin"):
+        Plugins(objects=[Typo()], entry_points=False)
+
+
+def test_plugin_modules_from_config(tmp_path, monkeypatch):
+    (tmp_path / "myplug.py").write_text(
+        "from appliance.hooks import hookimpl\n"
+        "@hookimpl\n"
+        "def appliance_select_backend(flow, translation):\n"
+        "    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    h = Harness(CONF + '\n[plugins]\nmodules = ["myplug"]\n')
+    h.send(tcp("10.0.0.9", 40000, "30.0.0.2", 80))
+    assert dst_of(h.out) == "20.0.0.1"
+
+
+def test_missing_plugin_module_is_a_config_error():
+    with pytest.raises(ConfigError, match="plugins.modules.*no_such_plugin"):
+        Harness(CONF + '\n[plugins]\nmodules = ["no_such_plugin"]\n')

@@ -114,7 +114,6 @@ class Batch:
         self.frame_size = frame_size
         self.frames = ffi.new("struct nat_frame[]", capacity)
         self.buf = ffi.new("uint8_t[]", capacity * frame_size)
-        self.miss = ffi.new("uint32_t[]", capacity)
         self.n = 0
 
     def load(self, items: Sequence[tuple[bytes, int, float]]) -> None:
@@ -233,18 +232,21 @@ class NatCore:
 
     def process(self, batch: Batch, now: Optional[float] = None) -> None:
         """Run a batch through the NAT. With ``now`` None, each frame's own
-        timestamp is its clock (replay); verdicts are left in batch.frames."""
+        timestamp is its clock (replay); verdicts are left in batch.frames.
+
+        C handles the batch in order and stops at each frame that starts a
+        flow; the slow path resolves it and C continues after it, so a reply
+        later in the same batch already finds the new session."""
         flags = lib.NAT_PF_FRAME_TIME if now is None else 0
         now_us = 0 if now is None else _us(now)
         frames = batch.frames
-        nmiss = lib.nat_process(self._nat, frames, batch.n, now_us, flags, batch.miss)
-        for j in range(nmiss):
-            f = frames + batch.miss[j]
-            t = f.ts_us if now is None else now_us
-            # an earlier miss of this batch may have created its session
-            lib.nat_process(self._nat, f, 1, t, flags | lib.NAT_PF_FINAL, ffi.NULL)
+        n = batch.n
+        i = 0
+        while i < n:
+            i += lib.nat_process(self._nat, frames + i, n - i, now_us, flags)
+            f = frames + (i - 1)
             if f.verdict == MISS:
-                self._new_flow(f, t, flags)
+                self._new_flow(f, f.ts_us if now is None else now_us, flags)
         self._drain_events()
 
     def _slow_verdict(self, f, verdict: int, reason: str) -> None:
@@ -255,9 +257,6 @@ class NatCore:
 
     def _new_flow(self, f, now_us: int, flags: int) -> None:
         # Once per new flow: keep this lean (bench core: new_sessions_per_s).
-        if f.miss_kind == lib.NAT_MISS_FRAGMENT:  # pragma: no cover - C decides orphans with FINAL
-            self._slow_verdict(f, DROP, "drop_frag_orphan")
-            return
         raw = bytes(ffi.buffer(ffi.addressof(f, "key"), 40))
         family = raw[37]
         alen = 4 if family == 4 else 16

@@ -795,7 +795,7 @@ static inline int nat_owned_dst(const struct nat *nat, const struct pkt *p, uint
 }
 
 static void handle_later_fragment(struct nat *nat, struct nat_frame *f, struct pkt *p,
-                                  uint64_t now, uint32_t flags, int batch_missed)
+                                  uint64_t now)
 {
     struct frag *fe = frag_find(nat, p, now);
     if (fe) {
@@ -814,14 +814,6 @@ static void handle_later_fragment(struct nat *nat, struct nat_frame *f, struct p
         } else {
             verdict(nat, f, NAT_DROP, NAT_C_DROP_NO_TRANSLATION);
         }
-        return;
-    }
-    if (!(flags & NAT_PF_FINAL) && batch_missed) {
-        /* its first fragment may be a miss earlier in this batch */
-        f->miss_kind = NAT_MISS_FRAGMENT;
-        f->key = p->key;
-        f->translation = NAT_NONE;
-        verdict(nat, f, NAT_MISS, 0);
         return;
     }
     if (nat_owned_dst(nat, p, f->port))
@@ -904,8 +896,7 @@ static int handle_icmp_error(struct nat *nat, struct nat_frame *f, struct pkt *p
     return 1;
 }
 
-static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint32_t flags,
-                        int batch_missed)
+static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint32_t flags)
 {
     uint8_t *d = f->data;
     uint32_t len = f->len;
@@ -951,7 +942,7 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         return;
     }
     if (p.frag == FRAG_LATER) {
-        handle_later_fragment(nat, f, &p, now, flags, batch_missed);
+        handle_later_fragment(nat, f, &p, now);
         return;
     }
 
@@ -1028,22 +1019,21 @@ done:
 }
 
 uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint64_t now_us,
-                     uint32_t flags, uint32_t *miss_idx)
+                     uint32_t flags)
 {
-    uint32_t missed = 0;
+    /* Frames are handled strictly in order: processing stops after the first
+     * frame that needs the slow path, because a later frame of the batch (the
+     * reply, the next fragment) may depend on the session it creates. */
     for (uint32_t i = 0; i < n; i++) {
         struct nat_frame *f = &frames[i];
         uint64_t now = (flags & NAT_PF_FRAME_TIME) ? f->ts_us : now_us;
-        process_one(nat, f, now, flags, missed != 0);
+        process_one(nat, f, now, flags);
         if (f->verdict == NAT_MISS) {
-            if (!(flags & NAT_PF_FINAL))
-                nat->counters[NAT_C_SESSION_MISS]++;
-            if (miss_idx)
-                miss_idx[missed] = i;
-            missed++;
+            nat->counters[NAT_C_SESSION_MISS]++;
+            return i + 1;
         }
     }
-    return missed;
+    return n;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1130,7 +1120,7 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     int rc = nat_session_add(nat, fwd, &rev, now_us, translation, backend, profile, flags, &idx);
     if (rc != 0)
         return rc == -2 ? -2 : -3;
-    process_one(nat, f, now_us, pflags | NAT_PF_FINAL, 0);
+    process_one(nat, f, now_us, pflags | NAT_PF_FINAL);
     return 0;
 }
 

@@ -40,7 +40,7 @@ enum nat_verdict {
 
 /* Flags for nat_process(). */
 #define NAT_PF_FRAME_TIME 1  /* use frames[i].ts_us instead of now_us */
-#define NAT_PF_FINAL 2       /* slow-path re-run: orphans are final */
+#define NAT_PF_FINAL 2       /* slow-path re-run: not counted as hit or miss */
 
 enum nat_family { NAT_AF_INET = 4, NAT_AF_INET6 = 6 };
 
@@ -79,7 +79,6 @@ struct nat_frame {
 enum nat_miss_kind {
     NAT_MISS_TRANSLATION = 1,   /* key.dst/dport matched a translation */
     NAT_MISS_SNAT = 2,          /* received on an SNAT interface */
-    NAT_MISS_FRAGMENT = 3,      /* non-first fragment, first one pending */
 };
 
 /* TCP/other session states; see the transition table in nat.c. */
@@ -170,10 +169,11 @@ uint32_t nat_translation_lookup(const struct nat *nat, uint8_t family,
                                 const uint8_t *addr, uint8_t proto,
                                 uint16_t port_be);
 
-/* Returns the number of NAT_MISS frames and, if miss_idx is not NULL,
- * writes their indices there (room for n). */
+/* Process frames in order. Stops after the first frame that needs the slow
+ * path (verdict NAT_MISS) and returns how many frames it processed; the
+ * caller resolves that frame (nat_flow_install) and continues after it. */
 uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n,
-                     uint64_t now_us, uint32_t flags, uint32_t *miss_idx);
+                     uint64_t now_us, uint32_t flags);
 
 uint32_t nat_flow_hash(const struct nat *nat, const struct nat_key *key);
 /* 0: added (index in *out); -1: a key exists already; -2: table full. */

@@ -1,0 +1,44 @@
+"""The command line: demo, check-config, bench core (small), --help."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True)
+
+
+def test_demo_shows_translations_sessions_and_counters():
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "out      tcp 10.0.0.1:40001 -> 20.0.0." in out
+    assert "back     tcp 30.0.0.2:80 -> 10.0.0.1:40001 SA" in out
+    assert "DROPPED (drop_no_translation)" in out
+    assert "udp 30.0.0.1:33333 -> 8.8.8.8:53" in out
+    assert "Sessions (show sessions):" in out and "Counters:" in out
+
+
+def test_check_config(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[[translation]]\nproto = "udp"\nvip = "30.0.0.2"\nport = 53\nbackends = ["->20.0.0.1"]\n')
+    r = run("check-config", str(p))
+    assert r.returncode == 0 and "translation [0] udp vip 30.0.0.2 53 to ->20.0.0.1" in r.stdout
+    p.write_text("flow_hash_seed = -1\n")
+    r = run("check-config", str(p))
+    assert r.returncode == 1 and f"{p}:1: flow_hash_seed: must be between" in r.stderr
+
+
+def test_bench_core_json_keys():
+    r = run("bench", "core", "--json", "--sessions", "20000", "--flows", "10000", "--seconds", "0.2")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    for key in ("fastpath_pps", "new_sessions_per_s", "bytes_per_session"):
+        assert res[key] > 0
+
+
+def test_help_lists_the_commands():
+    r = run("--help")
+    for word in ("demo", "replay", "check-config", "bench core"):
+        assert word in r.stdout

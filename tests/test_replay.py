@@ -1,0 +1,120 @@
+"""`appliance replay` end to end: pcap and pcapng in, pcap out, counters,
+errors. The output is checked by dpkt's own pcap reader."""
+
+import json
+import subprocess
+import sys
+
+import dpkt
+import pytest
+
+from appliance.replay import write_pcapng
+from packets import icmp_echo, tcp, udp
+
+CONF = """
+[timeouts]
+session = 10
+[snat]
+ip4 = "30.0.0.1"
+interfaces = ["tap0"]
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.1 5353"]
+"""
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True)
+
+
+def write_pcap(path, frames, nano=False):
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, nano=nano)
+        for ts, fr in frames:
+            w.writepkt(fr, ts=ts)
+
+
+def read_pcap(path):
+    with open(path, "rb") as f:
+        return [(ts, bytes(buf)) for ts, buf in dpkt.pcap.Reader(f)]
+
+
+@pytest.fixture
+def conf(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(CONF)
+    return str(p)
+
+
+def test_pcap_replay_translates_passes_drops_in_order(tmp_path, conf):
+    frames = [
+        (100.0, udp("10.0.0.1", 5000, "30.0.0.2", 53)),
+        (100.5, udp("20.0.0.1", 5353, "10.0.0.1", 5000)),
+        (101.0, udp("10.0.0.1", 5000, "40.0.0.1", 53)),       # transit: unchanged
+        (101.5, udp("10.0.0.1", 5000, "30.0.0.2", 54)),       # vip, no translation: dropped
+        (102.0, b"\x00" * 10),                                 # runt: dropped
+    ]
+    write_pcap(tmp_path / "in.pcap", frames)
+    r = run("replay", "--config", conf, "--json", str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap"))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["frames"], rep["translated"], rep["passed"], rep["dropped"]) == (5, 2, 1, 2)
+    assert rep["drops"] == {"drop_no_translation": 1, "drop_eth_truncated": 1}
+    assert rep["sessions_created"] == 1
+    out = read_pcap(tmp_path / "out.pcap")
+    assert [ts for ts, _ in out] == [100.0, 100.5, 101.0]
+    assert out[0][1] == udp("10.0.0.1", 5000, "20.0.0.1", 5353)
+    assert out[1][1] == udp("30.0.0.2", 53, "10.0.0.1", 5000)
+    assert out[2][1] == frames[2][1]
+
+
+def test_timeouts_follow_capture_time(tmp_path, conf):
+    frames = [(0.0, udp("10.1.0.1", 5000, "9.9.9.9", 53)),
+              (9.0, udp("10.1.0.2", 5000, "9.9.9.9", 53)),      # same port -> gets another
+              (19.5, udp("10.1.0.2", 5000, "9.9.9.9", 53)),     # 10.5 s later: new session
+              ]
+    write_pcap(tmp_path / "in.pcap", frames)
+    r = run("replay", "--config", conf, "--interface", "tap0", "--json", str(tmp_path / "in.pcap"),
+            str(tmp_path / "out.pcap"))
+    rep = json.loads(r.stdout)
+    assert (rep["sessions_created"], rep["sessions_expired"], rep["sessions_active"]) == (3, 2, 1)
+    out = read_pcap(tmp_path / "out.pcap")
+    sports = [dpkt.ethernet.Ethernet(b).data.data.sport for _, b in out]
+    assert sports[0] == 5000 and sports[1] != 5000
+    assert sports[2] == 5000, "the first session expired by capture time, so the port is free again"
+
+
+def test_pcapng_interfaces_by_name(tmp_path, conf):
+    pkts = [(1_000_000_000, "tap0", icmp_echo("10.1.0.1", "9.9.9.9", 3)),
+            (1_000_000_500, "eth0", icmp_echo("10.1.0.1", "9.9.9.9", 4)),
+            (1_000_001_000, "eth0", icmp_echo("9.9.9.9", "30.0.0.1", 3, reply=True))]
+    write_pcapng(str(tmp_path / "in.pcapng"), pkts)
+    r = run("replay", "--config", conf, "--json", str(tmp_path / "in.pcapng"), str(tmp_path / "out.pcap"))
+    assert r.returncode == 0, r.stderr
+    out = read_pcap(tmp_path / "out.pcap")
+    assert [b for _, b in out] == [icmp_echo("30.0.0.1", "9.9.9.9", 3), pkts[1][2],
+                                   icmp_echo("9.9.9.9", "10.1.0.1", 3, reply=True)]
+    with open(tmp_path / "out.pcap", "rb") as f:
+        assert dpkt.pcap.Reader(f).dloff == 14      # Ethernet link type
+
+
+def test_verbose_prints_a_line_per_frame(tmp_path, conf):
+    write_pcap(tmp_path / "in.pcap", [(1.0, udp("10.0.0.1", 5000, "30.0.0.2", 53))])
+    r = run("replay", "-v", "--config", conf, str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap"))
+    assert "#0 replay0 udp 10.0.0.1:5000 -> 30.0.0.2:53 -> forward: udp 10.0.0.1:5000 -> 20.0.0.1:5353" in r.stdout
+    assert "translated 1" in r.stdout
+
+
+def test_errors(tmp_path, conf):
+    (tmp_path / "junk.pcap").write_bytes(b"not a capture at all")
+    r = run("replay", "--config", conf, str(tmp_path / "junk.pcap"), str(tmp_path / "o.pcap"))
+    assert r.returncode == 1 and "not a pcap or pcapng file" in r.stderr
+    r = run("replay", "--config", conf, str(tmp_path / "missing.pcap"), str(tmp_path / "o.pcap"))
+    assert r.returncode == 1 and "missing.pcap: cannot open" in r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[snat]\nip4 = 5\n")
+    write_pcap(tmp_path / "in.pcap", [])
+    r = run("replay", "--config", str(bad), str(tmp_path / "in.pcap"), str(tmp_path / "o.pcap"))
+    assert r.returncode == 1 and f"{bad}:2: snat.ip4: expected a string" in r.stderr

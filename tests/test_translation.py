@@ -155,3 +155,13 @@ def test_sessions_keep_rewrite_after_translation_changes():
     h.core.apply_config(parse_config(SEED.replace("->20.0.0.1 8080", "->20.0.0.7 9090", 1)))
     h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, 0x10)).expect(tcp("10.0.0.1", 40000, "20.0.0.1", 8080, 0x10))
     h.send(tcp("10.0.0.2", 40000, "30.0.0.2", 80)).expect(tcp("10.0.0.2", 40000, "20.0.0.7", 9090))
+
+
+def test_reply_in_the_same_batch_as_the_first_packet():
+    """C stops at a new flow so the reply later in the batch finds its session."""
+    h = Harness(SEED)
+    res = h.run([tcp("10.0.0.1", 40000, "30.0.0.2", 80), tcp("20.0.0.1", 8080, "10.0.0.1", 40000, 0x12),
+                 tcp("10.0.0.1", 40000, "30.0.0.2", 80, 0x10)])
+    assert [d for _, _, d in res] == [tcp("10.0.0.1", 40000, "20.0.0.1", 8080),
+                                      tcp("30.0.0.2", 80, "10.0.0.1", 40000, 0x12),
+                                      tcp("10.0.0.1", 40000, "20.0.0.1", 8080, 0x10)]

@@ -695,15 +695,23 @@ static void rewrite_l4(struct nat *nat, struct pkt *p, uint16_t sport, uint16_t 
     }
 }
 
-/* Rewrite a packet so its tuple becomes `to`. */
-static void rewrite_packet(struct nat *nat, struct pkt *p, const struct nat_key *to)
+/* Rewrite the IP addresses (and the IPv4 header checksum); returns the
+ * pseudo-header change for the L4 checksum. */
+static uint32_t rewrite_addrs(struct pkt *p, const uint8_t *src, const uint8_t *dst)
 {
     unsigned alen = p->family == NAT_AF_INET ? 4 : 16;
     uint32_t acc = 0;
-    put_addr(src_field(p), to->src, alen, &acc);
-    put_addr(dst_field(p), to->dst, alen, &acc);
+    put_addr(src_field(p), src, alen, &acc);
+    put_addr(dst_field(p), dst, alen, &acc);
     if (p->family == NAT_AF_INET && acc)
         st16(p->l3 + 10, csum_apply(ld16(p->l3 + 10), acc));
+    return acc;
+}
+
+/* Rewrite a packet so its tuple becomes `to`. */
+static void rewrite_packet(struct nat *nat, struct pkt *p, const struct nat_key *to)
+{
+    uint32_t acc = rewrite_addrs(p, to->src, to->dst);
     rewrite_l4(nat, p, to->sport, to->dport, acc, NULL);
 }
 
@@ -800,12 +808,7 @@ static void handle_later_fragment(struct nat *nat, struct nat_frame *f, struct p
     struct frag *fe = frag_find(nat, p, now);
     if (fe) {
         if (fe->verdict == NAT_FORWARD) {
-            unsigned alen = p->family == NAT_AF_INET ? 4 : 16;
-            uint32_t acc = 0;
-            put_addr(src_field(p), fe->new_src, alen, &acc);
-            put_addr(dst_field(p), fe->new_dst, alen, &acc);
-            if (p->family == NAT_AF_INET && acc)
-                st16(p->l3 + 10, csum_apply(ld16(p->l3 + 10), acc));
+            rewrite_addrs(p, fe->new_src, fe->new_dst);
             nat->counters[NAT_C_FRAG_FOLLOWED]++;
             f->session = NAT_NONE;
             verdict(nat, f, NAT_FORWARD, NAT_C_TRANSLATED);

@@ -17,7 +17,7 @@ import ipaddress
 import pathlib
 import re
 import tomllib
-from typing import Any, Optional
+from typing import Optional
 
 from ._types import Backend, IPAddress, Timeouts, Translation
 
@@ -77,7 +77,6 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"']+)\s*\]\]?")
 
 def _find_line(text: str, table: Optional[str], index: Optional[int], key: Optional[str]) -> Optional[int]:
     lines = text.splitlines()
-    current = None
     count = -1
     in_target = table is None
     key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*=") if key else None
@@ -88,7 +87,7 @@ def _find_line(text: str, table: Optional[str], index: Optional[int], key: Optio
             name = m.group(2).strip("\"'")
             if m.group(1) == "[[" and name == table:
                 count += 1
-            current = name
+
             in_target = name == table and (index is None or count == index)
             if in_target:
                 header_line = no

@@ -9,7 +9,6 @@ interfaces: this is the NAT core alone (the live datapath is `appliance run`).
 from __future__ import annotations
 
 import importlib.resources
-import struct
 import sys
 
 import dpkt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import dpkt
 
@@ -10,7 +11,7 @@ import dpkt
 def describe(frame: bytes) -> str:
     try:
         e = dpkt.ethernet.Ethernet(frame)
-    except (dpkt.UnpackError, ValueError, IndexError, struct_error()):
+    except (dpkt.UnpackError, ValueError, IndexError, struct.error):
         return f"malformed ({len(frame)} bytes)"
     ip = e.data
     if isinstance(ip, dpkt.ip.IP):
@@ -38,9 +39,3 @@ def describe(frame: bytes) -> str:
             ident = f" id {l4.data.id}"
         return f"icmp {src} -> {dst} {kind}{ident}"
     return f"ip proto {getattr(ip, 'p', getattr(ip, 'nxt', '?'))} {src} -> {dst}"
-
-
-def struct_error():
-    import struct
-
-    return struct.error

@@ -7,7 +7,7 @@ from typing import Optional
 import dpkt
 
 from appliance import parse_config
-from appliance._frames import *  # noqa: F401,F403 - the tests' packet vocabulary
+
 from appliance._frames import MAC_A, MAC_B, eth, icmp_echo, icmp_error, ip, l4, strip_eth, tcp, udp  # noqa: F401
 from appliance.nat import DROP, FORWARD, PASS, Batch, NatCore
 

@@ -9,7 +9,7 @@ import dpkt
 import pytest
 
 from appliance.replay import write_pcapng
-from packets import icmp_echo, tcp, udp
+from packets import icmp_echo, udp
 
 CONF = """
 [timeouts]

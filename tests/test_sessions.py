@@ -1,6 +1,5 @@
 """Session lifetimes (fake clock), incremental expiry, capacity."""
 
-import pytest
 
 from packets import Harness, tcp, udp
 

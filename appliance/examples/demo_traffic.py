@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from .._frames import icmp_echo, icmp_error, ip, l4, tcp, udp
+from .._frames import icmp_echo, tcp, udp
 
-SYN, SYNACK, ACK, FIN, RST = 0x02, 0x12, 0x10, 0x11, 0x04
+SYN, ACK, RST = 0x02, 0x10, 0x04
 
 
 def steps() -> list[tuple[str, str, bytes, bool]]:

@@ -19,7 +19,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from .. import hooks
 from .._config import Config
@@ -31,7 +31,6 @@ from .._types import (
     SessionInfo,
     Timeouts,
     Translation,
-    is_icmp,
     proto_number,
 )
 

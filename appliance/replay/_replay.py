@@ -13,7 +13,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from .._config import Config
-from ..nat import DROP, FORWARD, PASS, Batch, NatCore
+from ..nat import FORWARD, PASS, Batch, NatCore
 from ..nat._binding import COUNTER_NAMES
 from ._pcap import CaptureReader, PcapWriter
 

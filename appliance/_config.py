@@ -87,7 +87,6 @@ def _find_line(text: str, table: Optional[str], index: Optional[int], key: Optio
             name = m.group(2).strip("\"'")
             if m.group(1) == "[[" and name == table:
                 count += 1
-
             in_target = name == table and (index is None or count == index)
             if in_target:
                 header_line = no

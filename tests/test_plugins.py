@@ -161,3 +161,26 @@ def test_plugin_modules_from_config(tmp_path, monkeypatch):
 def test_missing_plugin_module_is_a_config_error():
     with pytest.raises(ConfigError, match="plugins.modules.*no_such_plugin"):
         Harness(CONF + '\n[plugins]\nmodules = ["no_such_plugin"]\n')
+
+
+def test_decision_hooks_run_once_per_flow_not_per_packet():
+    calls = {"select": 0, "timeouts": 0, "snat": 0}
+
+    class Count:
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            calls["select"] += 1
+
+        @hookimpl
+        def appliance_session_timeouts(self, flow, translation):
+            calls["timeouts"] += 1
+
+        @hookimpl
+        def appliance_snat(self, flow, snat):
+            calls["snat"] += 1
+
+    h = with_plugins(Count())
+    for _ in range(50):
+        h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, 0x10))
+        h.send(udp("10.1.0.1", 5000, "9.9.9.9", 53), "tap0")
+    assert calls == {"select": 1, "timeouts": 2, "snat": 1}

@@ -118,3 +118,17 @@ def test_errors(tmp_path, conf):
     write_pcap(tmp_path / "in.pcap", [])
     r = run("replay", "--config", str(bad), str(tmp_path / "in.pcap"), str(tmp_path / "o.pcap"))
     assert r.returncode == 1 and f"{bad}:2: snat.ip4: expected a string" in r.stderr
+
+
+def test_nanosecond_capture_time_is_exact(tmp_path, conf):
+    """pcapng at nanosecond resolution: 1 ns past the 10 s timeout is expired."""
+    t0 = 1_000_000_000_000_000_000
+    pkts = [(t0, "tap0", udp("10.1.0.1", 5000, "9.9.9.9", 53)),
+            (t0 + 10_000_000_000, "tap0", udp("10.1.0.1", 5000, "9.9.9.9", 53)),      # exactly 10 s: alive
+            (t0 + 20_000_000_001, "tap0", udp("10.1.0.1", 5000, "9.9.9.9", 53))]      # 10 s + 1 ns: expired
+    write_pcapng(str(tmp_path / "in.pcapng"), pkts)
+    r = run("replay", "--config", conf, "--json", str(tmp_path / "in.pcapng"), str(tmp_path / "out.pcap"))
+    rep = json.loads(r.stdout)
+    assert (rep["sessions_created"], rep["sessions_expired"]) == (2, 1)
+    magic = (tmp_path / "out.pcap").read_bytes()[:4]
+    assert magic == bytes.fromhex("4d3cb2a1"), "nanosecond input -> nanosecond pcap out"

@@ -64,8 +64,8 @@ _STATE_NAMES = {
 }
 
 
-def _us(now: float) -> int:
-    return int(round(now * 1_000_000))
+def _ns(now: float) -> int:
+    return int(round(now * 1_000_000_000))
 
 
 def _u8(data: bytes):
@@ -126,7 +126,7 @@ class Batch:
             f.data = self.buf + off
             f.len = size
             f.port = port
-            f.ts_us = _us(ts)
+            f.ts_ns = _ns(ts)
         self.n = len(items)
 
     def data(self, i: int) -> bytes:
@@ -237,15 +237,15 @@ class NatCore:
         flow; the slow path resolves it and C continues after it, so a reply
         later in the same batch already finds the new session."""
         flags = lib.NAT_PF_FRAME_TIME if now is None else 0
-        now_us = 0 if now is None else _us(now)
+        now_ns = 0 if now is None else _ns(now)
         frames = batch.frames
         n = batch.n
         i = 0
         while i < n:
-            i += lib.nat_process(self._nat, frames + i, n - i, now_us, flags)
+            i += lib.nat_process(self._nat, frames + i, n - i, now_ns, flags)
             f = frames + (i - 1)
             if f.verdict == MISS:
-                self._new_flow(f, f.ts_us if now is None else now_us, flags)
+                self._new_flow(f, f.ts_ns if now is None else now_ns, flags)
         self._drain_events()
 
     def _slow_verdict(self, f, verdict: int, reason: str) -> None:
@@ -254,7 +254,7 @@ class NatCore:
         f.reason = code
         lib.nat_count_verdict(self._nat, verdict, code)
 
-    def _new_flow(self, f, now_us: int, flags: int) -> None:
+    def _new_flow(self, f, now_ns: int, flags: int) -> None:
         # Once per new flow: keep this lean (bench core: new_sessions_per_s).
         raw = bytes(ffi.buffer(ffi.addressof(f, "key"), 40))
         family = raw[37]
@@ -313,7 +313,7 @@ class NatCore:
         profile = 0 if timeouts is self.config.timeouts else self._profile(timeouts)
         rc = lib.nat_flow_install(self._nat, f, new_src, new_dst, _ntohs(new_dport), src_pref,
                                   translation.id if translation is not None else lib.NAT_NONE,
-                                  backend_idx, profile, sflags, now_us, flags)
+                                  backend_idx, profile, sflags, now_ns, flags)
         if rc != 0:
             if sflags == lib.NAT_SF_BYPASS:
                 self._slow_verdict(f, PASS, "pass_untracked")
@@ -350,13 +350,13 @@ class NatCore:
 
     def expire(self, now: float, budget: int = SCAN_BUDGET) -> int:
         """Remove expired sessions among the next ``budget`` slots."""
-        n = lib.nat_expire(self._nat, _us(now), budget)
+        n = lib.nat_expire(self._nat, _ns(now), budget)
         self._drain_events()
         return n
 
     def expire_all(self, now: float) -> int:
         """Sweep the whole table once (offline use: end of a replay)."""
-        n = lib.nat_expire(self._nat, _us(now), lib.nat_session_capacity(self._nat))
+        n = lib.nat_expire(self._nat, _ns(now), lib.nat_session_capacity(self._nat))
         self._drain_events()
         return n
 
@@ -395,7 +395,7 @@ class NatCore:
         ffi.memmove(k.src, a, len(a))
         ffi.memmove(k.dst, b, len(b))
         k.sport, k.dport, k.proto, k.family = _ntohs(sport), _ntohs(dport), proto, family
-        i = lib.nat_session_find(self._nat, k, _us(now))
+        i = lib.nat_session_find(self._nat, k, _ns(now))
         return None if i == lib.NAT_NONE else self.session(i)
 
     def _session_info(self, s) -> SessionInfo:
@@ -422,7 +422,7 @@ class NatCore:
             translation=None if s.translation == lib.NAT_NONE else s.translation,
             backend=None if s.backend == NO_BACKEND else s.backend,
             state=_STATE_NAMES.get(s.state, str(s.state)), kind=kind,
-            created=s.created_us / 1e6, last_seen=s.last_seen_us / 1e6, expires=s.expires_us / 1e6,
+            created=s.created_ns / 1e9, last_seen=s.last_seen_ns / 1e9, expires=s.expires_ns / 1e9,
             packets=(s.packets[0], s.packets[1]),
             reason=("timeout", "removed")[s.reason] if s.reason < 2 else "",
         )

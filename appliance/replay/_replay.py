@@ -71,7 +71,7 @@ def replay(config: Config, in_path: str, out_path: str, interface: str = "replay
                 items = [(p.data, core.port(p.interface or interface), p.ts_ns / 1e9) for p in pending]
                 batch.load(items)
                 for i, p in enumerate(pending):
-                    batch.frames[i].ts_us = (p.ts_ns + 500) // 1000
+                    batch.frames[i].ts_ns = p.ts_ns
                 core.process(batch)
                 for i, p in enumerate(pending):
                     f = batch.frames[i]

@@ -65,8 +65,8 @@ static const char *const counter_help[] = {
 
 struct session {
     struct nat_key key[2];
-    uint64_t last_seen_us;
-    uint64_t created_us;
+    uint64_t last_seen_ns;
+    uint64_t created_ns;
     uint64_t packets[2];
     uint32_t next[2];
     uint32_t translation;
@@ -80,7 +80,7 @@ struct session {
 struct frag {
     uint8_t src[16], dst[16];
     uint8_t new_src[16], new_dst[16];
-    uint64_t expires_us;
+    uint64_t expires_ns;
     uint32_t id;
     uint8_t proto, family, verdict, used;
 };
@@ -225,7 +225,7 @@ _Static_assert(sizeof(struct nat_key) == 40, "nat_key is hashed as 5 x u64");
  */
 static inline uint64_t sess_expires(const struct nat *nat, const struct session *s)
 {
-    return s->last_seen_us + 1000ull * nat->profile[s->profile].ms[state_lifetime[s->state]];
+    return s->last_seen_ns + 1000000ull * nat->profile[s->profile].ms[state_lifetime[s->state]];
 }
 
 static inline uint32_t table_lookup(const struct nat *nat, const struct nat_key *k)
@@ -268,9 +268,9 @@ static void sess_info(const struct nat *nat, uint32_t idx, struct nat_session_in
     memset(o, 0, sizeof *o);
     o->key[0] = s->key[0];
     o->key[1] = s->key[1];
-    o->created_us = s->created_us;
-    o->last_seen_us = s->last_seen_us;
-    o->expires_us = sess_expires(nat, s);
+    o->created_ns = s->created_ns;
+    o->last_seen_ns = s->last_seen_ns;
+    o->expires_ns = sess_expires(nat, s);
     o->index = idx;
     o->translation = s->translation;
     o->backend = s->backend;
@@ -731,7 +731,7 @@ static struct frag *frag_find(struct nat *nat, const struct pkt *p, uint64_t now
     uint32_t base = frag_hash(p) & (NAT_FRAG_SLOTS - 2);
     for (int w = 0; w < 2; w++) {
         struct frag *f = &nat->frag[base + w];
-        if (f->used && f->expires_us >= now && f->id == p->frag_id && f->proto == p->proto &&
+        if (f->used && f->expires_ns >= now && f->id == p->frag_id && f->proto == p->proto &&
             f->family == p->family && memcmp(f->src, p->key.src, 16) == 0 &&
             memcmp(f->dst, p->key.dst, 16) == 0)
             return f;
@@ -746,10 +746,10 @@ static void frag_record(struct nat *nat, const struct pkt *p, uint8_t verdict, u
     struct frag *g = &nat->frag[base + 1];
     struct frag *pick = f;
     /* prefer a matching, then a free or stale way, then the older one */
-    if (!(f->used && f->expires_us >= now)) pick = f;
-    else if (!(g->used && g->expires_us >= now)) pick = g;
+    if (!(f->used && f->expires_ns >= now)) pick = f;
+    else if (!(g->used && g->expires_ns >= now)) pick = g;
     else {
-        pick = f->expires_us <= g->expires_us ? f : g;
+        pick = f->expires_ns <= g->expires_ns ? f : g;
         nat->counters[NAT_C_FRAG_TABLE_EVICT]++;
     }
     memset(pick, 0, sizeof *pick);
@@ -762,7 +762,7 @@ static void frag_record(struct nat *nat, const struct pkt *p, uint8_t verdict, u
     pick->proto = p->proto;
     pick->family = p->family;
     pick->verdict = verdict;
-    pick->expires_us = now + 1000ull * NAT_FRAG_TIMEOUT_MS;
+    pick->expires_ns = now + 1000000ull * NAT_FRAG_TIMEOUT_MS;
     pick->used = 1;
 }
 
@@ -968,7 +968,7 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         struct session *s = &nat->s[idx];
         struct nat_key to;
         key_reverse(&to, &s->key[!dir]);
-        s->last_seen_us = now;
+        s->last_seen_ns = now;
         s->packets[dir]++;
         if (p.proto == IPPROTO_TCP_)
             s->state = tcp_next[s->state][tcp_event(p.tcp_flags)][dir];
@@ -1021,7 +1021,7 @@ done:
         frag_record(nat, &p, f->verdict, now);  /* p.key still holds the original addresses */
 }
 
-uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint64_t now_us,
+uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint64_t now_ns,
                      uint32_t flags)
 {
     /* Frames are handled strictly in order: processing stops after the first
@@ -1029,7 +1029,7 @@ uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint
      * reply, the next fragment) may depend on the session it creates. */
     for (uint32_t i = 0; i < n; i++) {
         struct nat_frame *f = &frames[i];
-        uint64_t now = (flags & NAT_PF_FRAME_TIME) ? f->ts_us : now_us;
+        uint64_t now = (flags & NAT_PF_FRAME_TIME) ? f->ts_ns : now_ns;
         process_one(nat, f, now, flags);
         if (f->verdict == NAT_MISS) {
             nat->counters[NAT_C_SESSION_MISS]++;
@@ -1063,14 +1063,14 @@ static uint32_t reclaim_one(struct nat *nat, uint64_t now)
 }
 
 int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat_key *rev,
-                    uint64_t now_us, uint32_t translation, uint16_t backend, uint8_t profile,
+                    uint64_t now_ns, uint32_t translation, uint16_t backend, uint8_t profile,
                     uint8_t flags, uint32_t *out)
 {
     if (key_eq(fwd, rev))
         return -1;
-    if (lookup_live(nat, fwd, now_us) != NAT_NONE || lookup_live(nat, rev, now_us) != NAT_NONE)
+    if (lookup_live(nat, fwd, now_ns) != NAT_NONE || lookup_live(nat, rev, now_ns) != NAT_NONE)
         return -1;
-    if (nat->free_head == NAT_NONE && nat->hwm == nat->max_sessions && !reclaim_one(nat, now_us))
+    if (nat->free_head == NAT_NONE && nat->hwm == nat->max_sessions && !reclaim_one(nat, now_ns))
         return -2;
     uint32_t idx;
     if (nat->free_head != NAT_NONE) {
@@ -1084,7 +1084,7 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
     s->key[0] = *fwd;
     s->key[1] = *rev;
     s->key[0].zero = s->key[1].zero = 0;
-    s->created_us = s->last_seen_us = now_us;
+    s->created_ns = s->last_seen_ns = now_ns;
     s->translation = translation;
     s->backend = backend;
     s->profile = profile;
@@ -1101,7 +1101,7 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
 int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
                      const char *new_dst, uint16_t new_dport, int32_t src_pref,
                      uint32_t translation, uint16_t backend, uint8_t profile, uint8_t flags,
-                     uint64_t now_us, uint32_t pflags)
+                     uint64_t now_ns, uint32_t pflags)
 {
     const struct nat_key *fwd = &f->key;
     unsigned alen = fwd->family == NAT_AF_INET ? 4 : 16;
@@ -1116,21 +1116,21 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     if (flags & NAT_SF_BYPASS) {
         rev.dport = fwd->sport;
     } else if (nat_alloc_port(nat, &rev, src_pref, icmp ? 0 : NAT_PORT_LO, 0xffff,
-                              key_hash64(nat->table_seed, fwd), now_us) != 0) {
+                              key_hash64(nat->table_seed, fwd), now_ns) != 0) {
         return -1;
     }
     uint32_t idx;
-    int rc = nat_session_add(nat, fwd, &rev, now_us, translation, backend, profile, flags, &idx);
+    int rc = nat_session_add(nat, fwd, &rev, now_ns, translation, backend, profile, flags, &idx);
     if (rc != 0)
         return rc == -2 ? -2 : -3;
-    process_one(nat, f, now_us, pflags | NAT_PF_FINAL);
+    process_one(nat, f, now_ns, pflags | NAT_PF_FINAL);
     return 0;
 }
 
-uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key, uint64_t now_us)
+uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key, uint64_t now_ns)
 {
     uint32_t ref = table_lookup(nat, key);
-    if (ref == NAT_NONE || now_us > sess_expires(nat, &nat->s[ref >> 1]))
+    if (ref == NAT_NONE || now_ns > sess_expires(nat, &nat->s[ref >> 1]))
         return NAT_NONE;
     return ref >> 1;
 }
@@ -1174,9 +1174,9 @@ static inline int port_free(const struct nat *nat, struct nat_key *rev, uint16_t
 }
 
 int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred, uint16_t lo,
-                   uint16_t hi, uint64_t salt, uint64_t now_us)
+                   uint16_t hi, uint64_t salt, uint64_t now_ns)
 {
-    if (preferred >= 0 && preferred <= 0xffff && port_free(nat, rev, (uint16_t)preferred, now_us))
+    if (preferred >= 0 && preferred <= 0xffff && port_free(nat, rev, (uint16_t)preferred, now_ns))
         return 0;
     if (hi < lo)
         return -1;
@@ -1188,20 +1188,20 @@ int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred
     uint64_t h = key_hash64(nat->table_seed ^ salt, rev);
     for (int i = 0; i < NAT_PORT_PROBES; i++) {
         uint16_t port = (uint16_t)(lo + (h % range));
-        if (port_free(nat, rev, port, now_us))
+        if (port_free(nat, rev, port, now_ns))
             return 0;
         h = fmix64(h + 0x9e3779b97f4a7c15ULL);
     }
     uint32_t start = (uint32_t)(h % range);
     for (uint32_t j = 0; j < range; j++) {
         uint16_t port = (uint16_t)(lo + (start + j) % range);
-        if (port_free(nat, rev, port, now_us))
+        if (port_free(nat, rev, port, now_ns))
             return 0;
     }
     return -1;
 }
 
-uint32_t nat_expire(struct nat *nat, uint64_t now_us, uint32_t budget)
+uint32_t nat_expire(struct nat *nat, uint64_t now_ns, uint32_t budget)
 {
     uint32_t removed = 0;
     if (nat->hwm == 0)
@@ -1212,7 +1212,7 @@ uint32_t nat_expire(struct nat *nat, uint64_t now_us, uint32_t budget)
         uint32_t idx = nat->scan_cursor < nat->hwm ? nat->scan_cursor : 0;
         nat->scan_cursor = (idx + 1) % nat->hwm;
         struct session *s = &nat->s[idx];
-        if (s->in_use && now_us > sess_expires(nat, s)) {
+        if (s->in_use && now_ns > sess_expires(nat, s)) {
             sess_free(nat, idx, 0);
             nat->counters[NAT_C_SESSION_EXPIRED_SCAN]++;
             removed++;

@@ -39,7 +39,7 @@ enum nat_verdict {
 };
 
 /* Flags for nat_process(). */
-#define NAT_PF_FRAME_TIME 1  /* use frames[i].ts_us instead of now_us */
+#define NAT_PF_FRAME_TIME 1  /* use frames[i].ts_ns instead of now_ns */
 #define NAT_PF_FINAL 2       /* slow-path re-run: not counted as hit or miss */
 
 enum nat_family { NAT_AF_INET = 4, NAT_AF_INET6 = 6 };
@@ -58,7 +58,7 @@ struct nat_key {
     uint16_t zero;
 };
 
-/* One frame of a batch. The caller fills data/len/port (and ts_us with
+/* One frame of a batch. The caller fills data/len/port (and ts_ns with
  * NAT_PF_FRAME_TIME); nat_process() fills the rest. */
 struct nat_frame {
     uint8_t *data;           /* Ethernet frame, rewritten in place */
@@ -72,7 +72,7 @@ struct nat_frame {
     uint32_t session;        /* FORWARD: session index */
     uint32_t translation;    /* MISS: translation id, or NAT_NONE */
     uint32_t hash;           /* MISS: keyed flow hash of key */
-    uint64_t ts_us;
+    uint64_t ts_ns;
     struct nat_key key;      /* MISS: the flow as received */
 };
 
@@ -115,9 +115,9 @@ struct nat_profile {
 /* A session as shown to Python (copy, never a pointer into the table). */
 struct nat_session_info {
     struct nat_key key[2];   /* [0] as the initiator sends, [1] as replies arrive */
-    uint64_t created_us;
-    uint64_t last_seen_us;
-    uint64_t expires_us;
+    uint64_t created_ns;
+    uint64_t last_seen_ns;
+    uint64_t expires_ns;
     uint32_t index;
     uint32_t translation;
     uint16_t backend;
@@ -173,12 +173,12 @@ uint32_t nat_translation_lookup(const struct nat *nat, uint8_t family,
  * path (verdict NAT_MISS) and returns how many frames it processed; the
  * caller resolves that frame (nat_flow_install) and continues after it. */
 uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n,
-                     uint64_t now_us, uint32_t flags);
+                     uint64_t now_ns, uint32_t flags);
 
 uint32_t nat_flow_hash(const struct nat *nat, const struct nat_key *key);
 /* 0: added (index in *out); -1: a key exists already; -2: table full. */
 int nat_session_add(struct nat *nat, const struct nat_key *fwd,
-                    const struct nat_key *rev, uint64_t now_us,
+                    const struct nat_key *rev, uint64_t now_ns,
                     uint32_t translation, uint16_t backend, uint8_t profile,
                     uint8_t flags, uint32_t *out);
 /* Install the session for a NAT_MISS frame and run the frame again, in one
@@ -191,11 +191,11 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd,
 int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
                      const char *new_dst, uint16_t new_dport, int32_t src_pref,
                      uint32_t translation, uint16_t backend, uint8_t profile,
-                     uint8_t flags, uint64_t now_us, uint32_t pflags);
+                     uint8_t flags, uint64_t now_ns, uint32_t pflags);
 /* Session index for a key (either direction), or NAT_NONE. Expired
  * sessions are not returned. */
 uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key,
-                          uint64_t now_us);
+                          uint64_t now_ns);
 int nat_session_get(const struct nat *nat, uint32_t index,
                     struct nat_session_info *out);
 int nat_session_remove(struct nat *nat, uint32_t index);
@@ -207,11 +207,11 @@ uint32_t nat_session_next(const struct nat *nat, uint32_t start);
  * salted start. 0 on success, -1 when every port is taken. */
 int nat_alloc_port(const struct nat *nat, struct nat_key *rev,
                    int32_t preferred, uint16_t lo, uint16_t hi, uint64_t salt,
-                   uint64_t now_us);
+                   uint64_t now_ns);
 
 /* Incremental expiry: examine at most budget slots from where the last
  * call stopped; returns the number of sessions removed. */
-uint32_t nat_expire(struct nat *nat, uint64_t now_us, uint32_t budget);
+uint32_t nat_expire(struct nat *nat, uint64_t now_ns, uint32_t budget);
 /* Move up to max queued expiry events into out; returns how many. */
 uint32_t nat_drain_events(struct nat *nat, struct nat_session_info *out, uint32_t max);
 /* CFFI-END */

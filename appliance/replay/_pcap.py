@@ -48,7 +48,8 @@ class CaptureReader:
         magic_be = struct.unpack(">I", head)[0]
         if magic_le == PCAPNG_SHB:
             self.format = "pcapng"
-            self.nanosecond = False
+            # interfaces may have any resolution (if_tsresol); write ns out
+            self.nanosecond = True
         elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
             self.format = "pcap"
             self.nanosecond = PCAP_MAGIC_NS in (magic_le, magic_be)
@@ -149,8 +150,6 @@ class CaptureReader:
                     raise CaptureError(f"{self.path}: packet block shorter than its captured length")
                 ts = (hi << 32) | lo
                 last_ts = ts * 1_000_000_000 // units
-                if units > 1_000_000:
-                    self.nanosecond = True
                 yield Packet(last_ts, name, data)
             elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
                 if not ifaces:

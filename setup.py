@@ -1,4 +1,4 @@
 # cffi's documented build integration; everything else is in pyproject.toml.
 from setuptools import setup
 
-setup(cffi_modules=["appliance/nat/_build.py:ffibuilder"])
+setup(cffi_modules=["appliance/nat/_build.py:ffibuilder", "appliance/io_uring/_build.py:ffibuilder"])

@@ -1,0 +1,62 @@
+"""cffi build script for the AF_XDP shim, and the XDP program (clang).
+
+Links libxdp and libbpf (Debian: libxdp-dev, libbpf-dev). The cdef is the
+CFFI-BEGIN/CFFI-END part of io.h; it includes the NAT core's cdef so a
+``struct nat_frame`` batch passes between the two modules unchanged.
+The XDP program is compiled with ``clang -target bpf`` into
+``appliance/io_uring/steer.bpf.o`` as part of the build.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "nat"))
+import _build as nat_build  # noqa: E402  (the NAT core's ffibuilder)
+
+C_DIR = HERE / "c"
+NAT_C_DIR = HERE.parent / "nat" / "c"
+BPF_SRC = HERE / "bpf" / "steer.bpf.c"
+BPF_OBJ = HERE / "steer.bpf.o"
+
+
+def _rel(path: pathlib.Path) -> str:
+    return os.path.relpath(path, os.getcwd())
+
+
+def build_bpf() -> None:
+    arch_inc = f"/usr/include/{os.uname().machine}-linux-gnu"
+    cmd = ["clang", "-O2", "-g", "-target", "bpf", "-Wall", f"-I{arch_inc}", f"-I{HERE / 'bpf'}",
+           "-c", str(BPF_SRC), "-o", str(BPF_OBJ)]
+    subprocess.run(cmd, check=True)
+
+
+def _cdef() -> str:
+    header = (C_DIR / "io.h").read_text()
+    body = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", header, re.S).group(1)
+    return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+
+
+build_bpf()
+ffibuilder = FFI()
+ffibuilder.include(nat_build.ffibuilder)
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "appliance.io_uring._io_c",
+    '#include "io.h"\n',
+    sources=[_rel(C_DIR / "io.c")],
+    include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR)],
+    libraries=["xdp", "bpf"],
+    depends=[_rel(p) for p in sorted(C_DIR.iterdir())],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,163 @@
+/*
+ * The appliance's XDP program: decides, per frame, whether the kernel or the
+ * appliance (through an AF_XDP socket) gets it.
+ *
+ * To the kernel (XDP_PASS): non-IP (ARP, LLDP), IPv6 neighbour discovery,
+ * multicast/broadcast, TTL/hop limit <= 1 (the kernel sends time-exceeded),
+ * and traffic addressed to the host itself -- except the ports of `real`
+ * translations and the return traffic of flows whose source the appliance
+ * rewrote to a host address, which are listed in the `ports` map.
+ * To the appliance: everything else (vips, transit, SNAT).
+ *
+ * Maps are filled by appliance/io_uring/_xdp.py from the configuration, the
+ * kernel's addresses and the sessions.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "steer.h"
+
+struct {
+    __uint(type, BPF_MAP_TYPE_XSKMAP);
+    __uint(max_entries, STEER_MAX_SOCKETS);
+    __type(key, __u32);
+    __type(value, __u32);
+} xsks SEC(".maps");
+
+/* ifindex -> first xsks key of that interface (its queues follow) */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, __u32);
+    __type(value, __u32);
+} ifbase SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct steer_addr);
+    __type(value, __u32);
+} addrs SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, STEER_MAX_PORTS);
+    __type(key, struct steer_port);
+    __type(value, __u32);
+} ports SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, STEER_C__COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline int count(__u32 c, int action)
+{
+    __u64 *v = bpf_map_lookup_elem(&counters, &c);
+    if (v)
+        *v += 1;
+    return action;
+}
+
+static __always_inline int to_appliance(struct xdp_md *ctx)
+{
+    __u32 ifindex = ctx->ingress_ifindex;
+    __u32 *base = bpf_map_lookup_elem(&ifbase, &ifindex);
+    if (!base)
+        return count(STEER_C_PASS_NO_SOCKET, XDP_PASS);
+    count(STEER_C_REDIRECT, 0);
+    return bpf_redirect_map(&xsks, *base + ctx->rx_queue_index, XDP_PASS);
+}
+
+SEC("xdp")
+int appliance_steer(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct steer_addr ak = {};
+    struct steer_port pk = {};
+    __u8 proto;
+    void *l4;
+
+    if ((void *)(eth + 1) > end)
+        return count(STEER_C_PASS_KERNEL, XDP_PASS);
+    if (eth->h_dest[0] & 1)   /* multicast / broadcast */
+        return count(STEER_C_PASS_KERNEL, XDP_PASS);
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > end || ip->ihl < 5)
+            return count(STEER_C_PASS_KERNEL, XDP_PASS);
+        if (ip->ttl <= 1)
+            return count(STEER_C_PASS_TTL, XDP_PASS);
+        ak.family = 4;
+        __builtin_memcpy(ak.addr, &ip->daddr, 4);
+        proto = ip->protocol;
+        l4 = (void *)ip + ip->ihl * 4;
+        if (ip->frag_off & bpf_htons(0x1fff))
+            l4 = 0;   /* later fragment: no ports */
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > end)
+            return count(STEER_C_PASS_KERNEL, XDP_PASS);
+        if (ip6->hop_limit <= 1)
+            return count(STEER_C_PASS_TTL, XDP_PASS);
+        if (ip6->daddr.s6_addr[0] == 0xff)
+            return count(STEER_C_PASS_KERNEL, XDP_PASS);
+        ak.family = 6;
+        __builtin_memcpy(ak.addr, &ip6->daddr, 16);
+        proto = ip6->nexthdr;
+        l4 = ip6 + 1;
+        if (proto == IPPROTO_ICMPV6) {
+            __u8 *t = l4;
+            if ((void *)(t + 1) > end)
+                return count(STEER_C_PASS_KERNEL, XDP_PASS);
+            if (*t >= 133 && *t <= 137)   /* router/neighbour discovery */
+                return count(STEER_C_PASS_KERNEL, XDP_PASS);
+        }
+    } else {
+        return count(STEER_C_PASS_KERNEL, XDP_PASS);
+    }
+
+    __u32 *flags = bpf_map_lookup_elem(&addrs, &ak);
+    if (!flags || !(*flags & STEER_ADDR_HOST))
+        return to_appliance(ctx);   /* vip, SNAT address that is not the host's, transit */
+
+    /* Addressed to the host: only listed ports go to the appliance. */
+    if (!l4)
+        return count(STEER_C_PASS_HOST, XDP_PASS);
+    pk.family = ak.family;
+    pk.proto = proto;
+    __builtin_memcpy(pk.addr, ak.addr, 16);
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        __u16 *p = l4;
+        if ((void *)(p + 2) > end)
+            return count(STEER_C_PASS_HOST, XDP_PASS);
+        pk.port = p[1];
+    } else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+        __u8 *icmp = l4;
+        if ((void *)(icmp + 8) > end)
+            return count(STEER_C_PASS_HOST, XDP_PASS);
+        __u8 type = icmp[0];
+        if (type == 0 || type == 129)      /* echo reply: identifier */
+            pk.port = *(__u16 *)(icmp + 4);
+        else if (type == 3 || type == 11 || type == 12 || (type >= 1 && type <= 4 && proto == IPPROTO_ICMPV6))
+            return to_appliance(ctx);      /* errors: the NAT matches the quoted flow */
+        else
+            return count(STEER_C_PASS_HOST, XDP_PASS);
+    } else {
+        return count(STEER_C_PASS_HOST, XDP_PASS);
+    }
+    if (bpf_map_lookup_elem(&ports, &pk))
+        return to_appliance(ctx);
+    return count(STEER_C_PASS_HOST, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

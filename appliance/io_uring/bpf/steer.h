@@ -1,0 +1,31 @@
+/* Shared between the XDP program and the appliance (map keys, counters). */
+#ifndef APPLIANCE_STEER_H
+#define APPLIANCE_STEER_H
+
+#define STEER_MAX_SOCKETS 1024
+#define STEER_MAX_PORTS 262144   /* real-translation ports + host-address sessions */
+#define STEER_ADDR_HOST 1        /* an address of this host */
+
+struct steer_addr {
+    __u8 family;
+    __u8 pad[3];
+    __u8 addr[16];
+};
+
+struct steer_port {
+    __u8 family;
+    __u8 proto;
+    __u16 port;     /* network order */
+    __u8 addr[16];
+};
+
+enum {
+    STEER_C_REDIRECT,        /* to the appliance */
+    STEER_C_PASS_KERNEL,     /* not IP, multicast, neighbour discovery */
+    STEER_C_PASS_TTL,        /* TTL/hop limit expiring here: the kernel answers */
+    STEER_C_PASS_HOST,       /* addressed to the host, not a NAT port */
+    STEER_C_PASS_NO_SOCKET,  /* interface without an AF_XDP socket */
+    STEER_C__COUNT,
+};
+
+#endif

@@ -1,0 +1,473 @@
+/*
+ * AF_XDP ports and the forwarding step. See io.h.
+ */
+#include "io.h"
+#include "csum.h"
+
+#include <errno.h>
+#include <net/if.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/if_link.h>
+#include <xdp/xsk.h>
+
+#define IO_BATCH_MAX 256
+#define IO_NEIGH_SLOTS 4096   /* neighbours per appliance; open addressing, <= half full */
+
+struct io_port {
+    struct io_ctx *ctx;
+    struct xsk_socket *xsk;
+    struct xsk_umem *umem;
+    struct xsk_ring_prod fq, tx;
+    struct xsk_ring_cons cq, rx;
+    uint8_t *area;
+    size_t area_size;
+    uint64_t *free;          /* TX chunks not in flight */
+    uint32_t nfree;
+    uint32_t outstanding;    /* TX descriptors submitted, not completed */
+    uint32_t pending_tx;     /* reserved+filled, not yet submitted */
+    uint64_t rx_addr[IO_BATCH_MAX];
+    uint32_t mtu;
+    uint16_t port_id;
+    uint8_t mac[6];
+};
+
+struct route {
+    uint8_t prefix[16];
+    uint8_t gw[16];
+    uint8_t family, plen, has_gw, local;
+    int port_id;
+};
+
+struct neigh {
+    uint8_t addr[16];
+    uint8_t mac[6];
+    uint8_t family, used;
+    int port_id;
+};
+
+struct io_ctx {
+    struct io_port *tx_port[IO_MAX_PORTS];   /* the socket that transmits on a port */
+    struct route routes[IO_MAX_ROUTES];
+    uint32_t n_routes;
+    struct neigh neigh[IO_NEIGH_SLOTS];
+    int tap_fd;
+    uint8_t tap_mac[6];
+    uint64_t counters[IO_C__COUNT];
+};
+
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac)
+{
+    struct io_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->tap_fd = tap_fd;
+    memcpy(c->tap_mac, tap_mac, 6);
+    return c;
+}
+
+void io_ctx_destroy(struct io_ctx *ctx) { free(ctx); }
+const uint64_t *io_ctx_counters(const struct io_ctx *ctx) { return ctx->counters; }
+
+/* ---------------------------------------------------------------------------
+ * Ports
+ */
+struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t queue,
+                             uint16_t port_id, int xsks_map_fd, uint32_t key, uint32_t nframes,
+                             const uint8_t *mac, uint32_t mtu, int zerocopy)
+{
+    if (port_id >= IO_MAX_PORTS || nframes < 2 * IO_BATCH_MAX) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct io_port *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->ctx = ctx;
+    p->port_id = port_id;
+    p->mtu = mtu;
+    memcpy(p->mac, mac, 6);
+    p->area_size = (size_t)nframes * IO_FRAME_SIZE;
+    p->area = mmap(NULL, p->area_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p->area == MAP_FAILED)
+        goto fail;
+    /* half of the UMEM feeds the RX fill ring, half is the TX pool */
+    uint32_t nrx = nframes / 2;
+    struct xsk_umem_config ucfg = {
+        .fill_size = nrx, .comp_size = nframes - nrx, .frame_size = IO_FRAME_SIZE,
+        .frame_headroom = 0, .flags = 0,
+    };
+    int rc = xsk_umem__create(&p->umem, p->area, p->area_size, &p->fq, &p->cq, &ucfg);
+    if (rc)
+        goto fail_rc;
+    struct xsk_socket_config scfg = {
+        .rx_size = nrx, .tx_size = nframes - nrx,
+        .libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+        .xdp_flags = XDP_FLAGS_DRV_MODE,
+        .bind_flags = XDP_USE_NEED_WAKEUP | (zerocopy ? XDP_ZEROCOPY : XDP_COPY),
+    };
+    rc = xsk_socket__create(&p->xsk, ifname, queue, p->umem, &p->rx, &p->tx, &scfg);
+    if (rc)
+        goto fail_rc;
+    rc = bpf_map_update_elem(xsks_map_fd, &key, &(int){xsk_socket__fd(p->xsk)}, 0);
+    if (rc)
+        goto fail_rc;
+    uint32_t idx;
+    if (xsk_ring_prod__reserve(&p->fq, nrx, &idx) != nrx) {
+        rc = -ENOMEM;
+        goto fail_rc;
+    }
+    for (uint32_t i = 0; i < nrx; i++)
+        *xsk_ring_prod__fill_addr(&p->fq, idx + i) = (uint64_t)i * IO_FRAME_SIZE;
+    xsk_ring_prod__submit(&p->fq, nrx);
+    p->free = calloc(nframes - nrx, sizeof *p->free);
+    if (!p->free)
+        goto fail;
+    for (uint32_t i = nrx; i < nframes; i++)
+        p->free[p->nfree++] = (uint64_t)i * IO_FRAME_SIZE;
+    if (!ctx->tx_port[port_id])
+        ctx->tx_port[port_id] = p;
+    return p;
+fail_rc:
+    errno = rc < 0 ? -rc : rc;
+fail:
+    {
+        int e = errno;
+        io_port_close(p);
+        errno = e;
+    }
+    return NULL;
+}
+
+void io_port_close(struct io_port *p)
+{
+    if (!p)
+        return;
+    if (p->ctx && p->ctx->tx_port[p->port_id] == p)
+        p->ctx->tx_port[p->port_id] = NULL;
+    if (p->xsk)
+        xsk_socket__delete(p->xsk);
+    if (p->umem)
+        xsk_umem__delete(p->umem);
+    if (p->area && p->area != MAP_FAILED)
+        munmap(p->area, p->area_size);
+    free(p->free);
+    free(p);
+}
+
+int io_port_fd(const struct io_port *p) { return xsk_socket__fd(p->xsk); }
+
+uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max)
+{
+    uint32_t idx;
+    if (max > IO_BATCH_MAX)
+        max = IO_BATCH_MAX;
+    uint32_t n = xsk_ring_cons__peek(&p->rx, max, &idx);
+    if (!n) {
+        if (xsk_ring_prod__needs_wakeup(&p->fq))
+            recvfrom(xsk_socket__fd(p->xsk), NULL, 0, MSG_DONTWAIT, NULL, NULL);
+        return 0;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const struct xdp_desc *d = xsk_ring_cons__rx_desc(&p->rx, idx + i);
+        p->rx_addr[i] = d->addr;
+        frames[i].data = xsk_umem__get_data(p->area, d->addr);
+        frames[i].len = d->len;
+        frames[i].port = p->port_id;
+    }
+    xsk_ring_cons__release(&p->rx, n);
+    p->ctx->counters[IO_C_RX] += n;
+    return n;
+}
+
+static void reap(struct io_port *p)
+{
+    uint32_t idx;
+    uint32_t n = xsk_ring_cons__peek(&p->cq, p->outstanding, &idx);
+    for (uint32_t i = 0; i < n; i++)
+        p->free[p->nfree++] = *xsk_ring_cons__comp_addr(&p->cq, idx + i);
+    if (n)
+        xsk_ring_cons__release(&p->cq, n);
+    p->outstanding -= n;
+}
+
+static void kick(struct io_port *p)
+{
+    if (p->pending_tx) {
+        xsk_ring_prod__submit(&p->tx, p->pending_tx);
+        p->outstanding += p->pending_tx;
+        p->pending_tx = 0;
+    }
+    if (p->outstanding && xsk_ring_prod__needs_wakeup(&p->tx))
+        sendto(xsk_socket__fd(p->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0);
+    reap(p);
+}
+
+void io_flush(struct io_ctx *ctx)
+{
+    for (int i = 0; i < IO_MAX_PORTS; i++)
+        if (ctx->tx_port[i])
+            kick(ctx->tx_port[i]);
+}
+
+static int tx_enqueue(struct io_ctx *ctx, struct io_port *o, const uint8_t *data, uint32_t len)
+{
+    uint32_t idx;
+    if (!o->nfree)
+        reap(o);
+    if (!o->nfree || len > IO_FRAME_SIZE || xsk_ring_prod__reserve(&o->tx, 1, &idx) != 1) {
+        ctx->counters[IO_C_DROP_TX_FULL]++;
+        return -1;
+    }
+    uint64_t addr = o->free[--o->nfree];
+    memcpy(xsk_umem__get_data(o->area, addr), data, len);
+    struct xdp_desc *d = xsk_ring_prod__tx_desc(&o->tx, idx);
+    d->addr = addr;
+    d->len = len;
+    o->pending_tx++;
+    ctx->counters[IO_C_TX]++;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Forwarding
+ */
+static const struct route *route_lookup(const struct io_ctx *ctx, uint8_t family, const uint8_t *a)
+{
+    /* routes are kept sorted by prefix length, longest first */
+    for (uint32_t i = 0; i < ctx->n_routes; i++) {
+        const struct route *r = &ctx->routes[i];
+        if (r->family != family)
+            continue;
+        unsigned full = r->plen / 8, rest = r->plen % 8;
+        if (memcmp(r->prefix, a, full))
+            continue;
+        if (rest && ((r->prefix[full] ^ a[full]) & (uint8_t)(0xff << (8 - rest))))
+            continue;
+        return r;
+    }
+    return NULL;
+}
+
+static inline uint32_t neigh_hash(uint8_t family, const uint8_t *a)
+{
+    uint32_t h = family * 0x9e3779b1u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ a[i]) * 0x01000193u;
+    return h;
+}
+
+static struct neigh *neigh_slot(struct io_ctx *ctx, uint8_t family, const uint8_t *a, int insert)
+{
+    for (uint32_t i = neigh_hash(family, a) % IO_NEIGH_SLOTS, k = 0; k < IO_NEIGH_SLOTS;
+         i = (i + 1) % IO_NEIGH_SLOTS, k++) {
+        struct neigh *n = &ctx->neigh[i];
+        if (!n->used)
+            return insert ? n : NULL;
+        if (n->family == family && memcmp(n->addr, a, 16) == 0)
+            return n;
+    }
+    return NULL;
+}
+
+void io_routes_clear(struct io_ctx *ctx) { ctx->n_routes = 0; }
+
+int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
+                 const uint8_t *gateway, int port_id, int local)
+{
+    if (ctx->n_routes >= IO_MAX_ROUTES)
+        return -1;
+    struct route r;
+    memset(&r, 0, sizeof r);
+    r.family = family;
+    r.plen = plen;
+    memcpy(r.prefix, prefix, family == 4 ? 4 : 16);
+    if (gateway) {
+        memcpy(r.gw, gateway, family == 4 ? 4 : 16);
+        r.has_gw = 1;
+    }
+    r.port_id = port_id;
+    r.local = (uint8_t)local;
+    uint32_t i = ctx->n_routes++;
+    while (i > 0 && ctx->routes[i - 1].plen < plen) {
+        ctx->routes[i] = ctx->routes[i - 1];
+        i--;
+    }
+    ctx->routes[i] = r;
+    return 0;
+}
+
+void io_neigh_clear(struct io_ctx *ctx) { memset(ctx->neigh, 0, sizeof ctx->neigh); }
+
+int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
+                 const uint8_t *mac)
+{
+    uint8_t a[16] = {0};
+    memcpy(a, addr, family == 4 ? 4 : 16);
+    struct neigh *n = neigh_slot(ctx, family, a, 1);
+    if (!n)
+        return -1;
+    memcpy(n->addr, a, 16);
+    memcpy(n->mac, mac, 6);
+    n->family = family;
+    n->port_id = port_id;
+    n->used = 1;
+    return 0;
+}
+
+static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
+{
+    ctx->counters[why]++;
+    if (ctx->tap_fd < 0) {
+        ctx->counters[IO_C_DROP_KERNEL_WRITE]++;
+        return;
+    }
+    memcpy(data, ctx->tap_mac, 6);
+    if (write(ctx->tap_fd, data, len) != (ssize_t)len)
+        ctx->counters[IO_C_DROP_KERNEL_WRITE]++;
+}
+
+static void forward_one(struct io_ctx *ctx, uint8_t *d, uint32_t len)
+{
+    if (len < 14 + 20)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
+    uint16_t et = (uint16_t)(d[12] << 8 | d[13]);
+    uint8_t *ip = d + 14;
+    uint8_t family;
+    uint8_t dst[16] = {0};
+    uint32_t iplen;
+    if (et == 0x0800) {
+        family = 4;
+        memcpy(dst, ip + 16, 4);
+        iplen = (uint32_t)ip[2] << 8 | ip[3];
+    } else if (et == 0x86dd && len >= 14 + 40) {
+        family = 6;
+        memcpy(dst, ip + 24, 16);
+        iplen = 40 + ((uint32_t)ip[4] << 8 | ip[5]);
+    } else {
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
+    }
+    const struct route *r = route_lookup(ctx, family, dst);
+    if (!r)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
+    if (r->local)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);
+    if (r->port_id < 0 || r->port_id >= IO_MAX_PORTS || !ctx->tx_port[r->port_id])
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
+    uint8_t nh[16] = {0};
+    if (r->has_gw)
+        memcpy(nh, r->gw, 16);
+    else
+        memcpy(nh, dst, 16);
+    const struct neigh *n = neigh_slot(ctx, family, nh, 0);
+    if (!n)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_NEIGH);
+    struct io_port *o = ctx->tx_port[r->port_id];
+    uint8_t *ttl = family == 4 ? ip + 8 : ip + 7;
+    if (*ttl <= 1)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_TTL);
+    if (iplen > o->mtu)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_MTU);
+    if (family == 4) {
+        uint16_t old = ld16(ip + 8);
+        (*ttl)--;
+        st16(ip + 10, csum_apply(ld16(ip + 10), csum_delta16(0, old, ld16(ip + 8))));
+    } else {
+        (*ttl)--;
+    }
+    memcpy(d, n->mac, 6);
+    memcpy(d + 6, o->mac, 6);
+    tx_enqueue(ctx, o, d, len);
+}
+
+void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        struct nat_frame *f = &frames[i];
+        if (f->verdict == NAT_FORWARD || f->verdict == NAT_PASS)
+            forward_one(ctx, f->data, f->len);
+        else
+            ctx->counters[IO_C_DROP_NAT]++;
+    }
+    /* recycle the RX buffers */
+    uint32_t idx;
+    if (xsk_ring_prod__reserve(&p->fq, n, &idx) == n) {
+        for (uint32_t i = 0; i < n; i++)
+            *xsk_ring_prod__fill_addr(&p->fq, idx + i) = p->rx_addr[i];
+        xsk_ring_prod__submit(&p->fq, n);
+    }
+    for (int i = 0; i < IO_MAX_PORTS; i++)
+        if (ctx->tx_port[i] && ctx->tx_port[i]->pending_tx)
+            kick(ctx->tx_port[i]);
+}
+
+/* ---------------------------------------------------------------------------
+ * BPF object and XDP attach
+ */
+#define IO_MAX_OBJS 8
+static struct bpf_object *objs[IO_MAX_OBJS];
+
+int io_xdp_load(const char *path, int *prog_fd)
+{
+    int id = -1;
+    for (int i = 0; i < IO_MAX_OBJS; i++)
+        if (!objs[i]) {
+            id = i;
+            break;
+        }
+    if (id < 0)
+        return -ENOSPC;
+    struct bpf_object *o = bpf_object__open_file(path, NULL);
+    if (!o)
+        return -errno;
+    int rc = bpf_object__load(o);
+    if (rc) {
+        bpf_object__close(o);
+        return rc;
+    }
+    struct bpf_program *prog = bpf_object__find_program_by_name(o, "appliance_steer");
+    if (!prog) {
+        bpf_object__close(o);
+        return -ENOENT;
+    }
+    *prog_fd = bpf_program__fd(prog);
+    objs[id] = o;
+    return id;
+}
+
+int io_xdp_map_fd(int obj_id, const char *name)
+{
+    if (obj_id < 0 || obj_id >= IO_MAX_OBJS || !objs[obj_id])
+        return -EINVAL;
+    return bpf_object__find_map_fd_by_name(objs[obj_id], name);
+}
+
+int io_xdp_attach(int ifindex, int prog_fd)
+{
+    return bpf_xdp_attach(ifindex, prog_fd, XDP_FLAGS_DRV_MODE, NULL);
+}
+
+int io_xdp_detach(int ifindex)
+{
+    int a = bpf_xdp_detach(ifindex, XDP_FLAGS_DRV_MODE, NULL);
+    int b = bpf_xdp_detach(ifindex, XDP_FLAGS_SKB_MODE, NULL);
+    return a ? a : b;
+}
+
+int io_map_update(int fd, const void *key, const void *value, uint64_t flags)
+{
+    return bpf_map_update_elem(fd, key, value, flags) ? -errno : 0;
+}
+
+int io_map_delete(int fd, const void *key) { return bpf_map_delete_elem(fd, key) ? -errno : 0; }
+
+int io_map_lookup(int fd, const void *key, void *value)
+{
+    return bpf_map_lookup_elem(fd, key, value) ? -errno : 0;
+}

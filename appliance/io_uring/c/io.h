@@ -1,0 +1,82 @@
+/*
+ * Ring-based packet I/O: AF_XDP sockets (libxdp) and the forwarding step.
+ *
+ * One struct io_port per (interface, RX queue): its own UMEM, fill,
+ * completion, RX and TX rings. io_rx() turns RX descriptors into a batch of
+ * struct nat_frame; after the NAT core, io_forward() routes each frame
+ * (tables set from the kernel's routes and neighbours), rewrites MACs and
+ * TTL, and queues it on the egress port's TX ring -- or hands it to the
+ * kernel through a TAP device when the appliance cannot forward it itself.
+ *
+ * Declarations between CFFI-BEGIN/CFFI-END are the cffi cdef
+ * (appliance/io_uring/_build.py).
+ */
+#ifndef APPLIANCE_IO_H
+#define APPLIANCE_IO_H
+
+#include <stdint.h>
+#include "nat.h"
+
+/* CFFI-BEGIN */
+#define IO_FRAME_SIZE 2048     /* UMEM chunk: a 1500-byte MTU frame and headroom */
+#define IO_MAX_PORTS 64
+#define IO_MAX_ROUTES 256
+
+/* Why a frame went to the kernel or was dropped by the forwarding step. */
+enum io_counter {
+    IO_C_RX,
+    IO_C_TX,
+    IO_C_TO_KERNEL_LOCAL,      /* addressed to the host after NAT */
+    IO_C_TO_KERNEL_NO_ROUTE,   /* no route, or one through a non-data interface */
+    IO_C_TO_KERNEL_NO_NEIGH,   /* neighbour not resolved yet: the kernel resolves */
+    IO_C_TO_KERNEL_TTL,        /* TTL/hop limit would expire here */
+    IO_C_TO_KERNEL_MTU,        /* larger than the egress MTU: the kernel sends the ICMP error */
+    IO_C_DROP_NAT,             /* dropped by the NAT core */
+    IO_C_DROP_TX_FULL,         /* egress TX ring or UMEM full */
+    IO_C_DROP_KERNEL_WRITE,    /* the TAP write failed */
+    IO_C__COUNT,
+};
+
+struct io_port;
+struct io_ctx;
+
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac);
+void io_ctx_destroy(struct io_ctx *ctx);
+const uint64_t *io_ctx_counters(const struct io_ctx *ctx);
+
+/* Open an AF_XDP socket on ifname/queue, insert it into xsks_map_fd at key.
+ * Returns NULL with errno set on failure. */
+struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t queue,
+                             uint16_t port_id, int xsks_map_fd, uint32_t key,
+                             uint32_t nframes, const uint8_t *mac, uint32_t mtu,
+                             int zerocopy);
+void io_port_close(struct io_port *p);
+int io_port_fd(const struct io_port *p);
+/* Move received frames into frames[] (at most max); returns how many. */
+uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
+/* Forward a processed batch received on p, then recycle its buffers. */
+void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames, uint32_t n);
+/* Kick TX rings that need a wakeup, reap completions. */
+void io_flush(struct io_ctx *ctx);
+
+/* Forwarding tables (replaced wholesale by the netlink follower). */
+void io_routes_clear(struct io_ctx *ctx);
+/* port_id < 0: the route leaves through an interface the appliance does
+ * not own (or is local): such frames go to the kernel. */
+int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
+                 const uint8_t *gateway, int port_id, int local);
+void io_neigh_clear(struct io_ctx *ctx);
+int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
+                 const uint8_t *mac);
+
+/* libbpf/libxdp pieces the runtime uses directly. */
+int io_xdp_load(const char *path, int *prog_fd);
+int io_xdp_map_fd(int obj_id, const char *name);
+int io_xdp_attach(int ifindex, int prog_fd);
+int io_xdp_detach(int ifindex);
+int io_map_update(int fd, const void *key, const void *value, uint64_t flags);
+int io_map_delete(int fd, const void *key);
+int io_map_lookup(int fd, const void *key, void *value);
+/* CFFI-END */
+
+#endif

@@ -12,6 +12,7 @@ from .__about__ import __version__
 EPILOG = """\
 commands:
   demo          the seed's examples through the NAT core, explained (no root needed)
+  run           NAT live traffic on the configured interfaces (AF_XDP; root)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
   check-config  validate a configuration file and print what it configures
   bench core    measure the NAT core in-process (fast path, slow path, memory)
@@ -28,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("demo", help="run the built-in demo (NAT core, bundled config and traffic)")
+
+    rn = sub.add_parser("run", help="run the appliance on the configured data interfaces (root)",
+                        description="Attach the steering XDP program and AF_XDP sockets to every "
+                        "[[interface]] of the configuration and NAT/forward live traffic until "
+                        "SIGTERM or SIGINT. Addresses, routes and neighbours come from the kernel.")
+    rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    rn.add_argument("--ready-file", metavar="PATH", help="write 'ready' to PATH once serving")
 
     r = sub.add_parser("replay", help="replay a capture through the NAT core",
                        description="Run every frame of IN (pcap or pcapng, Ethernet) through the NAT "
@@ -73,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         from . import _demo
 
         return _demo.run()
+
+    if args.command == "run":
+        import trio
+
+        from . import _runtime
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            return _error(str(exc))
+        return trio.run(_runtime.run, cfg, args.ready_file)
 
     if args.command == "check-config":
         try:

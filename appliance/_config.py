@@ -65,6 +65,7 @@ class Config:
     translations: tuple[Translation, ...] = ()
     plugin_modules: tuple[str, ...] = ()
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    interfaces: tuple[str, ...] = ()     # data interfaces of `appliance run`
 
 
 # --------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         m = re.search(r"at line (\d+)", msg)
         raise ConfigError(path, "", f"TOML syntax error: {msg}", int(m.group(1)) if m else None) from None
     r = _Reader(path, text)
-    known_top = {"flow_hash_seed", "timeouts", "snat", "translation", "plugins", "sessions"}
+    known_top = {"flow_hash_seed", "timeouts", "snat", "translation", "plugins", "sessions", "interface"}
 
     seed = r.take(data, None, None, "flow_hash_seed", (int,), 0)
     if not 0 <= seed < 1 << 64:
@@ -300,10 +301,23 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             raise r.error("plugins", None, "modules", f"{m!r} is not a module name")
     r.no_leftovers(p, "plugins", None, {"modules"})
 
+    # [[interface]]
+    interfaces = []
+    for i, itf in enumerate(r.take(data, None, None, "interface", (list,), [])):
+        if not isinstance(itf, dict):
+            raise r.error("interface", i, None, "must be a table ([[interface]])")
+        name = r.take(itf, "interface", i, "name", (str,), required=True)
+        if not re.fullmatch(r"[^\s/:]{1,15}", name):
+            raise r.error("interface", i, "name", f"'{name}' is not an interface name")
+        if name in interfaces:
+            raise r.error("interface", i, "name", f"interface '{name}' listed twice")
+        r.no_leftovers(itf, "interface", i, {"name"})
+        interfaces.append(name)
+
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
-                  max_sessions=max_sessions)
+                  max_sessions=max_sessions, interfaces=tuple(interfaces))
 
 
 def load_config(path: str | pathlib.Path) -> Config:

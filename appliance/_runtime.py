@@ -1,0 +1,224 @@
+"""``appliance run``: the live datapath under trio.
+
+One task per AF_XDP socket: wait on the socket while idle, drain the RX ring
+in batches of up to 256 frames while busy (NAT core, then the forwarding
+step, both in C per batch; Python only for new flows), checkpoint between
+batches. Beside them: the session scanner, the kernel follower (addresses,
+routes, neighbours) and the signal handler. On SIGTERM/SIGINT everything is
+cancelled and the XDP programs are detached; a start after SIGKILL replaces
+the stale programs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import socket
+import time
+from typing import Optional
+
+import trio
+
+from . import _kernel
+from ._config import Config
+from ._plugins import Plugins
+from .hooks import hookimpl
+from .io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
+from .io_uring._binding import ffi as io_ffi
+from .io_uring._binding import lib as io
+from .io_uring._steering import Steering
+from .io_uring._tap import Tap, _sysctl
+from .nat import Batch, NatCore
+
+log = logging.getLogger("appliance.run")
+
+BATCH = 256
+UMEM_FRAMES = 4096        # per socket: 2048 RX + 2048 TX chunks of 2 KiB = 8 MiB
+KERNEL_SYNC = 1.0         # seconds between snapshots of the kernel's tables
+KERNEL_SYNC_FAST = 0.05   # after frames went to the kernel for lack of a neighbour
+
+
+class _HostPorts:
+    """Keeps the XDP `ports` map in step with sessions whose new source is
+    an address of this host (their replies must reach the appliance)."""
+
+    name = "appliance.runtime.host-ports"
+
+    def __init__(self, steering: Steering) -> None:
+        self.steering = steering
+
+    def _entry(self, s):
+        if s.new_src not in self.steering.host_addrs:
+            return None
+        proto = {"tcp": 6, "udp": 17}.get(s.proto)
+        if proto is None:
+            proto = 1 if s.new_src.version == 4 else 58
+        return (s.new_src, proto, s.new_sport)
+
+    @hookimpl
+    def appliance_session_created(self, session):
+        e = self._entry(session)
+        if e is not None:
+            self.steering.add_port(e)
+
+    @hookimpl
+    def appliance_session_expired(self, session):
+        e = self._entry(session)
+        if e is not None:
+            self.steering.remove_port(e)
+
+
+def _iface_info(name: str) -> tuple[int, bytes, int, int]:
+    base = pathlib.Path("/sys/class/net") / name
+    if not base.exists():
+        raise SystemExit(f"appliance: error: interface '{name}' does not exist")
+    ifindex = socket.if_nametoindex(name)
+    mac = bytes.fromhex((base / "address").read_text().strip().replace(":", ""))
+    mtu = int((base / "mtu").read_text())
+    queues = len([q for q in (base / "queues").iterdir() if q.name.startswith("rx-")]) or 1
+    return ifindex, mac, mtu, queues
+
+
+class Appliance:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.steering = Steering()
+        self.plugins = Plugins(config.plugin_modules, objects=[_HostPorts(self.steering)],
+                               config_path=config.path)
+        self.core = NatCore(config, plugins=self.plugins)
+        self.tap: Optional[Tap] = None
+        self.ctx = None
+        self.ports = []
+        self._snapshot = None
+
+    # -- set-up / tear-down --------------------------------------------------
+
+    def open(self) -> None:
+        if not self.config.interfaces:
+            raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
+        _sysctl("net.ipv4.ip_forward", "1")
+        _sysctl("net.ipv6.conf.all.forwarding", "1")
+        self.tap = Tap()
+        self.ctx = io_ffi.gc(io.io_ctx_create(self.tap.fd, self.tap.mac), io.io_ctx_destroy)
+        key = 0
+        for name in self.config.interfaces:
+            ifindex, mac, mtu, queues = _iface_info(name)
+            port_id = self.core.port(name)
+            self.steering.set_ifbase(ifindex, key)
+            for q in range(queues):
+                p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"], key,
+                                    UMEM_FRAMES, mac, mtu, 0)
+                if p == io_ffi.NULL:
+                    raise SystemExit(f"appliance: error: cannot open AF_XDP socket on {name} queue {q}: "
+                                     f"{os.strerror(io_ffi.errno)}")
+                self.ports.append((name, q, p))
+                key += 1
+            self.steering.attach(ifindex, name)
+        self.sync_kernel()
+        log.info("ready: %d interfaces, %d sockets", len(self.config.interfaces), len(self.ports))
+
+    def close(self) -> None:
+        self.steering.detach_all()
+        for _, _, p in self.ports:
+            io.io_port_close(p)
+        self.ports.clear()
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+
+    # -- kernel tables ---------------------------------------------------------
+
+    def sync_kernel(self, snap: Optional[_kernel.Snapshot] = None) -> None:
+        snap = snap or _kernel.snapshot()
+        if snap == self._snapshot:
+            return
+        self._snapshot = snap
+        data = set(self.config.interfaces)
+        io.io_routes_clear(self.ctx)
+        for r in snap.routes:
+            port = self.core.port(r.dev) if r.dev in data else -1
+            gw = r.gateway.packed if r.gateway is not None else io_ffi.NULL
+            io.io_route_add(self.ctx, r.network.version, r.network.network_address.packed,
+                            r.network.prefixlen, gw, port, int(r.local))
+        io.io_neigh_clear(self.ctx)
+        for n in snap.neighbours:
+            port = self.core.port(n.dev) if n.dev in data else -1
+            io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port, n.mac)
+        self.steering.set_host_addresses(set(snap.addresses))
+        ports = {p for p in self.steering.host_ports if p[0] in snap.addresses}
+        for t in self.config.translations:
+            if t.kind == "real" and t.address in snap.addresses and t.proto in ("tcp", "udp"):
+                ports.add((t.address, 6 if t.proto == "tcp" else 17, t.port))
+        self.steering.set_host_ports(ports)
+
+    def io_counters(self) -> dict[str, int]:
+        c = io.io_ctx_counters(self.ctx)
+        return {name: c[i] for i, name in enumerate(IO_COUNTER_NAMES)}
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def rx_loop(self, port) -> None:
+        batch = Batch(BATCH, 0)
+        fd = io.io_port_fd(port)
+        frames = batch.frames
+        while True:
+            n = io.io_rx(port, frames, BATCH)
+            if n == 0:
+                io.io_flush(self.ctx)
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            batch.n = n
+            self.core.process(batch, time.time())
+            io.io_forward(self.ctx, port, frames, n)
+            await trio.lowlevel.checkpoint()
+
+    async def timer_loop(self) -> None:
+        while True:
+            now = time.time()
+            self.core.expire(now)
+            await trio.sleep_until(trio.current_time() + (self.core.next_deadline(now) - now))
+
+    async def kernel_loop(self) -> None:
+        last_no_neigh = 0
+        next_sync = trio.current_time() + KERNEL_SYNC
+        while True:
+            await trio.sleep(KERNEL_SYNC_FAST)
+            no_neigh = io.io_ctx_counters(self.ctx)[io.IO_C_TO_KERNEL_NO_NEIGH]
+            if no_neigh != last_no_neigh or trio.current_time() >= next_sync:
+                last_no_neigh = no_neigh
+                next_sync = trio.current_time() + KERNEL_SYNC
+                snap = await trio.to_thread.run_sync(_kernel.snapshot)  # the ip calls block
+                self.sync_kernel(snap)
+
+
+async def run(config: Config, ready_file: Optional[str] = None) -> int:
+    app = Appliance(config)
+    try:
+        app.open()
+        async with trio.open_nursery() as nursery:
+            for _, _, p in app.ports:
+                nursery.start_soon(app.rx_loop, p)
+            nursery.start_soon(app.timer_loop)
+            nursery.start_soon(app.kernel_loop)
+            for task in app.plugins.background_tasks():
+                nursery.start_soon(task)
+            print(f"appliance: ready on {', '.join(config.interfaces)}", flush=True)
+            if ready_file:
+                pathlib.Path(ready_file).write_text("ready\n")
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for sig in signals:
+                    log.info("signal %s: stopping", sig)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        app.close()
+    st = app.core.statistics()
+    print(f"appliance: stopped; sessions created {st.sessions_created}, expired {st.sessions_expired}, "
+          f"translated {st.counters['translated']}, passed {st.counters['passed']}, "
+          f"dropped {st.counters['dropped']}", flush=True)
+    final = {"nat": st.as_dict(), "io": app.io_counters(), "xdp": app.steering.counters()}
+    print("appliance: final statistics " + json.dumps(final, sort_keys=True), flush=True)
+    return 0

@@ -1,0 +1,15 @@
+"""The compiled AF_XDP shim (shares its types with the NAT core's module)."""
+
+from __future__ import annotations
+
+try:
+    from ._io_c import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("the AF_XDP shim is not built: run `pip install -e .` (needs libxdp-dev, "
+                      "libbpf-dev, clang)") from exc
+
+COUNTER_NAMES = (
+    "rx", "tx", "to_kernel_local", "to_kernel_no_route", "to_kernel_no_neigh", "to_kernel_ttl",
+    "to_kernel_mtu", "drop_nat", "drop_tx_full", "drop_kernel_write",
+)
+assert len(COUNTER_NAMES) == lib.IO_C__COUNT, "io.h counters and COUNTER_NAMES disagree"

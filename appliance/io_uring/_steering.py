@@ -1,0 +1,113 @@
+"""The XDP steering program: load, attach, detach, and its maps.
+
+bpffs is not mounted on these machines, so nothing is pinned: the program
+lives as long as the process holds it and stays attached only until we
+detach it. A process killed with SIGKILL leaves it attached; the next start
+detaches whatever XDP program an interface carries before attaching ours.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import pathlib
+import socket
+
+from ._binding import ffi, lib
+
+OBJ = pathlib.Path(__file__).resolve().parent / "steer.bpf.o"
+
+ADDR_HOST = 1
+PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+
+class SteeringError(Exception):
+    pass
+
+
+def _key_addr(addr) -> bytes:
+    a = ipaddress.ip_address(addr)
+    return bytes([a.version, 0, 0, 0]) + a.packed.ljust(16, b"\0")
+
+
+def _key_port(addr, proto: int, port: int) -> bytes:
+    a = ipaddress.ip_address(addr)
+    return bytes([a.version, proto]) + port.to_bytes(2, "big") + a.packed.ljust(16, b"\0")
+
+
+class Steering:
+    def __init__(self) -> None:
+        prog = ffi.new("int *")
+        obj = lib.io_xdp_load(str(OBJ).encode(), prog)
+        if obj < 0:
+            raise SteeringError(f"cannot load {OBJ}: {os.strerror(-obj)}")
+        self.prog_fd = prog[0]
+        self.obj = obj
+        self.maps = {name: lib.io_xdp_map_fd(obj, name.encode())
+                     for name in ("xsks", "ifbase", "addrs", "ports", "counters")}
+        self.attached: list[int] = []
+        self.host_addrs: set = set()
+        self.host_ports: set = set()
+
+    def attach(self, ifindex: int, name: str) -> None:
+        lib.io_xdp_detach(ifindex)   # a stale program from a killed run
+        rc = lib.io_xdp_attach(ifindex, self.prog_fd)
+        if rc:
+            raise SteeringError(f"cannot attach XDP to {name}: {os.strerror(-rc)}")
+        self.attached.append(ifindex)
+
+    def detach_all(self) -> None:
+        for ifindex in self.attached:
+            lib.io_xdp_detach(ifindex)
+        self.attached.clear()
+
+    def _update(self, name: str, key: bytes, value: int) -> None:
+        v = ffi.new("uint32_t *", value)
+        rc = lib.io_map_update(self.maps[name], key, v, 0)
+        if rc:
+            raise SteeringError(f"map {name}: {os.strerror(-rc)}")
+
+    def _delete(self, name: str, key: bytes) -> None:
+        rc = lib.io_map_delete(self.maps[name], key)
+        if rc and rc != -errno.ENOENT:
+            raise SteeringError(f"map {name}: {os.strerror(-rc)}")
+
+    def set_ifbase(self, ifindex: int, base: int) -> None:
+        self._update("ifbase", ifindex.to_bytes(4, "little"), base)
+
+    def set_host_addresses(self, addrs: set) -> None:
+        for a in addrs - self.host_addrs:
+            self._update("addrs", _key_addr(a), ADDR_HOST)
+        for a in self.host_addrs - addrs:
+            self._delete("addrs", _key_addr(a))
+        self.host_addrs = set(addrs)
+
+    def set_host_ports(self, ports: set) -> None:
+        """ports: {(address, proto number, port)} that go to the appliance."""
+        for p in ports - self.host_ports:
+            self._update("ports", _key_port(*p), 1)
+        for p in self.host_ports - ports:
+            self._delete("ports", _key_port(*p))
+        self.host_ports = set(ports)
+
+    def add_port(self, p) -> None:
+        if p not in self.host_ports:
+            self._update("ports", _key_port(*p), 1)
+            self.host_ports.add(p)
+
+    def remove_port(self, p) -> None:
+        if p in self.host_ports:
+            self._delete("ports", _key_port(*p))
+            self.host_ports.discard(p)
+
+    def counters(self) -> dict[str, int]:
+        names = ("redirect", "pass_kernel", "pass_ttl", "pass_host", "pass_no_socket")
+        ncpu = os.cpu_count() or 1
+        out = {}
+        vals = ffi.new("uint64_t[]", ncpu)
+        for i, name in enumerate(names):
+            key = ffi.new("uint32_t *", i)
+            if lib.io_map_lookup(self.maps["counters"], key, vals) == 0:
+                out[name] = sum(vals[j] for j in range(ncpu))
+        return out

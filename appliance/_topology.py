@@ -132,7 +132,7 @@ class Server(http.server.HTTPServer):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     def do_GET(self):
-        body = (sys.argv[2] + " " + self.client_address[0] + "\n").encode()
+        body = (sys.argv[2] + " " + self.client_address[0].removeprefix("::ffff:") + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -152,7 +152,7 @@ s = socket.socket(fam, socket.SOCK_DGRAM)
 s.bind((sys.argv[2], int(sys.argv[1])))
 while True:
     data, peer = s.recvfrom(2048)
-    s.sendto(sys.argv[3].encode() + b" " + peer[0].encode() + b" " + data, peer)
+    s.sendto(sys.argv[3].encode() + b" " + peer[0].removeprefix("::ffff:").encode() + b" " + data, peer)
 '''
 
 

@@ -38,6 +38,9 @@ class Tap:
         # frames from the TAP carry sources that route via other interfaces
         _sysctl(f"net.ipv4.conf.{name}.rp_filter", "0")
         _sysctl("net.ipv4.conf.all.rp_filter", "0")
+        # ... and may carry the host's own address as source (a backend with
+        # a source rewrite to an interface address, SNAT to it)
+        _sysctl(f"net.ipv4.conf.{name}.accept_local", "1")
         _sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "0")
 
     def close(self) -> None:

@@ -1,0 +1,241 @@
+"""`appliance run` end to end: real AF_XDP sockets on veths in network
+namespaces these tests create (and remove), real TCP/UDP clients and servers,
+ping. Needs root (CI runs as root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from appliance._topology import Topology, start_server
+
+pytestmark = pytest.mark.root
+
+CONFIG = """
+[timeouts]
+session = {session}
+tcp_closing = {closing}
+
+[snat]
+ip4 = "40.0.0.254"
+exclude = ["10.0.0.0/24"]
+interfaces = ["ap"]
+
+[[interface]]
+name = "a0"
+[[interface]]
+name = "a1"
+[[interface]]
+name = "a2"
+[[interface]]
+name = "ap"
+[[interface]]
+name = "ax"
+
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
+
+[[translation]]
+proto = "tcp"
+vip = "fd30::2"
+port = 80
+backends = ["->fd20:0::1 8080", "->fd20:1::1 8080"]
+
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.1 5353", "->20.0.1.1 5353"]
+
+[[translation]]
+proto = "udp"
+vip = "fd30::2"
+port = 53
+backends = ["->fd20:0::1 5353", "->fd20:1::1 5353"]
+
+# the seed's `real` example on an address of the appliance, with source rewrite
+[[translation]]
+proto = "tcp"
+real = "10.0.0.1"
+port = 80
+backends = ["20.0.0.254->20.0.0.1 8080"]
+"""
+
+UDP_CLIENT = r'''
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+if len(sys.argv) > 3:
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", int(sys.argv[3])))
+s.settimeout(2)
+s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
+data, peer = s.recvfrom(2048)
+print(peer[0], data.decode())
+'''
+
+
+class Live:
+    def __init__(self, tmp_path: pathlib.Path, session: float = 30, closing: float = 5) -> None:
+        self.tmp = tmp_path
+        self.topo = Topology(backends=2)
+        self.procs: list[subprocess.Popen] = []
+        try:
+            t = self.topo
+            for k, ns in enumerate(t.ns_backends):
+                self.procs.append(start_server(t, ns, "http", 8080, f"backend{k}", "::"))
+                self.procs.append(start_server(t, ns, "udp", 5353, f"backend{k}", "::"))
+            self.procs.append(start_server(t, t.ns_out, "http", 8080, "outside", "0.0.0.0"))
+            self.procs.append(start_server(t, t.ns_client, "http", 8080, "client", "0.0.0.0"))
+            self.procs.append(start_server(t, t.ns_app, "http", 9000, "appliance-host", "10.0.0.1"))
+            self.config = tmp_path / "appliance.toml"
+            self.config.write_text(CONFIG.format(session=session, closing=closing))
+            self.app: subprocess.Popen | None = None
+            self.log = tmp_path / "appliance.log"
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        ready = self.tmp / "ready"
+        if ready.exists():
+            ready.unlink()
+        self.app = self.topo.popen(self.topo.ns_app, sys.executable, "-m", "appliance", "run",
+                                   "--config", str(self.config), "--ready-file", str(ready),
+                                   stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not ready.exists():
+            if self.app.poll() is not None or time.time() > deadline:
+                raise AssertionError("appliance did not start:\n" + self.log.read_text())
+            time.sleep(0.05)
+        time.sleep(0.3)   # servers listening, first kernel snapshot taken
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.app.send_signal(sig)
+        rc = self.app.wait(15)
+        self.app = None
+        return rc
+
+    def final_stats(self) -> dict:
+        for line in reversed(self.log.read_text().splitlines()):
+            if line.startswith("appliance: final statistics "):
+                return json.loads(line[len("appliance: final statistics "):])
+        raise AssertionError("no final statistics in the log:\n" + self.log.read_text())
+
+    def run(self, ns: str, *cmd: str, timeout: float = 15) -> subprocess.CompletedProcess:
+        return self.topo.run(ns, *cmd, check=False, timeout=timeout)
+
+    def curl(self, ns: str, url: str) -> str:
+        r = self.run(ns, "curl", "-s", "-g", "-m", "5", url)
+        assert r.returncode == 0, f"curl {url} failed ({r.returncode}): {r.stderr}\n{self.log.read_text()}"
+        return r.stdout.strip()
+
+    def udp(self, ns: str, addr: str, port: int, sport: int | None = None) -> str:
+        args = [addr, str(port)] + ([str(sport)] if sport else [])
+        r = self.run(ns, sys.executable, "-c", UDP_CLIENT, *args)
+        assert r.returncode == 0, f"udp to {addr}:{port} failed: {r.stderr}"
+        return r.stdout.strip()
+
+    def xdp_attached(self) -> list[str]:
+        out = self.run(self.topo.ns_app, "ip", "-d", "link", "show").stdout
+        return [line for line in out.splitlines() if "prog/xdp" in line or " xdp " in line]
+
+    def close(self) -> None:
+        if getattr(self, "app", None) is not None and self.app.poll() is None:
+            self.app.kill()
+            self.app.wait(5)
+        for p in self.procs:
+            p.kill()
+        self.topo.destroy()
+
+
+@pytest.fixture
+def live(tmp_path):
+    lv = Live(tmp_path)
+    yield lv
+    lv.close()
+
+
+def test_vip_tcp_reaches_and_spreads_over_backends_both_families(live):
+    seen = {live.curl(live.topo.ns_client, "http://30.0.0.2/") for _ in range(12)}
+    assert seen == {"backend0 10.0.0.2", "backend1 10.0.0.2"}
+    seen6 = {live.curl(live.topo.ns_client, "http://[fd30::2]/") for _ in range(12)}
+    assert seen6 == {"backend0 fd00::2", "backend1 fd00::2"}
+
+
+def test_real_translation_with_source_rewrite_and_host_ports(live):
+    # port 80 of the appliance's own 10.0.0.1 is translated, source rewritten
+    assert live.curl(live.topo.ns_client, "http://10.0.0.1/") == "backend0 20.0.0.254"
+    # another port of the same address is the host's own server
+    assert live.curl(live.topo.ns_client, "http://10.0.0.1:9000/") == "appliance-host 10.0.0.2"
+
+
+def test_udp_request_response_through_vip_both_families(live):
+    peer, text = live.udp(live.topo.ns_client, "30.0.0.2", 53).split(" ", 1)
+    assert peer == "30.0.0.2" and text.split()[1:] == ["10.0.0.2", "hello"]
+    peer6, text6 = live.udp(live.topo.ns_client, "fd30::2", 53).split(" ", 1)
+    assert peer6 == "fd30::2" and text6.split()[1:] == ["fd00::2", "hello"]
+
+
+def test_snat_excluded_prefixes_and_ping(live):
+    pod = live.topo.ns_pod
+    assert live.curl(pod, "http://40.0.0.1:8080/") == "outside 40.0.0.254"
+    assert live.curl(pod, "http://10.0.0.2:8080/") == "client 10.1.0.2"     # excluded: source kept
+    r = live.run(pod, "ping", "-c", "2", "-W", "2", "40.0.0.1")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ping_and_traceroute_through_the_appliance(live):
+    cli = live.topo.ns_client
+    r = live.run(cli, "ping", "-c", "2", "-W", "2", "20.0.0.1")           # transit
+    assert r.returncode == 0, r.stdout
+    r = live.run(cli, "ping", "-c", "1", "-W", "2", "20.0.0.254")         # an address of the appliance
+    assert r.returncode == 0, r.stdout
+    r = live.run(cli, "ping", "-c", "1", "-W", "2", "-t", "1", "20.0.0.1")  # traceroute's first hop
+    assert "From 10.0.0.1" in r.stdout and "Time to live exceeded" in r.stdout, r.stdout
+    r = live.run(cli, "ping", "-c", "1", "-W", "2", "-t", "2", "20.0.0.1")  # second hop: the backend
+    assert r.returncode == 0, r.stdout
+
+
+def test_sessions_end_by_timeout_and_rst(tmp_path):
+    lv = Live(tmp_path, session=1, closing=1)
+    try:
+        cli = lv.topo.ns_client
+        lv.udp(cli, "30.0.0.2", 53, sport=40001)
+        lv.udp(cli, "30.0.0.2", 53, sport=40001)      # same session
+        time.sleep(2.5)                              # > 1 s timeout, scanner ticks every 0.1 s
+        lv.udp(cli, "30.0.0.2", 53, sport=40001)      # a new one
+        rst = ("import socket, struct; s = socket.create_connection(('30.0.0.2', 80), 3); "
+               "s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); s.close()")
+        r = lv.run(cli, sys.executable, "-c", rst)
+        assert r.returncode == 0, r.stderr
+        time.sleep(2.5)
+        assert lv.stop() == 0
+        nat = lv.final_stats()["nat"]
+        assert nat["sessions_created"] == 3
+        assert nat["sessions_expired"] == 3, nat          # both UDP sessions and the reset TCP one
+        assert nat["sessions"] == 0
+    finally:
+        lv.close()
+
+
+def test_sigterm_detaches_and_restart_after_sigkill(live):
+    assert live.xdp_attached(), "XDP program attached while running"
+    live.stop(signal.SIGKILL)
+    assert live.xdp_attached(), "a killed run leaves its program attached (no bpffs pinning)"
+    live.start()                                      # replaces the stale programs
+    assert live.curl(live.topo.ns_client, "http://30.0.0.2/").startswith("backend")
+    assert live.stop(signal.SIGTERM) == 0
+    assert live.xdp_attached() == []
+    ip_links = live.run(live.topo.ns_app, "ip", "link", "show").stdout
+    assert "xnat0" not in ip_links, "the TAP device goes with the process"

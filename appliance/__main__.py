@@ -11,8 +11,10 @@ from .__about__ import __version__
 
 EPILOG = """\
 commands:
-  demo          the seed's examples through the NAT core, explained (no root needed)
+  demo          live demo: namespaces, appliance, traffic via a vip and SNAT (root);
+                --offline: the seed's examples through the NAT core, explained
   run           NAT live traffic on the configured interfaces (AF_XDP; root)
+  show          sessions / stats / translations of a running appliance (control socket)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
   check-config  validate a configuration file and print what it configures
   bench core    measure the NAT core in-process (fast path, slow path, memory)
@@ -28,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("demo", help="run the built-in demo (NAT core, bundled config and traffic)")
+    d = sub.add_parser("demo", help="live demo on a namespace topology it builds and removes (root)")
+    d.add_argument("--offline", action="store_true",
+                   help="walk the NAT core through the seed's examples instead (no root, no interfaces)")
 
     rn = sub.add_parser("run", help="run the appliance on the configured data interfaces (root)",
                         description="Attach the steering XDP program and AF_XDP sockets to every "
@@ -36,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                         "SIGTERM or SIGINT. Addresses, routes and neighbours come from the kernel.")
     rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     rn.add_argument("--ready-file", metavar="PATH", help="write 'ready' to PATH once serving")
+    rn.add_argument("--control", metavar="PATH", help="serve the control socket (appliance show) at PATH")
+
+    sh = sub.add_parser("show", help="ask a running appliance (sessions, stats, translations)")
+    sh.add_argument("what", choices=["sessions", "stats", "translations"])
+    sh.add_argument("--control", required=True, metavar="PATH", help="its control socket")
+    sh.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
     r = sub.add_parser("replay", help="replay a capture through the NAT core",
                        description="Run every frame of IN (pcap or pcapng, Ethernet) through the NAT "
@@ -78,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     from ._config import ConfigError, load_config
 
     if args.command == "demo":
-        from . import _demo
+        if args.offline:
+            from . import _demo
 
-        return _demo.run()
+            return _demo.run()
+        from . import _livedemo
+
+        return _livedemo.run()
 
     if args.command == "run":
         import trio
@@ -91,7 +105,32 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)
         except ConfigError as exc:
             return _error(str(exc))
-        return trio.run(_runtime.run, cfg, args.ready_file)
+        return trio.run(_runtime.run, cfg, args.ready_file, args.control)
+
+    if args.command == "show":
+        import trio
+
+        from . import _runtime
+
+        try:
+            answer = trio.run(_runtime.query, args.control, args.what)
+        except OSError as exc:
+            return _error(f"{args.control}: cannot reach the appliance: {exc.strerror or exc}")
+        if args.json:
+            print(json.dumps(answer, indent=2, sort_keys=True))
+        elif args.what == "sessions":
+            for s in answer["sessions"]:
+                print(f"[{s['index']}] {s['proto']} {s['src']}:{s['sport']} -> {s['dst']}:{s['dport']} => "
+                      f"{s['new_src']}:{s['new_sport']} -> {s['new_dst']}:{s['new_dport']} {s['kind']} "
+                      f"{s['state']} pkts {s['packets'][0]}/{s['packets'][1]} expires in {s['expires_in']}s")
+        elif args.what == "translations":
+            print("\n".join(answer["translations"]))
+        else:
+            for section, values in answer.items():
+                for k, v in (values.get("counters", values) if isinstance(values, dict) else {}).items():
+                    if v and not isinstance(v, dict):
+                        print(f"{section}.{k:28} {v}")
+        return 0
 
     if args.command == "check-config":
         try:

@@ -194,7 +194,73 @@ class Appliance:
                 self.sync_kernel(snap)
 
 
-async def run(config: Config, ready_file: Optional[str] = None) -> int:
+    # -- control socket ----------------------------------------------------------
+
+    def answer(self, command: str) -> dict:
+        """A control-socket request: "sessions", "stats" or "translations"."""
+        if command == "sessions":
+            return {"sessions": [_session_json(s) for s in self.core.sessions()]}
+        if command == "stats":
+            return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
+                    "xdp": self.steering.counters()}
+        if command == "translations":
+            return {"translations": [str(t) for t in self.config.translations]}
+        return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
+
+    async def control_loop(self, path: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._control_client, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            if os.path.exists(path):
+                os.unlink(path)
+
+    async def _control_client(self, stream) -> None:
+        async with stream:
+            with trio.move_on_after(5):
+                data = b""
+                while not data.endswith(b"\n") and len(data) < 1024:
+                    chunk = await stream.receive_some(1024)
+                    if not chunk:
+                        break
+                    data += chunk
+                reply = self.answer(data.decode(errors="replace").strip())
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+def _session_json(s) -> dict:
+    return {"index": s.index, "proto": s.proto, "src": f"{s.src}", "sport": s.sport, "dst": f"{s.dst}",
+            "dport": s.dport, "new_src": f"{s.new_src}", "new_sport": s.new_sport, "new_dst": f"{s.new_dst}",
+            "new_dport": s.new_dport, "translation": s.translation, "backend": s.backend, "state": s.state,
+            "kind": s.kind, "expires_in": round(s.expires - time.time(), 3), "packets": list(s.packets)}
+
+
+async def query(path: str, command: str) -> dict:
+    """Ask a running appliance over its control socket."""
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(command.encode() + b"\n")
+        data = b""
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+async def run(config: Config, ready_file: Optional[str] = None, control: Optional[str] = None) -> int:
     app = Appliance(config)
     try:
         app.open()
@@ -205,6 +271,8 @@ async def run(config: Config, ready_file: Optional[str] = None) -> int:
             nursery.start_soon(app.kernel_loop)
             for task in app.plugins.background_tasks():
                 nursery.start_soon(task)
+            if control:
+                await nursery.start(app.control_loop, control)
             print(f"appliance: ready on {', '.join(config.interfaces)}", flush=True)
             if ready_file:
                 pathlib.Path(ready_file).write_text("ready\n")

@@ -10,7 +10,7 @@ def run(*args):
 
 
 def test_demo_shows_translations_sessions_and_counters():
-    r = run("demo")
+    r = run("demo", "--offline")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "out      tcp 10.0.0.1:40001 -> 20.0.0." in out

@@ -239,3 +239,40 @@ def test_sigterm_detaches_and_restart_after_sigkill(live):
     assert live.xdp_attached() == []
     ip_links = live.run(live.topo.ns_app, "ip", "link", "show").stdout
     assert "xnat0" not in ip_links, "the TAP device goes with the process"
+
+
+def test_control_socket_shows_sessions_and_stats(live, tmp_path):
+    live.stop()
+    control = str(tmp_path / "control.sock")
+    ready = tmp_path / "ready"
+    ready.unlink()
+    live.app = live.topo.popen(live.topo.ns_app, sys.executable, "-m", "appliance", "run", "--config",
+                               str(live.config), "--ready-file", str(ready), "--control", control,
+                               stdout=open(live.log, "a"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 20
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    live.curl(live.topo.ns_client, "http://30.0.0.2/")
+    r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "sessions", "--json",
+                 "--control", control)
+    sessions = json.loads(r.stdout)["sessions"]
+    assert [(s["dst"], s["dport"], s["kind"]) for s in sessions] == [("30.0.0.2", 80, "translation")]
+    assert sessions[0]["new_dst"] in ("20.0.0.1", "20.0.1.1") and sessions[0]["new_dport"] == 8080
+    r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json",
+                 "--control", control)
+    stats = json.loads(r.stdout)
+    assert stats["nat"]["sessions_created"] == 1 and stats["io"]["rx"] >= 5 and stats["xdp"]["redirect"] >= 5
+
+
+def test_live_demo_runs_and_removes_everything():
+    r = subprocess.run([sys.executable, "-m", "appliance", "demo"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "spread:" in out and "which saw client 10.0.0.2" in out
+    assert "outside answered: 'outside (40.0.0.1) 40.0.0.254'" in out
+    assert "0% packet loss" in out
+    assert "translation" in out and "nat.translated" in out
+    removed = out.split("Removed the namespaces ")[1].strip().rstrip(".").split(", ")
+    existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(ns in existing for ns in removed)

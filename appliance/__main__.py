@@ -18,6 +18,7 @@ commands:
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
   check-config  validate a configuration file and print what it configures
   bench core    measure the NAT core in-process (fast path, slow path, memory)
+  bench e2e     measure the live appliance against nftables DNAT (root)
 
 Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage.
 """
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument("--flows", type=int, default=131_072,
                     help="established flows the fast-path traffic spreads over (default 131072)")
     bc.add_argument("--seconds", type=float, default=3.0, help="fast-path measurement time (default 3)")
+    be = bsub.add_parser("e2e", help="live, against nftables DNAT on the same topology (root): udp pps, "
+                         "tcp connections/s, bulk tcp, CPU per packet")
+    be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.add_argument("--runs", type=int, default=3, help="runs per measurement; medians reported (default 3)")
+    be.add_argument("--seconds", type=float, default=4.0, help="seconds per UDP/iperf3 run (default 4)")
     return p
 
 
@@ -183,12 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "bench":
-        if args.bench != "core":
+        if args.bench == "e2e":
+            from . import _bench_e2e
+
+            result = _bench_e2e.run(seconds=args.seconds, runs=args.runs)
+        elif args.bench == "core":
+            from . import _bench
+
+            result = _bench.run(sessions=args.sessions, fastpath_flows=args.flows, seconds=args.seconds)
+        else:
             parser.parse_args(["bench", "--help"])
             return 2
-        from . import _bench
-
-        result = _bench.run(sessions=args.sessions, fastpath_flows=args.flows, seconds=args.seconds)
         if args.json:
             print(json.dumps(result, sort_keys=True))
         else:

@@ -204,8 +204,18 @@ static void kick(struct io_port *p)
         p->outstanding += p->pending_tx;
         p->pending_tx = 0;
     }
-    if (p->outstanding && xsk_ring_prod__needs_wakeup(&p->tx))
-        sendto(xsk_socket__fd(p->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0);
+    /* In copy mode one sendto() transmits at most 32 descriptors (the
+     * kernel's TX_BATCH_SIZE), so kick until the ring is drained, bounded
+     * by the ring size / 32. */
+    for (uint32_t tries = 0; tries <= p->tx.size / 32; tries++) {
+        if (xsk_prod_nb_free(&p->tx, p->tx.size) >= p->tx.size)
+            break;   /* the kernel consumed every descriptor */
+        if (!xsk_ring_prod__needs_wakeup(&p->tx))
+            break;   /* zero-copy driver polling on its own */
+        if (sendto(xsk_socket__fd(p->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 &&
+            errno != EAGAIN && errno != EBUSY && errno != ENOBUFS)
+            break;
+    }
     reap(p);
 }
 

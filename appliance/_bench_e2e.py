@@ -1,0 +1,282 @@
+"""``appliance bench e2e``: the appliance against the kernel's own NAT
+(nftables DNAT + conntrack) on the same topology and identical traffic.
+
+Topology (appliance/_topology.py, one backend): client c0 10.0.0.2 -- a0 |
+appliance namespace | a1 -- b0 20.0.0.1. Translations: udp 30.0.0.2:9 ->
+20.0.0.1:9, tcp 30.0.0.2:80 -> 20.0.0.1:8080, tcp 30.0.0.2:5201 ->
+20.0.0.1:5201. In "nftables" mode the appliance namespace has the same
+three DNAT rules and the kernel forwards; in "appliance" mode `appliance
+run` owns a0 and a1 (pinned to CPU 1, the generators run on CPU 0).
+
+Measurements, each repeated (median reported):
+- UDP: trafgen, 60-byte frames (64 on the wire with FCS), 1000 flows
+  (source ports 1000-1999), for a few seconds; offered = c0 tx packets,
+  delivered = b0 rx packets.
+- TCP connections/s: ab without keep-alive, against a small asyncio HTTP
+  server; tcp_tw_reuse on the client, few TIME_WAIT buckets on the server.
+- Bulk TCP: iperf3, one stream.
+- appliance CPU per packet: the appliance process's user+system CPU time
+  during the UDP runs divided by the frames it received.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from ._topology import Topology, sh
+
+CONFIG = """
+[[interface]]
+name = "a0"
+[[interface]]
+name = "a1"
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 9
+backends = ["->20.0.0.1 9"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 5201
+backends = ["->20.0.0.1 5201"]
+"""
+
+NFT = """
+table ip benchnat {
+  chain prerouting {
+    type nat hook prerouting priority -100;
+    ip daddr 30.0.0.2 udp dport 9 dnat to 20.0.0.1:9
+    ip daddr 30.0.0.2 tcp dport 80 dnat to 20.0.0.1:8080
+    ip daddr 30.0.0.2 tcp dport 5201 dnat to 20.0.0.1:5201
+  }
+}
+"""
+
+BACKEND_DROP = """
+table inet sink {
+  chain input { type filter hook input priority 0; udp dport 9 drop; }
+}
+"""
+
+ASYNC_HTTP = r'''
+import asyncio, socket
+RESP = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+async def handle(reader, writer):
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(RESP)
+        await writer.drain()
+    except Exception:
+        pass
+    writer.close()
+async def main():
+    srv = await asyncio.start_server(handle, "0.0.0.0", 8080, backlog=4096, reuse_address=True)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+'''
+
+REQUIRED = ["trafgen", "ab", "iperf3", "nft", "ethtool", "taskset"]
+
+
+def _counter(topo: Topology, ns: str, dev: str, name: str) -> int:
+    return int(topo.run(ns, "cat", f"/sys/class/net/{dev}/statistics/{name}").stdout)
+
+
+def _mac(topo: Topology, ns: str, dev: str) -> str:
+    return topo.run(ns, "cat", f"/sys/class/net/{dev}/address").stdout.strip()
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Bench:
+    def __init__(self, seconds: float, runs: int) -> None:
+        self.seconds = seconds
+        self.runs = runs
+        self.tmp = tempfile.mkdtemp(prefix="appliance-bench-")
+        self.topo = Topology(backends=1)
+        self.procs: list[subprocess.Popen] = []
+        self.app: subprocess.Popen | None = None
+        t = self.topo
+        for ns, tw in ((t.ns_client, None), (t.ns_backends[0], "2048")):
+            t.run(ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+            t.run(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
+            if tw:
+                t.run(ns, "sysctl", "-qw", f"net.ipv4.tcp_max_tw_buckets={tw}")
+        be = t.ns_backends[0]
+        self._nft(be, BACKEND_DROP)
+        srv = os.path.join(self.tmp, "http.py")
+        with open(srv, "w") as f:
+            f.write(ASYNC_HTTP)
+        self.procs.append(t.popen(be, "taskset", "-c", "1", sys.executable, srv,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(t.popen(be, "taskset", "-c", "1", "iperf3", "-s",
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # resolve neighbours once so neither mode pays for ARP in its first run
+        t.run(t.ns_client, "ping", "-c", "1", "-W", "1", "10.0.0.1", check=False)
+        t.run(be, "ping", "-c", "1", "-W", "1", "20.0.0.254", check=False)
+        t.run(t.ns_app, "ping", "-c", "1", "-W", "1", "20.0.0.1", check=False)
+        time.sleep(0.5)
+
+    def _nft(self, ns: str, text: str) -> None:
+        path = os.path.join(self.tmp, f"nft-{ns}.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        self.topo.run(ns, "nft", "-f", path)
+
+    # -- modes ---------------------------------------------------------------
+
+    def start_nftables(self) -> None:
+        self._nft(self.topo.ns_app, NFT)
+
+    def stop_nftables(self) -> None:
+        self.topo.run(self.topo.ns_app, "nft", "delete", "table", "ip", "benchnat", check=False)
+        self.topo.run(self.topo.ns_app, "conntrack", "-F", check=False)
+
+    def start_appliance(self) -> None:
+        cfg = os.path.join(self.tmp, "bench.toml")
+        with open(cfg, "w") as f:
+            f.write(CONFIG)
+        ready = os.path.join(self.tmp, "ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        self.control = os.path.join(self.tmp, "control.sock")
+        log = open(os.path.join(self.tmp, "appliance.log"), "w")
+        self.app = self.topo.popen(self.topo.ns_app, "taskset", "-c", "1", sys.executable, "-m", "appliance",
+                                   "run", "--config", cfg, "--ready-file", ready, "--control", self.control,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not os.path.exists(ready):
+            if self.app.poll() is not None or time.time() > deadline:
+                raise RuntimeError("appliance did not start: " + open(log.name).read())
+            time.sleep(0.05)
+        time.sleep(1.2)   # first kernel snapshot with neighbours
+
+    def stop_appliance(self) -> None:
+        if self.app is not None:
+            self.app.send_signal(signal.SIGTERM)
+            self.app.wait(15)
+            self.app = None
+
+    def appliance_rx(self) -> int:
+        out = self.topo.run(self.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json",
+                            "--control", self.control).stdout
+        return json.loads(out)["io"]["rx"]
+
+    # -- measurements ----------------------------------------------------------
+
+    def udp(self) -> tuple[float, float]:
+        t = self.topo
+        cfg = os.path.join(self.tmp, "udp.trafgen")
+        dmac = _mac(t, t.ns_app, "a0")
+        smac = _mac(t, t.ns_client, "c0")
+        with open(cfg, "w") as f:
+            f.write("{\n  eth(da=%s, sa=%s),\n  ipv4(saddr=10.0.0.2, daddr=30.0.0.2, ttl=64),\n"
+                    "  udp(sp=dinc(1000, 1999), dp=9),\n  fill(0x41, 18),\n}\n" % (dmac, smac))
+        be = t.ns_backends[0]
+        tx0, rx0 = _counter(t, t.ns_client, "c0", "tx_packets"), _counter(t, be, "b0", "rx_packets")
+        t0 = time.time()
+        t.run(t.ns_client, "timeout", "-s", "INT", str(self.seconds), "taskset", "-c", "0", "trafgen",
+              "--dev", "c0", "--conf", cfg, "--cpp", "-P", "1", check=False)
+        time.sleep(0.3)   # let the last frames drain
+        elapsed = time.time() - t0 - 0.3
+        tx, rx = _counter(t, t.ns_client, "c0", "tx_packets") - tx0, _counter(t, be, "b0", "rx_packets") - rx0
+        return rx / elapsed, (rx / tx if tx else 0.0)
+
+    def tcp_cps(self) -> float:
+        r = self.topo.run(self.topo.ns_client, "taskset", "-c", "0", "ab", "-q", "-n", "4000", "-c", "32",
+                          "-s", "5", "http://30.0.0.2/", check=False)
+        m = re.search(r"Requests per second:\s+([\d.]+)", r.stdout)
+        failed = re.search(r"Failed requests:\s+(\d+)", r.stdout)
+        if not m or (failed and int(failed.group(1)) > 40):
+            return 0.0
+        time.sleep(1)
+        return float(m.group(1))
+
+    def tcp_gbps(self) -> float:
+        r = self.topo.run(self.topo.ns_client, "taskset", "-c", "0", "iperf3", "-c", "30.0.0.2", "-t",
+                          str(self.seconds), "-J", check=False)
+        try:
+            return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError):
+            return 0.0
+
+    def measure(self, mode: str) -> dict:
+        res: dict[str, list] = {"udp_pps": [], "udp_ratio": [], "tcp_cps": [], "tcp_gbps": [], "ns_pp": []}
+        for _ in range(self.runs):
+            pid = self._app_pid() if mode == "appliance" else None
+            cpu0 = _proc_cpu(pid) if pid else 0.0
+            rx0 = self.appliance_rx() if pid else 0
+            pps, ratio = self.udp()
+            if pid:
+                cpu = _proc_cpu(pid) - cpu0
+                frames = self.appliance_rx() - rx0
+                res["ns_pp"].append(cpu * 1e9 / frames if frames else 0.0)
+            res["udp_pps"].append(pps)
+            res["udp_ratio"].append(ratio)
+            res["tcp_cps"].append(self.tcp_cps())
+            res["tcp_gbps"].append(self.tcp_gbps())
+        return {k: statistics.median(v) for k, v in res.items() if v}
+
+    def _app_pid(self) -> int:
+        # `ip netns exec` runs taskset which execs python: the pid is the same process
+        return self.app.pid
+
+    def close(self) -> None:
+        self.stop_appliance()
+        for p in self.procs:
+            p.kill()
+        self.topo.destroy()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run(seconds: float = 4.0, runs: int = 3) -> dict:
+    missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"appliance bench e2e: missing tools {missing} (./dev installs them)")
+    b = Bench(seconds, runs)
+    try:
+        b.start_nftables()
+        nft = b.measure("nftables")
+        b.stop_nftables()
+        b.start_appliance()
+        app = b.measure("appliance")
+        b.stop_appliance()
+    finally:
+        b.close()
+    out = {
+        "udp_pps_appliance": round(app["udp_pps"]),
+        "udp_pps_nftables": round(nft["udp_pps"]),
+        "udp_delivered_ratio_appliance": round(app["udp_ratio"], 4),
+        "udp_delivered_ratio_nftables": round(nft["udp_ratio"], 4),
+        "tcp_cps_appliance": round(app["tcp_cps"]),
+        "tcp_cps_nftables": round(nft["tcp_cps"]),
+        "tcp_gbps_appliance": round(app["tcp_gbps"], 3),
+        "tcp_gbps_nftables": round(nft["tcp_gbps"], 3),
+        "appliance_ns_per_packet": round(app.get("ns_pp", 0.0)),
+        "runs": runs,
+        "seconds_per_run": seconds,
+    }
+    for key in ("udp_pps", "tcp_cps", "tcp_gbps"):
+        n = out[f"{key}_nftables"]
+        out[f"{key}_ratio"] = round(out[f"{key}_appliance"] / n, 3) if n else None
+    return out

@@ -34,7 +34,11 @@ import time
 
 from ._topology import Topology, sh
 
+# sessions.max: 262144, the size Linux gives nf_conntrack_max on a machine
+# like this one, so both NATs track flows in tables of the same size.
 CONFIG = """
+[sessions]
+max = 262144
 [[interface]]
 name = "a0"
 [[interface]]
@@ -124,6 +128,7 @@ class Bench:
                 t.run(ns, "sysctl", "-qw", f"net.ipv4.tcp_max_tw_buckets={tw}")
         be = t.ns_backends[0]
         self._nft(be, BACKEND_DROP)
+
         srv = os.path.join(self.tmp, "http.py")
         with open(srv, "w") as f:
             f.write(ASYNC_HTTP)

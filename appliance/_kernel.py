@@ -1,12 +1,12 @@
 """Following the kernel: addresses, routes and neighbours of the appliance's
-network namespace, read over netlink with iproute2's JSON output.
+network namespace.
 
 The kernel stays the control plane: operators configure addresses and
 routes with `ip`, the kernel resolves neighbours, and the appliance copies
 the tables into its C forwarding step (io_route_add / io_neigh_set) and its
-XDP maps. A snapshot is cheap (a few netlink dumps), so the runtime takes
-one every second, and sooner when frames went to the kernel for lack of a
-neighbour.
+XDP maps. :class:`Monitor` listens to the kernel's rtnetlink multicast
+groups (links, addresses, routes, neighbours); a change triggers a new
+snapshot, dumped with iproute2's JSON output. Nothing is polled.
 """
 
 from __future__ import annotations
@@ -74,3 +74,43 @@ def snapshot() -> Snapshot:
             continue
         neigh.append(Neighbour(ipaddress.ip_address(n["dst"]), n["dev"], bytes.fromhex(mac.replace(":", ""))))
     return Snapshot(frozenset(addrs), tuple(routes), tuple(neigh))
+
+
+# rtnetlink multicast groups (linux/rtnetlink.h)
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR
+          | RTMGRP_IPV6_ROUTE)
+
+
+class Monitor:
+    """A netlink socket subscribed to the kernel's table changes."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.bind((0, GROUPS))
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> int:
+        """Read every pending notification; returns how many bytes."""
+        n = 0
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return n
+            except OSError:   # ENOBUFS: we missed some; a snapshot covers it
+                return n + 1
+            n += len(data)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -160,6 +160,11 @@ class NatCore:
         self.sessions_created = 0
         self.sessions_expired = 0
         self._events = ffi.new("struct nat_session_info[]", 1024)
+        # Sessions whose new source is one of these addresses (packed bytes)
+        # are reported to on_host_source(added, address, proto, port): the
+        # live runtime steers their replies to itself (XDP `ports` map).
+        self.host_sources: frozenset[bytes] = frozenset()
+        self.on_host_source = None
         self._info = ffi.new("struct nat_session_info *")
         self.config = config
         self.apply_config(config)
@@ -325,6 +330,9 @@ class NatCore:
                 self._slow_verdict(f, DROP, "drop_policy")
             return
         self.sessions_created += 1
+        if new_src in self.host_sources and self.on_host_source is not None:
+            s = self.session(f.session)
+            self.on_host_source(True, s.new_src, proto, s.new_sport)
         if translation is not None:
             self._new_flows[translation.id] = self._new_flows.get(translation.id, 0) + 1
         if plugins.wants_created:
@@ -370,6 +378,13 @@ class NatCore:
                 for i in range(n):
                     self.plugins.notify("appliance_session_expired",
                                         session=self._session_info(self._events[i]))
+            if self.host_sources and self.on_host_source is not None:
+                for i in range(n):
+                    k1 = self._events[i].key[1]
+                    alen = 4 if k1.family == 4 else 16
+                    if bytes(ffi.buffer(k1.dst, alen)) in self.host_sources:
+                        s = self._session_info(self._events[i])
+                        self.on_host_source(False, s.new_src, k1.proto, s.new_sport)
 
     # ------------------------------------------------------------------
     # introspection

@@ -10,11 +10,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/if_link.h>
+#include <linux/if_xdp.h>
 #include <xdp/xsk.h>
 
 #define IO_BATCH_MAX 256
@@ -52,8 +54,17 @@ struct neigh {
     int port_id;
 };
 
+struct hop {
+    uint32_t gen;            /* io_ctx.gen when filled; 0 = empty */
+    int16_t port_id;
+    uint8_t mac[6];
+};
+
 struct io_ctx {
     struct io_port *tx_port[IO_MAX_PORTS];   /* the socket that transmits on a port */
+    struct hop *hops;                        /* [session * 2 + dir] */
+    uint32_t max_sessions;
+    uint32_t gen;
     struct route routes[IO_MAX_ROUTES];
     uint32_t n_routes;
     struct neigh neigh[IO_NEIGH_SLOTS];
@@ -62,17 +73,31 @@ struct io_ctx {
     uint64_t counters[IO_C__COUNT];
 };
 
-struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac)
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions)
 {
     struct io_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    /* calloc'd: pages are only touched by sessions that forward */
+    c->hops = calloc((size_t)max_sessions * 2, sizeof *c->hops);
+    if (!c->hops) {
+        free(c);
+        return NULL;
+    }
+    c->max_sessions = max_sessions;
+    c->gen = 1;
     c->tap_fd = tap_fd;
     memcpy(c->tap_mac, tap_mac, 6);
     return c;
 }
 
-void io_ctx_destroy(struct io_ctx *ctx) { free(ctx); }
+void io_ctx_destroy(struct io_ctx *ctx)
+{
+    if (ctx) {
+        free(ctx->hops);
+        free(ctx);
+    }
+}
 const uint64_t *io_ctx_counters(const struct io_ctx *ctx) { return ctx->counters; }
 
 /* ---------------------------------------------------------------------------
@@ -163,17 +188,47 @@ void io_port_close(struct io_port *p)
 
 int io_port_fd(const struct io_port *p) { return xsk_socket__fd(p->xsk); }
 
-uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max)
+int io_port_kernel_stats(const struct io_port *p, uint64_t *out6)
+{
+    struct xdp_statistics st;
+    socklen_t len = sizeof st;
+    memset(&st, 0, sizeof st);
+    if (getsockopt(xsk_socket__fd(p->xsk), SOL_XDP, XDP_STATISTICS, &st, &len))
+        return -errno;
+    out6[0] = st.rx_dropped;
+    out6[1] = st.rx_invalid_descs;
+    out6[2] = st.tx_invalid_descs;
+    out6[3] = st.rx_ring_full;
+    out6[4] = st.rx_fill_ring_empty_descs;
+    out6[5] = st.tx_ring_empty_descs;
+    return 0;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max, uint64_t spin_ns)
 {
     uint32_t idx;
     if (max > IO_BATCH_MAX)
         max = IO_BATCH_MAX;
     uint32_t n = xsk_ring_cons__peek(&p->rx, max, &idx);
+    if (!n && spin_ns) {
+        uint64_t until = now_ns() + spin_ns;
+        do {
+            n = xsk_ring_cons__peek(&p->rx, max, &idx);
+        } while (!n && now_ns() < until);
+    }
     if (!n) {
         if (xsk_ring_prod__needs_wakeup(&p->fq))
             recvfrom(xsk_socket__fd(p->xsk), NULL, 0, MSG_DONTWAIT, NULL, NULL);
         return 0;
     }
+    p->ctx->counters[IO_C_RX_BATCHES]++;
     for (uint32_t i = 0; i < n; i++) {
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&p->rx, idx + i);
         p->rx_addr[i] = d->addr;
@@ -286,7 +341,11 @@ static struct neigh *neigh_slot(struct io_ctx *ctx, uint8_t family, const uint8_
     return NULL;
 }
 
-void io_routes_clear(struct io_ctx *ctx) { ctx->n_routes = 0; }
+void io_routes_clear(struct io_ctx *ctx)
+{
+    ctx->n_routes = 0;
+    ctx->gen++;   /* every cached next hop is stale */
+}
 
 int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
                  const uint8_t *gateway, int port_id, int local)
@@ -313,7 +372,11 @@ int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint
     return 0;
 }
 
-void io_neigh_clear(struct io_ctx *ctx) { memset(ctx->neigh, 0, sizeof ctx->neigh); }
+void io_neigh_clear(struct io_ctx *ctx)
+{
+    memset(ctx->neigh, 0, sizeof ctx->neigh);
+    ctx->gen++;
+}
 
 int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
                  const uint8_t *mac)
@@ -343,8 +406,48 @@ static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
         ctx->counters[IO_C_DROP_KERNEL_WRITE]++;
 }
 
-static void forward_one(struct io_ctx *ctx, uint8_t *d, uint32_t len)
+/* Next hop for a frame: from the session's cache when it is current, else
+ * route + neighbour lookup (and fill the cache). Returns the egress port, or
+ * a negative io counter telling why the kernel must take the frame. */
+static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family,
+                    const uint8_t *dst, const uint8_t **mac)
 {
+    struct hop *h = NULL;
+    if (f->session < ctx->max_sessions) {
+        h = &ctx->hops[(size_t)f->session * 2 + f->dir];
+        if (h->gen == ctx->gen) {
+            ctx->counters[IO_C_FWD_CACHE_HIT]++;
+            *mac = h->mac;
+            return h->port_id;
+        }
+    }
+    const struct route *r = route_lookup(ctx, family, dst);
+    if (!r)
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    if (r->local)
+        return -IO_C_TO_KERNEL_LOCAL;
+    if (r->port_id < 0 || r->port_id >= IO_MAX_PORTS || !ctx->tx_port[r->port_id])
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    uint8_t nh[16] = {0};
+    memcpy(nh, r->has_gw ? r->gw : dst, 16);
+    const struct neigh *n = neigh_slot(ctx, family, nh, 0);
+    if (!n)
+        return -IO_C_TO_KERNEL_NO_NEIGH;
+    if (h) {
+        h->gen = ctx->gen;
+        h->port_id = (int16_t)r->port_id;
+        memcpy(h->mac, n->mac, 6);
+        *mac = h->mac;
+    } else {
+        *mac = n->mac;
+    }
+    return r->port_id;
+}
+
+static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
+{
+    uint8_t *d = f->data;
+    uint32_t len = f->len;
     if (len < 14 + 20)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
     uint16_t et = (uint16_t)(d[12] << 8 | d[13]);
@@ -363,22 +466,11 @@ static void forward_one(struct io_ctx *ctx, uint8_t *d, uint32_t len)
     } else {
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
     }
-    const struct route *r = route_lookup(ctx, family, dst);
-    if (!r)
-        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
-    if (r->local)
-        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);
-    if (r->port_id < 0 || r->port_id >= IO_MAX_PORTS || !ctx->tx_port[r->port_id])
-        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
-    uint8_t nh[16] = {0};
-    if (r->has_gw)
-        memcpy(nh, r->gw, 16);
-    else
-        memcpy(nh, dst, 16);
-    const struct neigh *n = neigh_slot(ctx, family, nh, 0);
-    if (!n)
-        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_NEIGH);
-    struct io_port *o = ctx->tx_port[r->port_id];
+    const uint8_t *mac;
+    int port = next_hop(ctx, f, family, dst, &mac);
+    if (port < 0)
+        return to_kernel(ctx, d, len, -port);
+    struct io_port *o = ctx->tx_port[port];
     uint8_t *ttl = family == 4 ? ip + 8 : ip + 7;
     if (*ttl <= 1)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_TTL);
@@ -391,7 +483,7 @@ static void forward_one(struct io_ctx *ctx, uint8_t *d, uint32_t len)
     } else {
         (*ttl)--;
     }
-    memcpy(d, n->mac, 6);
+    memcpy(d, mac, 6);
     memcpy(d + 6, o->mac, 6);
     tx_enqueue(ctx, o, d, len);
 }
@@ -401,7 +493,7 @@ void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames,
     for (uint32_t i = 0; i < n; i++) {
         struct nat_frame *f = &frames[i];
         if (f->verdict == NAT_FORWARD || f->verdict == NAT_PASS)
-            forward_one(ctx, f->data, f->len);
+            forward_one(ctx, f);
         else
             ctx->counters[IO_C_DROP_NAT]++;
     }

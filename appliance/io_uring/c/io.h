@@ -34,13 +34,18 @@ enum io_counter {
     IO_C_DROP_NAT,             /* dropped by the NAT core */
     IO_C_DROP_TX_FULL,         /* egress TX ring or UMEM full */
     IO_C_DROP_KERNEL_WRITE,    /* the TAP write failed */
+    IO_C_RX_BATCHES,           /* non-empty io_rx() calls (rx / rx_batches = mean batch) */
+    IO_C_FWD_CACHE_HIT,        /* frames forwarded with the session's cached next hop */
     IO_C__COUNT,
 };
 
 struct io_port;
 struct io_ctx;
 
-struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac);
+/* max_sessions: size of the NAT session table; each session caches its
+ * next hop per direction (port and MAC), revalidated by a generation number
+ * that changes whenever the routes or neighbours do. */
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions);
 void io_ctx_destroy(struct io_ctx *ctx);
 const uint64_t *io_ctx_counters(const struct io_ctx *ctx);
 
@@ -51,9 +56,15 @@ struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t qu
                              uint32_t nframes, const uint8_t *mac, uint32_t mtu,
                              int zerocopy);
 void io_port_close(struct io_port *p);
+/* The kernel's drop counters of this socket (XDP_STATISTICS): rx_dropped,
+ * rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs,
+ * tx_ring_empty_descs. Returns 0 or -errno. */
+int io_port_kernel_stats(const struct io_port *p, uint64_t *out6);
 int io_port_fd(const struct io_port *p);
-/* Move received frames into frames[] (at most max); returns how many. */
-uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
+/* Move received frames into frames[] (at most max); returns how many. With
+ * spin_ns > 0, polls the ring that long before returning 0 (fewer sleeps
+ * and bigger batches under load; an idle appliance still sleeps). */
+uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max, uint64_t spin_ns);
 /* Forward a processed batch received on p, then recycle its buffers. */
 void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames, uint32_t n);
 /* Kick TX rings that need a wakeup, reap completions. */

@@ -111,7 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)
         except ConfigError as exc:
             return _error(str(exc))
-        return trio.run(_runtime.run, cfg, args.ready_file, args.control)
+        from .io_uring._steering import SteeringError
+
+        try:
+            return trio.run(_runtime.run, cfg, args.ready_file, args.control)
+        except SteeringError as exc:
+            return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
+        except PermissionError as exc:
+            return _error(f"{exc} (appliance run needs root)")
 
     if args.command == "show":
         import trio

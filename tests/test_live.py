@@ -276,3 +276,20 @@ def test_live_demo_runs_and_removes_everything():
     removed = out.split("Removed the namespaces ")[1].strip().rstrip(".").split(", ")
     existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(ns in existing for ns in removed)
+
+
+def test_run_refuses_bad_interfaces_with_a_clear_message(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[translation]]\nproto = "udp"\nvip = "30.0.0.2"\nport = 53\nbackends = ["->20.0.0.1"]\n')
+    r = subprocess.run([sys.executable, "-m", "appliance", "run", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "no [[interface]] to run on" in r.stderr, r.stderr
+    cfg.write_text('[[interface]]\nname = "nosuchif0"\n')
+    ns = "tchk" + os.urandom(3).hex()
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "appliance", "run", "--config",
+                            str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "interface 'nosuchif0' does not exist" in r.stderr, r.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from ._topology import Topology, sh
+from ._topology import Topology, start_appliance
 
 # sessions.max: 262144, the size Linux gives nf_conntrack_max on a machine
 # like this one, so both NATs track flows in tables of the same size.
@@ -175,19 +175,8 @@ class Bench:
         cfg = os.path.join(self.tmp, "bench.toml")
         with open(cfg, "w") as f:
             f.write(CONFIG)
-        ready = os.path.join(self.tmp, "ready")
-        if os.path.exists(ready):
-            os.unlink(ready)
         self.control = os.path.join(self.tmp, "control.sock")
-        log = open(os.path.join(self.tmp, "appliance.log"), "w")
-        self.app = self.topo.popen(self.topo.ns_app, "taskset", "-c", "1", sys.executable, "-m", "appliance",
-                                   "run", "--config", cfg, "--ready-file", ready, "--control", self.control,
-                                   stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not os.path.exists(ready):
-            if self.app.poll() is not None or time.time() > deadline:
-                raise RuntimeError("appliance did not start: " + open(log.name).read())
-            time.sleep(0.05)
+        self.app = start_appliance(self.topo, cfg, self.tmp, control=self.control, cpu=1)
         time.sleep(1.2)   # first kernel snapshot with neighbours
 
     def stop_appliance(self) -> None:

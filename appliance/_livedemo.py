@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from ._topology import Topology, start_server
+from ._topology import Topology, start_appliance, start_server
 
 
 def _say(text: str = "") -> None:
@@ -46,16 +46,11 @@ def run() -> int:
             procs.append(start_server(topo, ns, "http", 8080, f"backend-{k} ({topo.backend_addrs[k]})"))
         procs.append(start_server(topo, topo.ns_out, "http", 8080, "outside (40.0.0.1)"))
         procs.append(start_server(topo, topo.ns_client, "http", 8080, "client (10.0.0.2)"))
-        ready = os.path.join(tmp, "ready")
-        log = open(os.path.join(tmp, "appliance.log"), "w")
-        app = topo.popen(topo.ns_app, sys.executable, "-m", "appliance", "run", "--config", config,
-                         "--ready-file", ready, "--control", control, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not os.path.exists(ready):
-            if app.poll() is not None or time.time() > deadline:
-                _say(open(log.name).read())
-                raise SystemExit("appliance demo: the appliance did not start")
-            time.sleep(0.05)
+        try:
+            app = start_appliance(topo, config, tmp, control=control)
+        except RuntimeError as exc:
+            _say(str(exc))
+            return 1
         time.sleep(0.5)
         _say(f"Appliance running in namespace {topo.ns_app} on "
              "a0 (clients), a1-a3 (backends), ap (pods, SNAT), ax (outside)\n")

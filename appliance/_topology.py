@@ -168,3 +168,32 @@ def start_server(topo: "Topology", ns: str, kind: str, port: int, name: str, bin
     f.close()
     args = (str(port), name, bind) if kind == "http" else (str(port), bind, name)
     return topo.popen(ns, sys.executable, f.name, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_appliance(topo: "Topology", config: str, workdir: str, control: str | None = None,
+                    cpu: int | None = None, timeout: float = 20.0) -> subprocess.Popen:
+    """Run `appliance run` in the topology's appliance namespace and wait
+    until it reports ready; its output goes to WORKDIR/appliance.log."""
+    import sys
+    import time
+
+    ready = os.path.join(workdir, "ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    cmd = [sys.executable, "-m", "appliance", "run", "--config", config, "--ready-file", ready]
+    if control:
+        cmd += ["--control", control]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    log_path = os.path.join(workdir, "appliance.log")
+    with open(log_path, "a") as log:
+        proc = topo.popen(topo.ns_app, *cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while not os.path.exists(ready):
+        if proc.poll() is not None or time.time() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            with open(log_path) as f:
+                raise RuntimeError("the appliance did not start:\n" + f.read())
+        time.sleep(0.05)
+    return proc

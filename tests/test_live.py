@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from appliance._topology import Topology, start_server
+from appliance._topology import Topology, start_appliance, start_server
 
 pytestmark = pytest.mark.root
 
@@ -106,18 +106,8 @@ class Live:
             self.close()
             raise
 
-    def start(self) -> None:
-        ready = self.tmp / "ready"
-        if ready.exists():
-            ready.unlink()
-        self.app = self.topo.popen(self.topo.ns_app, sys.executable, "-m", "appliance", "run",
-                                   "--config", str(self.config), "--ready-file", str(ready),
-                                   stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not ready.exists():
-            if self.app.poll() is not None or time.time() > deadline:
-                raise AssertionError("appliance did not start:\n" + self.log.read_text())
-            time.sleep(0.05)
+    def start(self, control: str | None = None) -> None:
+        self.app = start_appliance(self.topo, str(self.config), str(self.tmp), control=control)
         time.sleep(0.3)   # servers listening, first kernel snapshot taken
 
     def stop(self, sig=signal.SIGTERM) -> int:
@@ -244,15 +234,7 @@ def test_sigterm_detaches_and_restart_after_sigkill(live):
 def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     live.stop()
     control = str(tmp_path / "control.sock")
-    ready = tmp_path / "ready"
-    ready.unlink()
-    live.app = live.topo.popen(live.topo.ns_app, sys.executable, "-m", "appliance", "run", "--config",
-                               str(live.config), "--ready-file", str(ready), "--control", control,
-                               stdout=open(live.log, "a"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 20
-    while not ready.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    live.start(control=control)
     live.curl(live.topo.ns_client, "http://30.0.0.2/")
     r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "sessions", "--json",
                  "--control", control)

@@ -50,12 +50,19 @@ class Steering:
         self.host_addrs: set = set()
         self.host_ports: set = set()
 
-    def attach(self, ifindex: int, name: str) -> None:
+    def attach(self, ifindex: int, name: str) -> str:
+        """Attach in driver mode, or generic mode where the driver has no
+        XDP; returns the mode."""
         lib.io_xdp_detach(ifindex)   # a stale program from a killed run
-        rc = lib.io_xdp_attach(ifindex, self.prog_fd)
+        mode = "native"
+        rc = lib.io_xdp_attach(ifindex, self.prog_fd, 1)
+        if rc:
+            mode = "generic"
+            rc = lib.io_xdp_attach(ifindex, self.prog_fd, 0)
         if rc:
             raise SteeringError(f"cannot attach XDP to {name}: {os.strerror(-rc)}")
         self.attached.append(ifindex)
+        return mode
 
     def detach_all(self) -> None:
         for ifindex in self.attached:

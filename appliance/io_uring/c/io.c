@@ -550,9 +550,9 @@ int io_xdp_map_fd(int obj_id, const char *name)
     return bpf_object__find_map_fd_by_name(objs[obj_id], name);
 }
 
-int io_xdp_attach(int ifindex, int prog_fd)
+int io_xdp_attach(int ifindex, int prog_fd, int native)
 {
-    return bpf_xdp_attach(ifindex, prog_fd, XDP_FLAGS_DRV_MODE, NULL);
+    return bpf_xdp_attach(ifindex, prog_fd, native ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE, NULL);
 }
 
 int io_xdp_detach(int ifindex)

@@ -83,7 +83,8 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
 /* libbpf/libxdp pieces the runtime uses directly. */
 int io_xdp_load(const char *path, int *prog_fd);
 int io_xdp_map_fd(int obj_id, const char *name);
-int io_xdp_attach(int ifindex, int prog_fd);
+/* native: 1 = driver mode, 0 = generic (skb) mode */
+int io_xdp_attach(int ifindex, int prog_fd, int native);
 int io_xdp_detach(int ifindex);
 int io_map_update(int fd, const void *key, const void *value, uint64_t flags);
 int io_map_delete(int fd, const void *key);

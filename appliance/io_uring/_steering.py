@@ -19,6 +19,7 @@ from ._binding import ffi, lib
 OBJ = pathlib.Path(__file__).resolve().parent / "steer.bpf.o"
 
 ADDR_HOST = 1
+MAX_IFINDEX = 65536   # STEER_MAX_IFINDEX in bpf/steer.h
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
@@ -81,7 +82,9 @@ class Steering:
             raise SteeringError(f"map {name}: {os.strerror(-rc)}")
 
     def set_ifbase(self, ifindex: int, base: int) -> None:
-        self._update("ifbase", ifindex.to_bytes(4, "little"), base)
+        if ifindex >= MAX_IFINDEX:
+            raise SteeringError(f"ifindex {ifindex} is above {MAX_IFINDEX}: not supported")
+        self._update("ifbase", ifindex.to_bytes(4, "little"), base + 1)
 
     def set_host_addresses(self, addrs: set) -> None:
         for a in addrs - self.host_addrs:
@@ -109,12 +112,26 @@ class Steering:
             self.host_ports.discard(p)
 
     def counters(self) -> dict[str, int]:
-        names = ("redirect", "pass_kernel", "pass_ttl", "pass_host", "pass_no_socket")
-        ncpu = os.cpu_count() or 1
+        names = ("unused", "pass_kernel", "pass_ttl", "pass_host", "pass_no_socket")
+        ncpu = _possible_cpus()
         out = {}
         vals = ffi.new("uint64_t[]", ncpu)
         for i, name in enumerate(names):
             key = ffi.new("uint32_t *", i)
             if lib.io_map_lookup(self.maps["counters"], key, vals) == 0:
                 out[name] = sum(vals[j] for j in range(ncpu))
+        out.pop("unused", None)
         return out
+
+
+def _possible_cpus() -> int:
+    """Per-CPU map values come one per *possible* CPU (not online)."""
+    try:
+        text = pathlib.Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n = max(n, int(hi or lo) + 1)
+    return n

@@ -29,10 +29,11 @@ struct {
     __type(value, __u32);
 } xsks SEC(".maps");
 
-/* ifindex -> first xsks key of that interface (its queues follow) */
+/* ifindex -> 1 + first xsks key of that interface (its queues follow); 0 =
+ * not ours. An array: the lookup is an index, on every redirected frame. */
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 256);
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, STEER_MAX_IFINDEX);
     __type(key, __u32);
     __type(value, __u32);
 } ifbase SEC(".maps");
@@ -66,14 +67,15 @@ static __always_inline int count(__u32 c, int action)
     return action;
 }
 
+/* Redirected frames are not counted here: the appliance counts what it
+ * receives, and this is the per-packet path of the generator's CPU. */
 static __always_inline int to_appliance(struct xdp_md *ctx)
 {
     __u32 ifindex = ctx->ingress_ifindex;
     __u32 *base = bpf_map_lookup_elem(&ifbase, &ifindex);
-    if (!base)
+    if (!base || !*base)
         return count(STEER_C_PASS_NO_SOCKET, XDP_PASS);
-    count(STEER_C_REDIRECT, 0);
-    return bpf_redirect_map(&xsks, *base + ctx->rx_queue_index, XDP_PASS);
+    return bpf_redirect_map(&xsks, *base - 1 + ctx->rx_queue_index, XDP_PASS);
 }
 
 SEC("xdp")

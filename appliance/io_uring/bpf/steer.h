@@ -3,6 +3,7 @@
 #define APPLIANCE_STEER_H
 
 #define STEER_MAX_SOCKETS 1024
+#define STEER_MAX_IFINDEX 65536    /* ifindexes of data interfaces must be below */
 #define STEER_MAX_PORTS 262144   /* real-translation ports + host-address sessions */
 #define STEER_ADDR_HOST 1        /* an address of this host */
 
@@ -20,7 +21,7 @@ struct steer_port {
 };
 
 enum {
-    STEER_C_REDIRECT,        /* to the appliance */
+    STEER_C_REDIRECT,        /* unused: redirected frames are the appliance's io.rx */
     STEER_C_PASS_KERNEL,     /* not IP, multicast, neighbour discovery */
     STEER_C_PASS_TTL,        /* TTL/hop limit expiring here: the kernel answers */
     STEER_C_PASS_HOST,       /* addressed to the host, not a NAT port */

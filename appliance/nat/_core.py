@@ -253,6 +253,20 @@ class NatCore:
                 self._new_flow(f, f.ts_ns if now is None else now_ns, flags)
         self._drain_events()
 
+    def resolve_miss(self, f, now_ns: int) -> None:
+        """The slow path for one NAT_MISS frame (a ``struct nat_frame *``)
+        from a loop that runs nat_process() itself (the live datapath's
+        io_poll); afterwards the frame has its final verdict."""
+        self._new_flow(f, now_ns, 0)
+
+    def nat_process_pointer(self):
+        """(struct nat *, nat_process function pointer) for C loops."""
+        return self._nat, ffi.cast("void *", ffi.addressof(lib, "nat_process"))
+
+    def drain_events(self) -> None:
+        """Deliver queued expiry events (C loops call this between polls)."""
+        self._drain_events()
+
     def _slow_verdict(self, f, verdict: int, reason: str) -> None:
         code = COUNTER_INDEX[reason]
         f.verdict = verdict

@@ -573,3 +573,37 @@ int io_map_lookup(int fd, const void *key, void *value)
 {
     return bpf_map_lookup_elem(fd, key, value) ? -errno : 0;
 }
+
+typedef uint32_t (*nat_process_fn)(struct nat *, struct nat_frame *, uint32_t, uint64_t, uint32_t);
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int io_poll(struct io_ctx *ctx, struct io_port *p, struct nat *nat, void *nat_fn,
+            struct nat_frame *frames, uint32_t max, uint64_t spin_ns, uint32_t budget,
+            struct io_poll_state *st)
+{
+    nat_process_fn process = (nat_process_fn)nat_fn;
+    for (uint32_t b = 0; b < budget; b++) {
+        if (st->n == 0) {
+            uint32_t n = io_rx(p, frames, max, spin_ns);
+            if (!n)
+                return IO_POLL_IDLE;
+            st->n = n;
+            st->next = 0;
+            st->now_ns = realtime_ns();
+        }
+        if (st->next < st->n) {
+            st->next += process(nat, frames + st->next, st->n - st->next, st->now_ns, 0);
+            if (frames[st->next - 1].verdict == NAT_MISS)
+                return IO_POLL_MISS;   /* resolved by the caller; the next call goes on */
+        }
+        io_forward(ctx, p, frames, st->n);
+        st->n = st->next = 0;
+    }
+    return IO_POLL_BUDGET;
+}

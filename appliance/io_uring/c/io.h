@@ -65,6 +65,25 @@ int io_port_fd(const struct io_port *p);
  * spin_ns > 0, polls the ring that long before returning 0 (fewer sleeps
  * and bigger batches under load; an idle appliance still sleeps). */
 uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max, uint64_t spin_ns);
+/* The established-flow loop in one call: receive a batch, run it through
+ * the NAT core (nat_fn is nat_process() of the NAT module, passed as a
+ * pointer), forward it; repeat up to `budget` batches. Returns
+ *   IO_POLL_IDLE   the ring stayed empty for spin_ns: sleep on the socket;
+ *   IO_POLL_MISS   frames[st->next - 1] needs the slow path: resolve it
+ *                  (nat_flow_install) and call again, which continues the batch;
+ *   IO_POLL_BUDGET budget batches done: let other tasks run, call again.
+ * Time is CLOCK_REALTIME, read once per batch. */
+#define IO_POLL_IDLE 0
+#define IO_POLL_MISS 1
+#define IO_POLL_BUDGET 2
+struct io_poll_state {
+    uint32_t n;        /* frames in the current batch */
+    uint32_t next;     /* first frame the NAT has not processed */
+    uint64_t now_ns;   /* the current batch's time */
+};
+int io_poll(struct io_ctx *ctx, struct io_port *p, struct nat *nat, void *nat_fn,
+            struct nat_frame *frames, uint32_t max, uint64_t spin_ns, uint32_t budget,
+            struct io_poll_state *st);
 /* Forward a processed batch received on p, then recycle its buffers. */
 void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames, uint32_t n);
 /* Kick TX rings that need a wakeup, reap completions. */

@@ -1,10 +1,10 @@
 """``appliance run``: the live datapath under trio.
 
-One task per AF_XDP socket: wait on the socket while idle, drain the RX ring
-in batches of up to 256 frames while busy (NAT core, then the forwarding
-step, both in C per batch; Python only for new flows), checkpoint between
-batches. Beside them: the session scanner, the kernel follower (addresses,
-routes, neighbours) and the signal handler. On SIGTERM/SIGINT everything is
+One task per AF_XDP socket: wait on the socket while idle; while busy, C
+(io_poll) receives, NATs and forwards up to 32 batches of up to 256 frames
+per call, returning to Python only for a new flow (the slow path) or to
+yield. Beside them: the session scanner, the kernel follower (netlink), the
+control socket and the signal handler. On SIGTERM/SIGINT everything is
 cancelled and the XDP programs are detached; a start after SIGKILL replaces
 the stale programs.
 """

@@ -4,13 +4,17 @@ One task per AF_XDP socket: wait on the socket while idle; while busy, C
 (io_poll) receives, NATs and forwards up to 32 batches of up to 256 frames
 per call, returning to Python only for a new flow (the slow path) or to
 yield. Beside them: the session scanner, the kernel follower (netlink), the
-control socket and the signal handler. On SIGTERM/SIGINT everything is
+configuration watcher (a valid new file is applied, an invalid one is
+reported and the last good one keeps serving), the control socket and the
+signal handler. On SIGTERM/SIGINT everything is
 cancelled and the XDP programs are detached; a start after SIGKILL replaces
 the stale programs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +27,7 @@ from typing import Optional
 import trio
 
 from . import _kernel
-from ._config import Config
+from ._config import Config, ConfigError, parse_config
 from ._plugins import Plugins
 from .io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
 from .io_uring._binding import ffi as io_ffi
@@ -45,6 +49,7 @@ KERNEL_NEIGH_CHECK = 0.1  # seconds: how often to look at the "no neighbour" cou
 # Measured (bench e2e topology): 0, 2 and 10 us gave the same CPU per packet
 # within noise; 2 us keeps batches fuller at no cost. Idle, it sleeps.
 RX_SPIN_NS = 2_000
+CONFIG_POLL = 1.0         # seconds between looks at the configuration file
 # Batches io_poll() handles before Python yields to the other trio tasks:
 # at 50-250 frames a batch and ~100 ns a frame, 32 batches is 0.2-1 ms.
 POLL_BUDGET = 32
@@ -72,6 +77,8 @@ class Appliance:
         self.ctx = None
         self.ports = []
         self._snapshot = None
+        self._session_ports: set = set()   # (host address, proto, port) of live sessions
+        self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
 
     # -- set-up / tear-down --------------------------------------------------
 
@@ -118,16 +125,19 @@ class Appliance:
     def _host_source(self, added: bool, address, proto: int, port: int) -> None:
         # a session's source was rewritten to an address of this host: its
         # replies are addressed to the host and must be steered to us
+        entry = (address, proto, port)
         if added:
-            self.steering.add_port((address, proto, port))
+            self._session_ports.add(entry)
+            self.steering.add_port(entry)
         else:
-            self.steering.remove_port((address, proto, port))
+            self._session_ports.discard(entry)
+            self.steering.remove_port(entry)
 
     # -- kernel tables ---------------------------------------------------------
 
-    def sync_kernel(self, snap: Optional[_kernel.Snapshot] = None) -> None:
+    def sync_kernel(self, snap: Optional[_kernel.Snapshot] = None, force: bool = False) -> None:
         snap = snap or _kernel.snapshot()
-        if snap == self._snapshot:
+        if snap == self._snapshot and not force:
             return
         self._snapshot = snap
         data = set(self.config.interfaces)
@@ -143,7 +153,7 @@ class Appliance:
             io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port, n.mac)
         self.steering.set_host_addresses(set(snap.addresses))
         self.core.host_sources = frozenset(a.packed for a in snap.addresses)
-        ports = {p for p in self.steering.host_ports if p[0] in snap.addresses}
+        ports = {p for p in self._session_ports if p[0] in snap.addresses}
         for t in self.config.translations:
             if t.kind == "real" and t.address in snap.addresses and t.proto in ("tcp", "udp"):
                 ports.add((t.address, 6 if t.proto == "tcp" else 17, t.port))
@@ -215,6 +225,50 @@ class Appliance:
         finally:
             mon.close()
 
+    async def config_loop(self) -> None:
+        """Watch the configuration file; apply a valid new version, keep
+        serving the last good one when the new one is invalid."""
+        path = pathlib.Path(self.config.path)
+        seen = self._digest(path)
+        while True:
+            await trio.sleep(CONFIG_POLL)
+            digest = self._digest(path)
+            if digest is None or digest == seen:
+                continue
+            seen = digest
+            self.reload(path)
+
+    @staticmethod
+    def _digest(path: pathlib.Path) -> Optional[bytes]:
+        try:
+            return hashlib.sha256(path.read_bytes()).digest()
+        except OSError:
+            return None   # being replaced, or gone: keep the current config
+
+    def reload(self, path: pathlib.Path) -> bool:
+        try:
+            new = parse_config(path.read_text(), str(path))
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            self.config_status["rejected"] += 1
+            self.config_status["last_error"] = str(exc)
+            log.error("configuration rejected, still serving the previous one: %s", exc)
+            print(f"appliance: configuration rejected, still serving the previous one: {exc}", flush=True)
+            return False
+        for what, old_v, new_v in (("[[interface]]", self.config.interfaces, new.interfaces),
+                                   ("[plugins] modules", self.config.plugin_modules, new.plugin_modules),
+                                   ("[sessions] max", self.config.max_sessions, new.max_sessions)):
+            if old_v != new_v:
+                log.warning("%s changed in %s: takes effect at restart", what, path)
+        new = dataclasses.replace(new, interfaces=self.config.interfaces, plugin_modules=self.config.plugin_modules,
+                                  max_sessions=self.config.max_sessions)
+        self.config = new
+        self.core.apply_config(new)
+        self.sync_kernel(force=True)   # real-translation ports in the XDP map
+        self.config_status["reloads"] += 1
+        self.config_status["last_error"] = None
+        print(f"appliance: configuration reloaded from {path}: {len(new.translations)} translations", flush=True)
+        return True
+
     # -- control socket ----------------------------------------------------------
 
     def answer(self, command: str) -> dict:
@@ -223,7 +277,7 @@ class Appliance:
             return {"sessions": [_session_json(s) for s in self.core.sessions()]}
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
-                    "xdp": self.steering.counters()}
+                    "xdp": self.steering.counters(), "config": dict(self.config_status)}
         if command == "translations":
             return {"translations": [str(t) for t in self.config.translations]}
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
@@ -290,6 +344,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                 nursery.start_soon(app.rx_loop, p)
             nursery.start_soon(app.timer_loop)
             nursery.start_soon(app.kernel_loop)
+            if config.path and pathlib.Path(config.path).is_file():
+                nursery.start_soon(app.config_loop)
             for task in app.plugins.background_tasks():
                 nursery.start_soon(task)
             if control:

@@ -279,3 +279,22 @@ def test_run_refuses_bad_interfaces_with_a_clear_message(tmp_path):
         assert r.returncode == 1 and "interface 'nosuchif0' does not exist" in r.stderr, r.stderr
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_config_file_is_watched_bad_versions_are_rejected(live):
+    cli = live.topo.ns_client
+    one_backend = live.config.read_text().replace(
+        'backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]', 'backends = ["->20.0.1.1 8080"]', 1)
+    live.config.write_text(one_backend)
+    deadline = time.time() + 10
+    while "configuration reloaded" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    assert {live.curl(cli, "http://30.0.0.2/") for _ in range(6)} == {"backend1 10.0.0.2"}
+    # an invalid version is reported with file, line and key; the last good one keeps serving
+    live.config.write_text(one_backend.replace('port = 80\n', 'port = "eighty"\n', 1))
+    deadline = time.time() + 10
+    while "configuration rejected" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    log = live.log.read_text()
+    assert f"{live.config}:" in log and "translation[0].port: expected an integer" in log, log
+    assert {live.curl(cli, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}

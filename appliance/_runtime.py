@@ -14,11 +14,13 @@ the stale programs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import resource
 import signal
 import socket
 import time
@@ -87,6 +89,11 @@ class Appliance:
             raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
         _sysctl("net.ipv4.ip_forward", "1")
         _sysctl("net.ipv6.conf.all.forwarding", "1")
+        # UMEM pages are locked memory: 16 MiB per socket (UMEM_FRAMES)
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            pass   # without CAP_SYS_RESOURCE; CAP_IPC_LOCK or a high enough limit also do
         self.tap = Tap()
         self.ctx = io_ffi.gc(io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions),
                               io.io_ctx_destroy)
@@ -104,8 +111,11 @@ class Appliance:
                     p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"],
                                         key, UMEM_FRAMES, mac, mtu, 0)
                 if p == io_ffi.NULL:
+                    err = io_ffi.errno
+                    hint = (" (UMEM is locked memory: raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
+                            if err == errno.ENOBUFS else "")
                     raise SystemExit(f"appliance: error: cannot open AF_XDP socket on {name} queue {q}: "
-                                     f"{os.strerror(io_ffi.errno)}")
+                                     f"{os.strerror(err)}{hint}")
                 log.info("%s queue %d: AF_XDP socket in %s mode", name, q, mode)
                 self.ports.append((name, q, p))
                 key += 1

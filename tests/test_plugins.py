@@ -184,3 +184,21 @@ def test_decision_hooks_run_once_per_flow_not_per_packet():
         h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, 0x10))
         h.send(udp("10.1.0.1", 5000, "9.9.9.9", 53), "tap0")
     assert calls == {"select": 1, "timeouts": 2, "snat": 1}
+
+
+def test_plugins_load_from_the_entry_point_group(tmp_path, monkeypatch):
+    (tmp_path / "ep_plugin.py").write_text(
+        "from appliance.hooks import hookimpl\n"
+        "@hookimpl\n"
+        "def appliance_select_backend(flow, translation):\n"
+        "    return 2\n")
+    dist = tmp_path / "ep_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[appliance.plugins]\nthird = ep_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = Plugins()
+    assert "entrypoint:third" in plugins.names
+    h = Harness(CONF, plugins=plugins)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert dst_of(h.out) == "20.0.0.3"

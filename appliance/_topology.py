@@ -10,6 +10,7 @@ Default topology (names get a unique prefix)::
                           a1.. 20.0.K.254/24, fd20:K::fe/64  ---
                           ax  40.0.0.254/24 (SNAT side) ---  outside ns: o0 40.0.0.1/24
     pod ns: p0 10.1.0.2/24 --- ap 10.1.0.1/24 (SNAT interface)
+            fd10:1::2/64          fd10:1::1/64;   outside o0 also fd40::1/64, ax fd40::fe/64
 
 Senders' veths get `ethtool -K tx off` (partial checksums look corrupt
 through AF_XDP; see MACHINE-NOTES).
@@ -88,12 +89,13 @@ class Topology:
             sh("ip", "-6", "route", "add", "default", "via", f"fd20:{k}::fe", ns=ns)
         # pod (behind the SNAT interface) and outside host
         self._link(self.ns_pod, "p0", app, "ap")
-        self._addr(self.ns_pod, "p0", "10.1.0.2/24")
-        self._addr(app, "ap", "10.1.0.1/24")
+        self._addr(self.ns_pod, "p0", "10.1.0.2/24", "fd10:1::2/64")
+        self._addr(app, "ap", "10.1.0.1/24", "fd10:1::1/64")
         sh("ip", "route", "add", "default", "via", "10.1.0.1", ns=self.ns_pod)
+        sh("ip", "-6", "route", "add", "default", "via", "fd10:1::1", ns=self.ns_pod)
         self._link(self.ns_out, "o0", app, "ax")
-        self._addr(self.ns_out, "o0", "40.0.0.1/24")
-        self._addr(app, "ax", "40.0.0.254/24")
+        self._addr(self.ns_out, "o0", "40.0.0.1/24", "fd40::1/64")
+        self._addr(app, "ax", "40.0.0.254/24", "fd40::fe/64")
         # the outside host knows the SNAT address and the vips only via the appliance
         sh("ip", "route", "add", "30.0.0.0/24", "via", "40.0.0.254", ns=self.ns_out)
 

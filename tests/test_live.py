@@ -25,7 +25,8 @@ tcp_closing = {closing}
 
 [snat]
 ip4 = "40.0.0.254"
-exclude = ["10.0.0.0/24"]
+ip6 = "fd40::fe"
+exclude = ["10.0.0.0/24", "fd00::/64"]
 interfaces = ["ap"]
 
 [[interface]]
@@ -94,8 +95,8 @@ class Live:
             for k, ns in enumerate(t.ns_backends):
                 self.procs.append(start_server(t, ns, "http", 8080, f"backend{k}", "::"))
                 self.procs.append(start_server(t, ns, "udp", 5353, f"backend{k}", "::"))
-            self.procs.append(start_server(t, t.ns_out, "http", 8080, "outside", "0.0.0.0"))
-            self.procs.append(start_server(t, t.ns_client, "http", 8080, "client", "0.0.0.0"))
+            self.procs.append(start_server(t, t.ns_out, "http", 8080, "outside", "::"))
+            self.procs.append(start_server(t, t.ns_client, "http", 8080, "client", "::"))
             self.procs.append(start_server(t, t.ns_app, "http", 9000, "appliance-host", "10.0.0.1"))
             self.config = tmp_path / "appliance.toml"
             self.config.write_text(CONFIG.format(session=session, closing=closing))
@@ -182,6 +183,11 @@ def test_snat_excluded_prefixes_and_ping(live):
     assert live.curl(pod, "http://40.0.0.1:8080/") == "outside 40.0.0.254"
     assert live.curl(pod, "http://10.0.0.2:8080/") == "client 10.1.0.2"     # excluded: source kept
     r = live.run(pod, "ping", "-c", "2", "-W", "2", "40.0.0.1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # IPv6: the same, to the appliance's own fd40::fe
+    assert live.curl(pod, "http://[fd40::1]:8080/") == "outside fd40::fe"
+    assert live.curl(pod, "http://[fd00::2]:8080/") == "client fd10:1::2"    # excluded
+    r = live.run(pod, "ping", "-6", "-c", "2", "-W", "2", "fd40::1")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -45,3 +45,16 @@ def test_public_names():
     assert {n for n in appliance.nat.__dict__ if not n.startswith("_") and n[0].isupper()} == {
         "DROP", "FORWARD", "MISS", "PASS", "Batch", "NatCore", "Statistics", "Backend", "Flow",
         "SessionInfo", "Timeouts", "Translation"}
+
+
+def test_io_shim_matches_package_and_counters():
+    from appliance.io_uring._binding import COUNTER_NAMES as IO_NAMES
+    from appliance.io_uring._binding import ffi as io_ffi
+    from appliance.io_uring._binding import lib as io_lib
+
+    assert io_ffi.string(io_lib.io_build_version()).decode() == appliance.__version__
+    header = (pathlib.Path(appliance.__file__).parent / "io_uring" / "c" / "io.h").read_text()
+    enum = re.findall(r"^\s+IO_C_(\w+),", header, re.M)
+    assert [n.lower() for n in enum if n != "_COUNT"] == list(IO_NAMES)
+    # the NAT frame passes between the two modules unchanged
+    assert io_ffi.sizeof("struct nat_frame") == ffi.sizeof("struct nat_frame")

@@ -54,6 +54,7 @@ ffibuilder.set_source(
     sources=[_rel(C_DIR / "io.c")],
     include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR)],
     libraries=["xdp", "bpf"],
+    define_macros=[("IO_BUILD_VERSION", '"%s"' % nat_build._version())],
     depends=[_rel(p) for p in sorted(C_DIR.iterdir())],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
 )

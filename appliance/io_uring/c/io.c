@@ -19,6 +19,10 @@
 #include <linux/if_xdp.h>
 #include <xdp/xsk.h>
 
+#ifndef IO_BUILD_VERSION
+#error "IO_BUILD_VERSION must be defined by the build (appliance/io_uring/_build.py)"
+#endif
+
 #define IO_BATCH_MAX 256
 #define IO_NEIGH_SLOTS 4096   /* neighbours per appliance; open addressing, <= half full */
 
@@ -607,3 +611,5 @@ int io_poll(struct io_ctx *ctx, struct io_port *p, struct nat *nat, void *nat_fn
     }
     return IO_POLL_BUDGET;
 }
+
+const char *io_build_version(void) { return IO_BUILD_VERSION; }

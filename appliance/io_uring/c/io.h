@@ -42,6 +42,8 @@ enum io_counter {
 struct io_port;
 struct io_ctx;
 
+const char *io_build_version(void);
+
 /* max_sessions: size of the NAT session table; each session caches its
  * next hop per direction (port and MAC), revalidated by a generation number
  * that changes whenever the routes or neighbours do. */

@@ -16,6 +16,7 @@ commands:
   run           NAT live traffic on the configured interfaces (AF_XDP; root)
   show          sessions / stats / translations of a running appliance (control socket)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
+  explain       why a new flow gets its backend, SNAT decision and rewrite
   check-config  validate a configuration file and print what it configures
   bench core    measure the NAT core in-process (fast path, slow path, memory)
   bench e2e     measure the live appliance against nftables DNAT (root)
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-v", "--verbose", action="store_true", help="print a line per frame")
     r.add_argument("input", metavar="IN")
     r.add_argument("output", metavar="OUT")
+
+    ex = sub.add_parser("explain", help="why a new flow gets its backend, SNAT and rewrite (offline)")
+    ex.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    ex.add_argument("--interface", default="eth0", metavar="NAME", help="ingress interface (default eth0)")
+    ex.add_argument("proto", choices=["tcp", "udp", "icmp"])
+    ex.add_argument("src", metavar="SRC:PORT", help="source; for icmp the port is the echo identifier")
+    ex.add_argument("dst", metavar="DST:PORT", help="destination (IPv6 as [ADDR]:PORT; icmp: any port)")
 
     c = sub.add_parser("check-config", help="validate a configuration file")
     c.add_argument("config", metavar="FILE")
@@ -143,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in (values.get("counters", values) if isinstance(values, dict) else {}).items():
                     if v and not isinstance(v, dict):
                         print(f"{section}.{k:28} {v}")
+        return 0
+
+    if args.command == "explain":
+        from ._explain import explain
+
+        try:
+            cfg = load_config(args.config)
+            print("\n".join(explain(cfg, args.proto, args.src, args.dst, args.interface)))
+        except ConfigError as exc:
+            return _error(str(exc))
+        except ValueError as exc:
+            return _error(str(exc))
         return 0
 
     if args.command == "check-config":

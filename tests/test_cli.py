@@ -42,3 +42,20 @@ def test_help_lists_the_commands():
     r = run("--help")
     for word in ("demo", "replay", "check-config", "bench core"):
         assert word in r.stdout
+
+
+def test_explain_tells_backend_snat_and_rewrite():
+    cfg = "appliance/examples/demo.toml"
+    r = run("explain", "--config", cfg, "tcp", "10.0.0.1:40001", "30.0.0.2:80")
+    assert r.returncode == 0, r.stderr
+    chosen = [line for line in r.stdout.splitlines() if line.startswith("backend chosen:")][0]
+    # the same flow in the offline demo goes to the same backend (same seed, same hash)
+    demo = run("demo", "--offline").stdout
+    went = demo.split("client 1 -> vip")[1].split("out      tcp 10.0.0.1:40001 -> ")[1].split(":")[0]
+    assert went in chosen
+    r = run("explain", "--config", cfg, "--interface", "tap0", "udp", "10.1.0.5:1", "20.0.0.7:53")
+    assert "is excluded by 20.0.0.0/24" in r.stdout and "session: bypass" in r.stdout
+    r = run("explain", "--config", cfg, "tcp", "10.0.0.1:1", "30.0.0.2:443")
+    assert "verdict: dropped (drop_no_translation)" in r.stdout
+    r = run("explain", "--config", cfg, "tcp", "10.0.0.1", "30.0.0.2:80")
+    assert r.returncode == 1 and "expected ADDRESS:PORT" in r.stderr

@@ -416,14 +416,24 @@ class NatCore:
                 yield s
             i = lib.nat_session_next(self._nat, i + 1)
 
-    def find_session(self, family: int, proto: int, src: str, sport: int, dst: str, dport: int,
-                     now: float) -> Optional[SessionInfo]:
-        """The session a packet with this tuple would use (either direction)."""
+    @staticmethod
+    def _key(family: int, proto: int, src: str, sport: int, dst: str, dport: int):
         k = ffi.new("struct nat_key *")
         a, b = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
         ffi.memmove(k.src, a, len(a))
         ffi.memmove(k.dst, b, len(b))
         k.sport, k.dport, k.proto, k.family = _ntohs(sport), _ntohs(dport), proto, family
+        return k
+
+    def flow_hash(self, family: int, proto: int, src: str, sport: int, dst: str, dport: int) -> int:
+        """The keyed flow hash (flow_hash_seed) the selectors see as flow.hash.
+        For ICMP echo requests sport is the identifier and dport 0."""
+        return lib.nat_flow_hash(self._nat, self._key(family, proto, src, sport, dst, dport))
+
+    def find_session(self, family: int, proto: int, src: str, sport: int, dst: str, dport: int,
+                     now: float) -> Optional[SessionInfo]:
+        """The session a packet with this tuple would use (either direction)."""
+        k = self._key(family, proto, src, sport, dst, dport)
         i = lib.nat_session_find(self._nat, k, _ns(now))
         return None if i == lib.NAT_NONE else self.session(i)
 

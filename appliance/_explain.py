@@ -12,7 +12,7 @@ import ipaddress
 
 from ._config import Config
 from ._frames import icmp_echo, tcp, udp
-from ._types import proto_number
+from ._types import Flow, proto_number
 from .nat import DROP, FORWARD, PASS, Batch, NatCore
 from .nat._binding import COUNTER_NAMES
 
@@ -49,17 +49,18 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
     out = [f"flow: {proto} {src} -> {dst} received on {interface}"]
     h = core.flow_hash(family, pnum, saddr, sport, daddr, dport)
     out.append(f"flow hash: {h} (flow_hash_seed {config.flow_hash_seed})")
-    match = [t for t in config.translations
-             if t.address == ipaddress.ip_address(daddr) and t.proto == proto and (proto == "icmp" or t.port == dport)]
-    if match:
-        t = match[0]
+    t = core.translation_for(family, pnum, daddr, dport)
+    if t is not None:
         out.append(f"translation: {t}")
         if t.backends:
-            out.append(f"built-in selector would pick backend {h % len(t.backends)} "
-                       f"(hash % {len(t.backends)})")
+            flow = Flow(family, pnum, ipaddress.ip_address(saddr).packed, ipaddress.ip_address(daddr).packed,
+                        sport, dport, interface, h)
+            builtin = core.plugins.defaults.appliance_select_backend(flow=flow, translation=t)
+            out.append(f"built-in selector would pick backend {builtin} (hash % {len(t.backends)})")
     else:
-        vip = any(t.address == ipaddress.ip_address(daddr) and t.kind == "vip" for t in config.translations)
+        vip = any(x.address == ipaddress.ip_address(daddr) and x.kind == "vip" for x in config.translations)
         out.append("translation: none" + (" (the address is a vip: dropped)" if vip else ""))
+    match = [t] if t is not None else []
     batch = Batch(1)
     batch.load([(frame, core.port(interface), 0.0)])
     core.process(batch, 0.0)
@@ -84,7 +85,7 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
     s = sessions[0]
     if s.backend is not None and match:
         out.append(f"backend chosen: {s.backend} ({match[0].backends[s.backend]})"
-                   + ("" if s.backend == h % len(match[0].backends) else " by a plugin"))
+                   + ("" if s.backend == builtin else " by a plugin"))
     prof = config.timeouts
     out.append(f"session: {s.kind}, lifetime {s.expires - s.last_seen:g} s in state {s.state} "
                f"(configured: session {prof.session:g} s, established {prof.tcp_established:g} s)")

@@ -24,10 +24,6 @@ def proto_number(name: str, family: int) -> int:
     return {"tcp": PROTO_TCP, "udp": PROTO_UDP}[name]
 
 
-def is_icmp(proto: int) -> bool:
-    return proto in (PROTO_ICMP, PROTO_ICMPV6)
-
-
 @dataclasses.dataclass(frozen=True)
 class Backend:
     """One backend of a translation: the seed's ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``.

@@ -228,9 +228,6 @@ class NatCore:
             self._port_names.append(interface)
         return p
 
-    def interface_name(self, port: int) -> str:
-        return self._port_names[port] if port < len(self._port_names) else f"port{port}"
-
     # ------------------------------------------------------------------
     # data path
 
@@ -424,6 +421,14 @@ class NatCore:
         ffi.memmove(k.dst, b, len(b))
         k.sport, k.dport, k.proto, k.family = _ntohs(sport), _ntohs(dport), proto, family
         return k
+
+    def translation_for(self, family: int, proto: int, address: str, port: int) -> Optional[Translation]:
+        """The translation the classifier matches for (address, proto, port),
+        as the fast path sees it (ICMP: port ignored)."""
+        a = ipaddress.ip_address(address).packed
+        port_be = 0 if proto in (1, 58) else _ntohs(port)
+        tid = lib.nat_translation_lookup(self._nat, family, _u8(a), proto, port_be)
+        return None if tid == lib.NAT_NONE else self._translations.get(tid)
 
     def flow_hash(self, family: int, proto: int, src: str, sport: int, dst: str, dport: int) -> int:
         """The keyed flow hash (flow_hash_seed) the selectors see as flow.hash.

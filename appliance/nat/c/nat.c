@@ -908,7 +908,6 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
     uint32_t len = f->len;
     struct pkt p;
     f->session = NAT_NONE;
-    f->miss_kind = 0;
     f->dir = 0;
 
     if (len < 14) {
@@ -999,14 +998,14 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
                                          p.icmp == ICMPK_ECHO_REQ ? 0 : p.key.dport);
         }
         if (tid != NAT_NONE) {
-            f->miss_kind = NAT_MISS_TRANSLATION;
+            /* a translation's new flow */
         } else if (fl & NAT_ADDR_VIP) {
             verdict(nat, f, NAT_DROP, NAT_C_DROP_NO_TRANSLATION);
             goto done;
         } else if (p.icmp != ICMPK_ECHO_REP && f->port < NAT_MAX_PORTS &&
                    nat->snat_port[f->port] &&
                    (nat->snat_family & (p.family == NAT_AF_INET ? 1 : 2))) {
-            f->miss_kind = NAT_MISS_SNAT;
+            /* a new flow received on an SNAT interface */
         } else {
             verdict(nat, f, NAT_PASS, NAT_C_PASS_NO_MATCH);
             goto done;

@@ -68,17 +68,12 @@ struct nat_frame {
     uint8_t dir;             /* FORWARD: 0 = as the initiator sent, 1 = return */
     uint16_t reason;         /* enum nat_counter explaining the verdict */
     uint8_t tcp_flags;       /* MISS: TCP flags of the frame */
-    uint8_t miss_kind;       /* MISS: enum nat_miss_kind */
+    uint8_t _pad;
     uint32_t session;        /* FORWARD: session index */
     uint32_t translation;    /* MISS: translation id, or NAT_NONE */
     uint32_t hash;           /* MISS: keyed flow hash of key */
     uint64_t ts_ns;
     struct nat_key key;      /* MISS: the flow as received */
-};
-
-enum nat_miss_kind {
-    NAT_MISS_TRANSLATION = 1,   /* key.dst/dport matched a translation */
-    NAT_MISS_SNAT = 2,          /* received on an SNAT interface */
 };
 
 /* TCP/other session states; see the transition table in nat.c. */

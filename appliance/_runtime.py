@@ -1,9 +1,9 @@
 """``appliance run``: the live datapath under trio.
 
-One task per AF_XDP socket: wait on the socket while idle; while busy, C
-(io_poll) receives, NATs and forwards up to 32 batches of up to 256 frames
-per call, returning to Python only for a new flow (the slow path) or to
-yield. Beside them: the session scanner, the kernel follower (netlink), the
+One task for all AF_XDP sockets: wait on them while all are idle; while
+busy, C (io_poll) receives from them round robin, NATs and forwards up to 32
+batches of up to 256 frames per call, returning to Python only for a new
+flow (the slow path) or to yield. Beside them: the session scanner, the kernel follower (netlink), the
 configuration watcher (a valid new file is applied, an invalid one is
 reported and the last good one keeps serving), the control socket and the
 signal handler. On SIGTERM/SIGINT everything is
@@ -21,6 +21,7 @@ import logging
 import os
 import pathlib
 import resource
+import select
 import signal
 import socket
 import time
@@ -41,16 +42,24 @@ from .nat import Batch, NatCore
 log = logging.getLogger("appliance.run")
 
 BATCH = 256
-# per socket: 4096 RX + 4096 TX chunks of 2 KiB = 16 MiB. 4096 frames
-# buffer 10 ms at 400 kpps, more than a scheduling hiccup of the process.
-UMEM_FRAMES = 8192
+# UMEM per socket: 8192 RX + 4096 TX chunks of 2 KiB = 24 MiB. The RX
+# frames buffer 8 ms at 1 Mpps: a burst of new flows (each a few us in the
+# slow path) or a scheduling hiccup of the process. TX frames are in flight
+# only between a kick and its completion.
+UMEM_RX_FRAMES = 8192
+UMEM_TX_FRAMES = 4096
 KERNEL_DEBOUNCE = 0.02    # seconds: netlink changes come in bursts
 KERNEL_NEIGH_CHECK = 0.1  # seconds: how often to look at the "no neighbour" counter
-# Before sleeping on an empty ring, poll it this long: at 500 kpps frames
-# are 2 us apart, and a sleep/wake-up through epoll costs more than that.
-# Measured (bench e2e topology): 0, 2 and 10 us gave the same CPU per packet
-# within noise; 2 us keeps batches fuller at no cost. Idle, it sleeps.
-RX_SPIN_NS = 2_000
+# When every RX ring is empty, io_poll() naps RX_NAP_NS and looks again, for
+# up to RX_IDLE_NS; then the task sleeps on the sockets (epoll). A nap costs
+# no wake-up on the sender's CPU and lets frames gather into bigger batches;
+# a spin (the old way) burned the core at any load and a sleep through epoll
+# at every empty ring made each sender flush pay for a wake-up. At 1 Mpps a
+# 20 us nap gathers ~20 frames into an RX ring of 8192. The nap ends up to
+# RX_TIMER_SLACK_NS late (Linux's default slack is 50 us).
+RX_NAP_NS = 20_000
+RX_IDLE_NS = 500_000
+RX_TIMER_SLACK_NS = 5_000
 CONFIG_POLL = 1.0         # seconds between looks at the configuration file
 # Batches io_poll() handles before Python yields to the other trio tasks:
 # at 50-250 frames a batch and ~100 ns a frame, 32 batches is 0.2-1 ms.
@@ -66,6 +75,39 @@ def _iface_info(name: str) -> tuple[int, bytes, int, int]:
     mtu = int((base / "mtu").read_text())
     queues = len([q for q in (base / "queues").iterdir() if q.name.startswith("rx-")]) or 1
     return ifindex, mac, mtu, queues
+
+
+class _IdleWait:
+    """Sleep until one of the AF_XDP sockets has frames, registered on their
+    wait queues only while asleep.
+
+    trio keeps a waited-on fd in its epoll set, so a socket's wait queue
+    would have a sleeper for good, and every flush of frames into it
+    (softirq, on the sending CPU) and every free of a frame it transmitted
+    would take the wait-queue lock and run epoll's callback. Measured with
+    perf in the bench e2e topology: 9 % of the generator's CPU in
+    __xsk_map_flush -> sock_def_readable, and 5 % of the appliance's in
+    sock_wfree on the transmitting socket. So the sockets sit in a private
+    epoll set only while we sleep, and trio waits on that set. epoll_ctl(ADD)
+    polls the socket, so frames that arrived between the last receive and
+    the ADD wake us at once: no lost wake-up.
+    """
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+        self.epoll = select.epoll()
+
+    async def wait(self) -> None:
+        for fd in self.fds:
+            self.epoll.register(fd, select.EPOLLIN)
+        try:
+            await trio.lowlevel.wait_readable(self.epoll.fileno())
+        finally:
+            for fd in self.fds:
+                self.epoll.unregister(fd)
+
+    def close(self) -> None:
+        self.epoll.close()
 
 
 class Appliance:
@@ -89,7 +131,7 @@ class Appliance:
             raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
         _sysctl("net.ipv4.ip_forward", "1")
         _sysctl("net.ipv6.conf.all.forwarding", "1")
-        # UMEM pages are locked memory: 16 MiB per socket (UMEM_FRAMES)
+        # UMEM pages are locked memory: 24 MiB per socket (UMEM_*_FRAMES)
         try:
             resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         except (ValueError, OSError):
@@ -105,11 +147,11 @@ class Appliance:
             for q in range(queues):
                 mode = "zero-copy"
                 p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"], key,
-                                    UMEM_FRAMES, mac, mtu, 1)
+                                    UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 1)
                 if p == io_ffi.NULL:   # the driver has no zero-copy (veth): copy mode
                     mode = "copy"
                     p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"],
-                                        key, UMEM_FRAMES, mac, mtu, 0)
+                                        key, UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 0)
                 if p == io_ffi.NULL:
                     err = io_ffi.errno
                     hint = (" (UMEM is locked memory: raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
@@ -186,27 +228,36 @@ class Appliance:
 
     # -- tasks -------------------------------------------------------------------
 
-    async def rx_loop(self, port) -> None:
-        """One socket: the established-flow loop runs in C (io_poll: receive,
-        NAT, forward, up to POLL_BUDGET batches per call); Python sees only
-        new flows, idle periods and its turns to yield."""
+    async def rx_loop(self) -> None:
+        """The established-flow loop runs in C (io_poll: receive from every
+        socket round robin, NAT, forward, up to POLL_BUDGET batches per
+        call); Python sees only new flows, idle periods and its turns to
+        yield. One loop for all sockets: the process has one core, and a
+        socket is on a wait queue only while every socket is idle."""
         batch = Batch(BATCH, 0)
         frames = batch.frames
-        fd = io.io_port_fd(port)
+        handles = [p for _, _, p in self.ports]
+        ports = io_ffi.new("struct io_port *[]", handles)
+        idle = _IdleWait([io.io_port_fd(p) for p in handles])
         state = io_ffi.new("struct io_poll_state *")
         nat, nat_fn = self.core.nat_process_pointer()
-        poll, ctx, core = io.io_poll, self.ctx, self.core
-        while True:
-            rc = poll(ctx, port, nat, nat_fn, frames, BATCH, RX_SPIN_NS, POLL_BUDGET, state)
-            if rc == io.IO_POLL_MISS:
-                core.resolve_miss(frames + (state.next - 1), state.now_ns)
-                continue
-            core.drain_events()
-            if rc == io.IO_POLL_IDLE:
-                io.io_flush(ctx)
-                await trio.lowlevel.wait_readable(fd)
-            else:
-                await trio.lowlevel.checkpoint()
+        poll, ctx, core, nports = io.io_poll, self.ctx, self.core, len(handles)
+        io.io_timer_slack(RX_TIMER_SLACK_NS)
+        try:
+            while True:
+                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS, POLL_BUDGET,
+                          state)
+                if rc == io.IO_POLL_MISS:
+                    core.resolve_miss(frames + (state.next - 1), state.now_ns)
+                    continue
+                core.drain_events()
+                if rc == io.IO_POLL_IDLE:
+                    io.io_flush(ctx)
+                    await idle.wait()
+                else:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            idle.close()
 
     async def timer_loop(self) -> None:
         while True:
@@ -350,8 +401,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     try:
         app.open()
         async with trio.open_nursery() as nursery:
-            for _, _, p in app.ports:
-                nursery.start_soon(app.rx_loop, p)
+            nursery.start_soon(app.rx_loop)
             nursery.start_soon(app.timer_loop)
             nursery.start_soon(app.kernel_loop)
             if config.path and pathlib.Path(config.path).is_file():

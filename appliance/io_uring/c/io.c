@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -108,10 +109,12 @@ const uint64_t *io_ctx_counters(const struct io_ctx *ctx) { return ctx->counters
  * Ports
  */
 struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t queue,
-                             uint16_t port_id, int xsks_map_fd, uint32_t key, uint32_t nframes,
-                             const uint8_t *mac, uint32_t mtu, int zerocopy)
+                             uint16_t port_id, int xsks_map_fd, uint32_t key, uint32_t nrx,
+                             uint32_t ntx, const uint8_t *mac, uint32_t mtu, int zerocopy)
 {
-    if (port_id >= IO_MAX_PORTS || nframes < 2 * IO_BATCH_MAX) {
+    uint32_t nframes = nrx + ntx;
+    if (port_id >= IO_MAX_PORTS || nrx < IO_BATCH_MAX || ntx < IO_BATCH_MAX || (nrx & (nrx - 1)) ||
+        (ntx & (ntx - 1))) {
         errno = EINVAL;
         return NULL;
     }
@@ -126,8 +129,10 @@ struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t qu
     p->area = mmap(NULL, p->area_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p->area == MAP_FAILED)
         goto fail;
-    /* half of the UMEM feeds the RX fill ring, half is the TX pool */
-    uint32_t nrx = nframes / 2;
+    /* Every frame is a different 2 KiB chunk: with 4 KiB pages the NAT's
+     * first touch of a frame is a TLB miss as well as a cache miss.
+     * Transparent huge pages where the kernel allows them (best effort). */
+    madvise(p->area, p->area_size, MADV_HUGEPAGE);
     struct xsk_umem_config ucfg = {
         .fill_size = nrx, .comp_size = nframes - nrx, .frame_size = IO_FRAME_SIZE,
         .frame_headroom = 0, .flags = 0,
@@ -215,23 +220,14 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max, uint64_t spin_ns)
+uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max)
 {
     uint32_t idx;
     if (max > IO_BATCH_MAX)
         max = IO_BATCH_MAX;
     uint32_t n = xsk_ring_cons__peek(&p->rx, max, &idx);
-    if (!n && spin_ns) {
-        uint64_t until = now_ns() + spin_ns;
-        do {
-            n = xsk_ring_cons__peek(&p->rx, max, &idx);
-        } while (!n && now_ns() < until);
-    }
-    if (!n) {
-        if (xsk_ring_prod__needs_wakeup(&p->fq))
-            recvfrom(xsk_socket__fd(p->xsk), NULL, 0, MSG_DONTWAIT, NULL, NULL);
+    if (!n)
         return 0;
-    }
     p->ctx->counters[IO_C_RX_BATCHES]++;
     for (uint32_t i = 0; i < n; i++) {
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&p->rx, idx + i);
@@ -255,6 +251,9 @@ static void reap(struct io_port *p)
         xsk_ring_cons__release(&p->cq, n);
     p->outstanding -= n;
 }
+
+/* Frames held in a TX ring before io_forward() kicks it. */
+#define IO_TX_KICK 32
 
 static void kick(struct io_port *p)
 {
@@ -508,8 +507,11 @@ void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames,
             *xsk_ring_prod__fill_addr(&p->fq, idx + i) = p->rx_addr[i];
         xsk_ring_prod__submit(&p->fq, n);
     }
+    /* A sendto() per small batch would cost more than the frames in it:
+     * kick a TX ring once it holds a kernel TX batch (32 descriptors);
+     * io_poll() flushes the rest whenever the RX rings run dry. */
     for (int i = 0; i < IO_MAX_PORTS; i++)
-        if (ctx->tx_port[i] && ctx->tx_port[i]->pending_tx)
+        if (ctx->tx_port[i] && ctx->tx_port[i]->pending_tx >= IO_TX_KICK)
             kick(ctx->tx_port[i]);
 }
 
@@ -587,29 +589,66 @@ static uint64_t realtime_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-int io_poll(struct io_ctx *ctx, struct io_port *p, struct nat *nat, void *nat_fn,
-            struct nat_frame *frames, uint32_t max, uint64_t spin_ns, uint32_t budget,
-            struct io_poll_state *st)
+/* One non-empty RX ring, round robin from the port after the last one. */
+static uint32_t rx_any(struct io_port *const *ports, uint32_t nports, struct nat_frame *frames,
+                       uint32_t max, struct io_poll_state *st)
+{
+    for (uint32_t k = 0; k < nports; k++) {
+        st->port = st->port + 1 < nports ? st->port + 1 : 0;
+        uint32_t n = io_rx(ports[st->port], frames, max);
+        if (n)
+            return n;
+    }
+    return 0;
+}
+
+int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
+            void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
+            uint64_t idle_ns, uint32_t budget, struct io_poll_state *st)
 {
     nat_process_fn process = (nat_process_fn)nat_fn;
     for (uint32_t b = 0; b < budget; b++) {
         if (st->n == 0) {
-            uint32_t n = io_rx(p, frames, max, spin_ns);
-            if (!n)
+            uint32_t n = rx_any(ports, nports, frames, max, st);
+            if (!n && idle_ns) {
+                struct timespec nap = {.tv_sec = 0, .tv_nsec = (long)nap_ns};
+                uint64_t until = now_ns() + idle_ns;
+                io_flush(ctx);
+                do {
+                    if (nap_ns) {
+                        nanosleep(&nap, NULL);
+                        ctx->counters[IO_C_NAPS]++;
+                    }
+                    n = rx_any(ports, nports, frames, max, st);
+                } while (!n && now_ns() < until);
+            }
+            if (!n) {
+                for (uint32_t k = 0; k < nports; k++)
+                    if (xsk_ring_prod__needs_wakeup(&ports[k]->fq))
+                        recvfrom(xsk_socket__fd(ports[k]->xsk), NULL, 0, MSG_DONTWAIT, NULL, NULL);
                 return IO_POLL_IDLE;
+            }
             st->n = n;
             st->next = 0;
             st->now_ns = realtime_ns();
         }
         if (st->next < st->n) {
             st->next += process(nat, frames + st->next, st->n - st->next, st->now_ns, 0);
-            if (frames[st->next - 1].verdict == NAT_MISS)
+            if (frames[st->next - 1].verdict == NAT_MISS) {
+                io_flush(ctx);         /* the slow path takes a while */
                 return IO_POLL_MISS;   /* resolved by the caller; the next call goes on */
+            }
         }
-        io_forward(ctx, p, frames, st->n);
+        io_forward(ctx, ports[st->port], frames, st->n);
         st->n = st->next = 0;
     }
+    io_flush(ctx);
     return IO_POLL_BUDGET;
+}
+
+int io_timer_slack(uint64_t ns)
+{
+    return prctl(PR_SET_TIMERSLACK, (unsigned long)ns, 0, 0, 0) ? -errno : 0;
 }
 
 const char *io_build_version(void) { return IO_BUILD_VERSION; }

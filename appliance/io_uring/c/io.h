@@ -36,6 +36,7 @@ enum io_counter {
     IO_C_DROP_KERNEL_WRITE,    /* the TAP write failed */
     IO_C_RX_BATCHES,           /* non-empty io_rx() calls (rx / rx_batches = mean batch) */
     IO_C_FWD_CACHE_HIT,        /* frames forwarded with the session's cached next hop */
+    IO_C_NAPS,                 /* naps io_poll() took on empty rings */
     IO_C__COUNT,
 };
 
@@ -52,10 +53,12 @@ void io_ctx_destroy(struct io_ctx *ctx);
 const uint64_t *io_ctx_counters(const struct io_ctx *ctx);
 
 /* Open an AF_XDP socket on ifname/queue, insert it into xsks_map_fd at key.
- * Returns NULL with errno set on failure. */
+ * Its UMEM has nrx frames for the fill/RX rings and ntx for the TX pool
+ * (both powers of two, at least IO_BATCH_MAX). Returns NULL with errno set
+ * on failure. */
 struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t queue,
                              uint16_t port_id, int xsks_map_fd, uint32_t key,
-                             uint32_t nframes, const uint8_t *mac, uint32_t mtu,
+                             uint32_t nrx, uint32_t ntx, const uint8_t *mac, uint32_t mtu,
                              int zerocopy);
 void io_port_close(struct io_port *p);
 /* The kernel's drop counters of this socket (XDP_STATISTICS): rx_dropped,
@@ -63,14 +66,16 @@ void io_port_close(struct io_port *p);
  * tx_ring_empty_descs. Returns 0 or -errno. */
 int io_port_kernel_stats(const struct io_port *p, uint64_t *out6);
 int io_port_fd(const struct io_port *p);
-/* Move received frames into frames[] (at most max); returns how many. With
- * spin_ns > 0, polls the ring that long before returning 0 (fewer sleeps
- * and bigger batches under load; an idle appliance still sleeps). */
-uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max, uint64_t spin_ns);
-/* The established-flow loop in one call: receive a batch, run it through
- * the NAT core (nat_fn is nat_process() of the NAT module, passed as a
- * pointer), forward it; repeat up to `budget` batches. Returns
- *   IO_POLL_IDLE   the ring stayed empty for spin_ns: sleep on the socket;
+/* Move received frames into frames[] (at most max); returns how many. */
+uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
+/* The established-flow loop in one call, over all the appliance's sockets
+ * (one worker polls every RX ring, as a VPP worker does): receive a batch
+ * from the next non-empty ring (round robin), run it through the NAT core
+ * (nat_fn is nat_process() of the NAT module, passed as a pointer), forward
+ * it; repeat up to `budget` batches. When every ring is empty it naps
+ * (nanosleep of nap_ns, no wait queue, no wake-up for the sender to pay)
+ * and looks again, for up to idle_ns (VPP's poll-sleep-usec). Returns
+ *   IO_POLL_IDLE   every ring stayed empty for idle_ns: sleep on the sockets;
  *   IO_POLL_MISS   frames[st->next - 1] needs the slow path: resolve it
  *                  (nat_flow_install) and call again, which continues the batch;
  *   IO_POLL_BUDGET budget batches done: let other tasks run, call again.
@@ -82,10 +87,14 @@ struct io_poll_state {
     uint32_t n;        /* frames in the current batch */
     uint32_t next;     /* first frame the NAT has not processed */
     uint64_t now_ns;   /* the current batch's time */
+    uint32_t port;     /* ports[] index the current batch came from */
 };
-int io_poll(struct io_ctx *ctx, struct io_port *p, struct nat *nat, void *nat_fn,
-            struct nat_frame *frames, uint32_t max, uint64_t spin_ns, uint32_t budget,
-            struct io_poll_state *st);
+int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
+            void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
+            uint64_t idle_ns, uint32_t budget, struct io_poll_state *st);
+/* The calling thread's timer slack (how late a nap may end; Linux's default
+ * is 50 us). Returns 0 or -errno. */
+int io_timer_slack(uint64_t ns);
 /* Forward a processed batch received on p, then recycle its buffers. */
 void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames, uint32_t n);
 /* Kick TX rings that need a wakeup, reap completions. */

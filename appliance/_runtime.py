@@ -1,8 +1,8 @@
 """``appliance run``: the live datapath under trio.
 
 One task for all AF_XDP sockets: wait on them while all are idle; while
-busy, C (io_poll) receives from them round robin, NATs and forwards up to 32
-batches of up to 256 frames per call, returning to Python only for a new
+busy, C (io_poll) receives from them round robin, NATs and forwards
+batches of up to 256 frames for up to 2 ms per call, returning to Python only for a new
 flow (the slow path) or to yield. Beside them: the session scanner, the kernel follower (netlink), the
 configuration watcher (a valid new file is applied, an invalid one is
 reported and the last good one keeps serving), the control socket and the
@@ -61,9 +61,10 @@ RX_NAP_NS = 20_000
 RX_IDLE_NS = 500_000
 RX_TIMER_SLACK_NS = 5_000
 CONFIG_POLL = 1.0         # seconds between looks at the configuration file
-# Batches io_poll() handles before Python yields to the other trio tasks:
-# at 50-250 frames a batch and ~100 ns a frame, 32 batches is 0.2-1 ms.
-POLL_BUDGET = 32
+# How long io_poll() may run before Python yields to the other trio tasks
+# (control socket, timers, kernel follower): each return costs the
+# interpreter ~20-40 us, 1-2 % of the core at one return per millisecond.
+POLL_BUDGET_NS = 2_000_000
 
 
 def _iface_info(name: str) -> tuple[int, bytes, int, int]:
@@ -230,7 +231,7 @@ class Appliance:
 
     async def rx_loop(self) -> None:
         """The established-flow loop runs in C (io_poll: receive from every
-        socket round robin, NAT, forward, up to POLL_BUDGET batches per
+        socket round robin, NAT, forward, for up to POLL_BUDGET_NS per
         call); Python sees only new flows, idle periods and its turns to
         yield. One loop for all sockets: the process has one core, and a
         socket is on a wait queue only while every socket is idle."""
@@ -245,7 +246,7 @@ class Appliance:
         io.io_timer_slack(RX_TIMER_SLACK_NS)
         try:
             while True:
-                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS, POLL_BUDGET,
+                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS, POLL_BUDGET_NS,
                           state)
                 if rc == io.IO_POLL_MISS:
                     core.resolve_miss(frames + (state.next - 1), state.now_ns)

@@ -284,6 +284,21 @@ void io_flush(struct io_ctx *ctx)
             kick(ctx->tx_port[i]);
 }
 
+/* Most frames are short, and memcpy() of a variable length compiled to
+ * `rep movsq` here: 78 % of io_forward's samples. Short frames are copied
+ * in 32-byte blocks instead; the overrun (< 32 bytes) stays inside both
+ * 2 KiB chunks: received frames start XDP_PACKET_HEADROOM (256) into
+ * theirs, transmitted ones at the start. */
+static inline void copy_frame(uint8_t *dst, const uint8_t *src, uint32_t len)
+{
+    if (len > 1024) {
+        memcpy(dst, src, len);
+        return;
+    }
+    for (uint32_t off = 0; off < len; off += 32)
+        __builtin_memcpy(dst + off, src + off, 32);
+}
+
 static int tx_enqueue(struct io_ctx *ctx, struct io_port *o, const uint8_t *data, uint32_t len)
 {
     uint32_t idx;
@@ -294,7 +309,7 @@ static int tx_enqueue(struct io_ctx *ctx, struct io_port *o, const uint8_t *data
         return -1;
     }
     uint64_t addr = o->free[--o->nfree];
-    memcpy(xsk_umem__get_data(o->area, addr), data, len);
+    copy_frame(xsk_umem__get_data(o->area, addr), data, len);
     struct xdp_desc *d = xsk_ring_prod__tx_desc(&o->tx, idx);
     d->addr = addr;
     d->len = len;
@@ -604,10 +619,11 @@ static uint32_t rx_any(struct io_port *const *ports, uint32_t nports, struct nat
 
 int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
             void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
-            uint64_t idle_ns, uint32_t budget, struct io_poll_state *st)
+            uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st)
 {
     nat_process_fn process = (nat_process_fn)nat_fn;
-    for (uint32_t b = 0; b < budget; b++) {
+    uint64_t end = now_ns() + budget_ns;
+    for (;;) {
         if (st->n == 0) {
             uint32_t n = rx_any(ports, nports, frames, max, st);
             if (!n && idle_ns) {
@@ -641,6 +657,8 @@ int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, s
         }
         io_forward(ctx, ports[st->port], frames, st->n);
         st->n = st->next = 0;
+        if (now_ns() >= end)
+            break;
     }
     io_flush(ctx);
     return IO_POLL_BUDGET;

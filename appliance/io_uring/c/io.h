@@ -72,13 +72,13 @@ uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
  * (one worker polls every RX ring, as a VPP worker does): receive a batch
  * from the next non-empty ring (round robin), run it through the NAT core
  * (nat_fn is nat_process() of the NAT module, passed as a pointer), forward
- * it; repeat up to `budget` batches. When every ring is empty it naps
+ * it; repeat for up to budget_ns. When every ring is empty it naps
  * (nanosleep of nap_ns, no wait queue, no wake-up for the sender to pay)
  * and looks again, for up to idle_ns (VPP's poll-sleep-usec). Returns
  *   IO_POLL_IDLE   every ring stayed empty for idle_ns: sleep on the sockets;
  *   IO_POLL_MISS   frames[st->next - 1] needs the slow path: resolve it
  *                  (nat_flow_install) and call again, which continues the batch;
- *   IO_POLL_BUDGET budget batches done: let other tasks run, call again.
+ *   IO_POLL_BUDGET budget_ns used: let other tasks run, call again.
  * Time is CLOCK_REALTIME, read once per batch. */
 #define IO_POLL_IDLE 0
 #define IO_POLL_MISS 1
@@ -91,7 +91,7 @@ struct io_poll_state {
 };
 int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
             void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
-            uint64_t idle_ns, uint32_t budget, struct io_poll_state *st);
+            uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st);
 /* The calling thread's timer slack (how late a nap may end; Linux's default
  * is 50 us). Returns 0 or -errno. */
 int io_timer_slack(uint64_t ns);

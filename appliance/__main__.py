@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     be = bsub.add_parser("e2e", help="live, against nftables DNAT on the same topology (root): udp pps, "
                          "tcp connections/s, bulk tcp, CPU per packet")
     be.add_argument("--json", action="store_true", help="print one JSON object")
-    be.add_argument("--runs", type=int, default=3, help="runs per measurement; medians reported (default 3)")
+    be.add_argument("--runs", type=int, default=5,
+                    help="runs per mode, the modes alternating; medians reported (default 5)")
     be.add_argument("--seconds", type=float, default=4.0, help="seconds per UDP/iperf3 run (default 4)")
     return p
 
@@ -231,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, sort_keys=True))
         else:
             for k, v in result.items():
-                print(f"{k:24} {v}")
+                if isinstance(v, dict):   # bench e2e's per-run samples
+                    for mode, series in v.items():
+                        for name, values in series.items():
+                            print(f"{k}.{mode}.{name:14} {values}")
+                else:
+                    print(f"{k:24} {v}")
         return 0
 
     parser.print_help()

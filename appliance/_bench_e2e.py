@@ -8,7 +8,10 @@ appliance namespace | a1 -- b0 20.0.0.1. Translations: udp 30.0.0.2:9 ->
 three DNAT rules and the kernel forwards; in "appliance" mode `appliance
 run` owns a0 and a1 (pinned to CPU 1, the generators run on CPU 0).
 
-Measurements, each repeated (median reported):
+Each run measures everything once in one mode; the modes alternate run by
+run (nftables first on even runs, the appliance first on odd ones), and the
+medians over the runs are reported, with every run's values under
+"samples". Measurements:
 - UDP: trafgen, 60-byte frames (64 on the wire with FCS), 1000 flows
   (source ports 1000-1999), for a few seconds; offered = c0 tx packets,
   delivered = b0 rx packets (dropped at b0's netdev ingress hook).
@@ -241,25 +244,35 @@ class Bench:
             return 0.0
 
     def measure(self, mode: str) -> dict:
-        res: dict[str, list] = {"udp_pps": [], "udp_ratio": [], "tcp_cps": [], "tcp_gbps": [], "ns_pp": [],
-                                "softirq_ns_pp": []}
-        for _ in range(self.runs):
-            # `ip netns exec` and taskset exec python: the Popen pid is the appliance
-            pid = self.app.pid if mode == "appliance" else None
-            cpu0 = _proc_cpu(pid) if pid else 0.0
-            rx0 = self.appliance_rx() if pid else 0
-            sirq0 = _cpu_softirq(1)
-            pps, ratio = self.udp()
-            if pid:
-                cpu = _proc_cpu(pid) - cpu0
-                frames = self.appliance_rx() - rx0
-                res["ns_pp"].append(cpu * 1e9 / frames if frames else 0.0)
-                res["softirq_ns_pp"].append((_cpu_softirq(1) - sirq0) * 1e9 / frames if frames else 0.0)
-            res["udp_pps"].append(pps)
-            res["udp_ratio"].append(ratio)
-            res["tcp_cps"].append(self.tcp_cps())
-            res["tcp_gbps"].append(self.tcp_gbps())
-        return {k: statistics.median(v) for k, v in res.items() if v}
+        """One run of every measurement in `mode` (already started)."""
+        res = {}
+        # `ip netns exec` and taskset exec python: the Popen pid is the appliance
+        pid = self.app.pid if mode == "appliance" else None
+        cpu0 = _proc_cpu(pid) if pid else 0.0
+        rx0 = self.appliance_rx() if pid else 0
+        sirq0 = _cpu_softirq(1)
+        res["udp_pps"], res["udp_ratio"] = self.udp()
+        if pid:
+            cpu = _proc_cpu(pid) - cpu0
+            frames = self.appliance_rx() - rx0
+            res["ns_pp"] = cpu * 1e9 / frames if frames else 0.0
+            res["softirq_ns_pp"] = (_cpu_softirq(1) - sirq0) * 1e9 / frames if frames else 0.0
+        res["tcp_cps"] = self.tcp_cps()
+        res["tcp_gbps"] = self.tcp_gbps()
+        return res
+
+    def run_mode(self, mode: str) -> dict:
+        if mode == "appliance":
+            self.start_appliance()
+            try:
+                return self.measure(mode)
+            finally:
+                self.stop_appliance()
+        self.start_nftables()
+        try:
+            return self.measure(mode)
+        finally:
+            self.stop_nftables()
 
     def close(self) -> None:
         self.stop_appliance()
@@ -269,20 +282,25 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run(seconds: float = 4.0, runs: int = 3) -> dict:
+def run(seconds: float = 4.0, runs: int = 5) -> dict:
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"appliance bench e2e: missing tools {missing} (./dev installs them)")
     b = Bench(seconds, runs)
+    samples: dict[str, dict[str, list]] = {"appliance": {}, "nftables": {}}
     try:
-        b.start_nftables()
-        nft = b.measure("nftables")
-        b.stop_nftables()
-        b.start_appliance()
-        app = b.measure("appliance")
-        b.stop_appliance()
+        # The modes alternate run by run (ABBA), so that the machine's slow
+        # and fast spells (this VM's rates drift by 1.5x over minutes) fall
+        # on both alike.
+        for i in range(runs):
+            order = ("nftables", "appliance") if i % 2 == 0 else ("appliance", "nftables")
+            for mode in order:
+                for key, value in b.run_mode(mode).items():
+                    samples[mode].setdefault(key, []).append(value)
     finally:
         b.close()
+    app = {k: statistics.median(v) for k, v in samples["appliance"].items()}
+    nft = {k: statistics.median(v) for k, v in samples["nftables"].items()}
     out = {
         "udp_pps_appliance": round(app["udp_pps"]),
         "udp_pps_nftables": round(nft["udp_pps"]),
@@ -302,4 +320,7 @@ def run(seconds: float = 4.0, runs: int = 3) -> dict:
     for key in ("udp_pps", "tcp_cps", "tcp_gbps"):
         n = out[f"{key}_nftables"]
         out[f"{key}_ratio"] = round(out[f"{key}_appliance"] / n, 3) if n else None
+    # every run's value, in run order, for whoever doubts a median
+    out["samples"] = {mode: {k: [round(x, 4) if k == "udp_ratio" or k == "tcp_gbps" else round(x) for x in v]
+                             for k, v in samples[mode].items()} for mode in samples}
     return out

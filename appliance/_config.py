@@ -36,6 +36,12 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
 
 
+# How the steering program attaches to an interface: "native" is the
+# driver's XDP hook, "generic" the kernel's skb-level one, "auto" native
+# except on veth (see appliance/io_uring/_steering.py for why).
+XDP_MODES = ("auto", "native", "generic")
+
+
 @dataclasses.dataclass(frozen=True)
 class SnatConfig:
     ip4: Optional[ipaddress.IPv4Address] = None
@@ -66,6 +72,11 @@ class Config:
     plugin_modules: tuple[str, ...] = ()
     max_sessions: int = DEFAULT_MAX_SESSIONS
     interfaces: tuple[str, ...] = ()     # data interfaces of `appliance run`
+    xdp_modes: tuple[str, ...] = ()      # per interface: "auto", "native" or "generic"
+
+    def xdp_mode(self, interface: str) -> str:
+        i = self.interfaces.index(interface)
+        return self.xdp_modes[i] if i < len(self.xdp_modes) else "auto"
 
 
 # --------------------------------------------------------------------------
@@ -303,6 +314,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     # [[interface]]
     interfaces = []
+    xdp_modes = []
     for i, itf in enumerate(r.take(data, None, None, "interface", (list,), [])):
         if not isinstance(itf, dict):
             raise r.error("interface", i, None, "must be a table ([[interface]])")
@@ -311,13 +323,17 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             raise r.error("interface", i, "name", f"'{name}' is not an interface name")
         if name in interfaces:
             raise r.error("interface", i, "name", f"interface '{name}' listed twice")
-        r.no_leftovers(itf, "interface", i, {"name"})
+        mode = r.take(itf, "interface", i, "xdp_mode", (str,), "auto")
+        if mode not in XDP_MODES:
+            raise r.error("interface", i, "xdp_mode", f"{mode!r} is not one of {', '.join(XDP_MODES)}")
+        r.no_leftovers(itf, "interface", i, {"name", "xdp_mode"})
         interfaces.append(name)
+        xdp_modes.append(mode)
 
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
-                  max_sessions=max_sessions, interfaces=tuple(interfaces))
+                  max_sessions=max_sessions, interfaces=tuple(interfaces), xdp_modes=tuple(xdp_modes))
 
 
 def load_config(path: str | pathlib.Path) -> Config:

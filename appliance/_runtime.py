@@ -162,7 +162,8 @@ class Appliance:
                 log.info("%s queue %d: AF_XDP socket in %s mode", name, q, mode)
                 self.ports.append((name, q, p))
                 key += 1
-            log.info("%s: XDP attached in %s mode", name, self.steering.attach(ifindex, name))
+            mode = self.steering.attach(ifindex, name, self.config.xdp_mode(name))
+            log.info("%s: XDP attached in %s mode", name, mode)
         self.sync_kernel()
         log.info("ready: %d interfaces, %d sockets", len(self.config.interfaces), len(self.ports))
 

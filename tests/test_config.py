@@ -38,6 +38,12 @@ def test_the_contract_example_parses():
     assert [str(b) for b in t.backends] == ["->20.0.0.1 8080", "1.2.3.4->20.0.0.2 8080"]
 
 
+def test_interfaces_and_their_xdp_modes():
+    c = parse_config('[[interface]]\nname = "n0"\n[[interface]]\nname = "n1"\nxdp_mode = "native"\n', "i.toml")
+    assert c.interfaces == ("n0", "n1")
+    assert (c.xdp_mode("n0"), c.xdp_mode("n1")) == ("auto", "native")
+
+
 def test_defaults_when_everything_is_optional():
     c = parse_config("", "empty.toml")
     assert (c.timeouts.session, c.timeouts.tcp_established, c.timeouts.tcp_closing) == (30, 3600, 5)
@@ -67,6 +73,8 @@ BAD = [
     ("duplicate translation", GOOD + '\n[[translation]]\nproto = "tcp"\nvip = "30.0.0.2"\nport = 80\nbackends = []\n',
      25, "translation[1].vip", "duplicate translation"),
     ("missing port", GOOD.replace("port = 80\n", ""), 14, "translation[0]", "missing required key 'port'"),
+    ("bad xdp_mode", GOOD + '\n[[interface]]\nname = "n0"\nxdp_mode = "fast"\n', 25, "interface[0].xdp_mode",
+     "'fast' is not one of auto, native, generic"),
 ]
 
 

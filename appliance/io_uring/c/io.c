@@ -6,8 +6,10 @@
 
 #include <errno.h>
 #include <net/if.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -16,7 +18,9 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <linux/ethtool.h>
 #include <linux/if_link.h>
+#include <linux/sockios.h>
 #include <linux/if_xdp.h>
 #include <xdp/xsk.h>
 
@@ -569,6 +573,23 @@ int io_xdp_map_fd(int obj_id, const char *name)
     if (obj_id < 0 || obj_id >= IO_MAX_OBJS || !objs[obj_id])
         return -EINVAL;
     return bpf_object__find_map_fd_by_name(objs[obj_id], name);
+}
+
+int io_driver_name(const char *ifname, char *out, uint32_t size)
+{
+    struct ethtool_drvinfo info = {.cmd = ETHTOOL_GDRVINFO};
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    ifr.ifr_data = (void *)&info;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = ioctl(fd, SIOCETHTOOL, &ifr) ? -errno : 0;
+    close(fd);
+    if (!rc)
+        snprintf(out, size, "%s", info.driver);
+    return rc;
 }
 
 int io_xdp_attach(int ifindex, int prog_fd, int native)

@@ -115,6 +115,8 @@ int io_xdp_load(const char *path, int *prog_fd);
 int io_xdp_map_fd(int obj_id, const char *name);
 /* native: 1 = driver mode, 0 = generic (skb) mode */
 int io_xdp_attach(int ifindex, int prog_fd, int native);
+/* The interface's driver name (ethtool -i) into out; 0 or -errno. */
+int io_driver_name(const char *ifname, char *out, uint32_t size);
 int io_xdp_detach(int ifindex);
 int io_map_update(int fd, const void *key, const void *value, uint64_t flags);
 int io_map_delete(int fd, const void *key);

@@ -228,6 +228,10 @@ class Appliance:
                     out[name] += st[i]
         return out
 
+    def socket_counters(self) -> list[dict]:
+        """Frames received per AF_XDP socket: how RSS spread the traffic."""
+        return [{"interface": name, "queue": q, "rx": io.io_port_rx(p)} for name, q, p in self.ports]
+
     # -- tasks -------------------------------------------------------------------
 
     async def rx_loop(self) -> None:
@@ -340,7 +344,8 @@ class Appliance:
             return {"sessions": [_session_json(s) for s in self.core.sessions()]}
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
-                    "xdp": self.steering.counters(), "config": dict(self.config_status)}
+                    "sockets": self.socket_counters(), "xdp": self.steering.counters(),
+                    "config": dict(self.config_status)}
         if command == "translations":
             return {"translations": [str(t) for t in self.config.translations]}
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
@@ -421,11 +426,13 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                     nursery.cancel_scope.cancel()
                     break
     finally:
+        # read before close: the sockets' own counters go with the sockets
+        final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
+                 "sockets": app.socket_counters(), "xdp": app.steering.counters()} if app.ctx else None
         app.close()
     st = app.core.statistics()
     print(f"appliance: stopped; sessions created {st.sessions_created}, expired {st.sessions_expired}, "
           f"translated {st.counters['translated']}, passed {st.counters['passed']}, "
           f"dropped {st.counters['dropped']}", flush=True)
-    final = {"nat": st.as_dict(), "io": app.io_counters(), "xdp": app.steering.counters()}
     print("appliance: final statistics " + json.dumps(final, sort_keys=True), flush=True)
     return 0

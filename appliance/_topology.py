@@ -30,8 +30,9 @@ def sh(*cmd: str, check: bool = True, ns: str | None = None, **kw) -> subprocess
 
 
 class Topology:
-    def __init__(self, backends: int = 2, prefix: str | None = None) -> None:
+    def __init__(self, backends: int = 2, prefix: str | None = None, queues: int = 1) -> None:
         self.prefix = prefix or "t" + uuid.uuid4().hex[:6]
+        self.queues = queues   # RX/TX queues of every veth
         self.namespaces: list[str] = []
         self.ns_client = f"{self.prefix}-cli"
         self.ns_app = f"{self.prefix}-app"
@@ -54,7 +55,8 @@ class Topology:
 
     def _link(self, ns_a: str, a: str, ns_b: str, b: str) -> None:
         tmp_a, tmp_b = f"v{uuid.uuid4().hex[:8]}", f"v{uuid.uuid4().hex[:8]}"
-        sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
+        q = [] if self.queues == 1 else ["numtxqueues", str(self.queues), "numrxqueues", str(self.queues)]
+        sh("ip", "link", "add", tmp_a, *q, "type", "veth", "peer", "name", tmp_b, *q)
         sh("ip", "link", "set", tmp_a, "netns", ns_a)
         sh("ip", "link", "set", tmp_b, "netns", ns_b)
         sh("ip", "link", "set", tmp_a, "name", a, ns=ns_a)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -86,9 +87,10 @@ print(peer[0], data.decode())
 
 
 class Live:
-    def __init__(self, tmp_path: pathlib.Path, session: float = 30, closing: float = 5) -> None:
+    def __init__(self, tmp_path: pathlib.Path, session: float = 30, closing: float = 5, queues: int = 1,
+                 xdp_mode: str = "auto") -> None:
         self.tmp = tmp_path
-        self.topo = Topology(backends=2)
+        self.topo = Topology(backends=2, queues=queues)
         self.procs: list[subprocess.Popen] = []
         try:
             t = self.topo
@@ -99,7 +101,8 @@ class Live:
             self.procs.append(start_server(t, t.ns_client, "http", 8080, "client", "::"))
             self.procs.append(start_server(t, t.ns_app, "http", 9000, "appliance-host", "10.0.0.1"))
             self.config = tmp_path / "appliance.toml"
-            self.config.write_text(CONFIG.format(session=session, closing=closing))
+            text = CONFIG.format(session=session, closing=closing)
+            self.config.write_text(re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1xdp_mode = "{xdp_mode}"\n', text))
             self.app: subprocess.Popen | None = None
             self.log = tmp_path / "appliance.log"
             self.start()
@@ -262,6 +265,38 @@ def test_xdp_modes_auto_native_and_generic(live):
     assert live.udp(cli, "30.0.0.2", 53).startswith("30.0.0.2 backend")
     assert live.stop() == 0
     assert [_xdp_kind(live, d) for d in ("a0", "a1")] == ["", ""]
+
+
+UDP_FLOWS = r'''
+import socket, sys
+answered = 0
+for sport in range(41000, 41000 + int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", sport))
+    s.settimeout(2)
+    s.sendto(b"hello", (sys.argv[1], 53))
+    try:
+        answered += s.recvfrom(2048)[1][0] == sys.argv[1]
+    except OSError:
+        pass
+print(answered)
+'''
+
+
+@pytest.mark.parametrize("xdp_mode", ["generic", "native"])
+def test_every_rx_queue_of_an_interface_has_a_socket(tmp_path, xdp_mode):
+    lv = Live(tmp_path, queues=4, xdp_mode=xdp_mode)
+    try:
+        r = lv.run(lv.topo.ns_client, sys.executable, "-c", UDP_FLOWS, "30.0.0.2", "48", timeout=60)
+        assert r.stdout.strip() == "48", r.stdout + r.stderr       # every flow answered through the vip
+        assert lv.stop() == 0
+        sockets = lv.final_stats()["sockets"]
+        a0 = {s["queue"]: s["rx"] for s in sockets if s["interface"] == "a0"}
+        assert sorted(a0) == [0, 1, 2, 3]                          # one socket per RX queue
+        assert sum(a0.values()) >= 48
+        assert sum(1 for rx in a0.values() if rx) >= 2, a0         # the flows arrived on several queues
+    finally:
+        lv.close()
 
 
 def test_control_socket_shows_sessions_and_stats(live, tmp_path):

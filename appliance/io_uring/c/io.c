@@ -43,6 +43,7 @@ struct io_port {
     uint32_t nfree;
     uint32_t outstanding;    /* TX descriptors submitted, not completed */
     uint32_t pending_tx;     /* reserved+filled, not yet submitted */
+    uint64_t rx_frames;      /* received on this socket */
     uint64_t rx_addr[IO_BATCH_MAX];
     uint32_t mtu;
     uint16_t port_id;
@@ -201,6 +202,8 @@ void io_port_close(struct io_port *p)
 
 int io_port_fd(const struct io_port *p) { return xsk_socket__fd(p->xsk); }
 
+uint64_t io_port_rx(const struct io_port *p) { return p->rx_frames; }
+
 int io_port_kernel_stats(const struct io_port *p, uint64_t *out6)
 {
     struct xdp_statistics st;
@@ -242,6 +245,7 @@ uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max)
     }
     xsk_ring_cons__release(&p->rx, n);
     p->ctx->counters[IO_C_RX] += n;
+    p->rx_frames += n;
     return n;
 }
 

@@ -66,6 +66,8 @@ void io_port_close(struct io_port *p);
  * tx_ring_empty_descs. Returns 0 or -errno. */
 int io_port_kernel_stats(const struct io_port *p, uint64_t *out6);
 int io_port_fd(const struct io_port *p);
+/* Frames received on this socket (the context's "rx" counts them all). */
+uint64_t io_port_rx(const struct io_port *p);
 /* Move received frames into frames[] (at most max); returns how many. */
 uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
 /* The established-flow loop in one call, over all the appliance's sockets

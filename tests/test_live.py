@@ -102,7 +102,9 @@ class Live:
             self.procs.append(start_server(t, t.ns_app, "http", 9000, "appliance-host", "10.0.0.1"))
             self.config = tmp_path / "appliance.toml"
             text = CONFIG.format(session=session, closing=closing)
-            self.config.write_text(re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1xdp_mode = "{xdp_mode}"\n', text))
+            if xdp_mode != "auto":   # auto: the default, as an operator would leave it
+                text = re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1xdp_mode = "{xdp_mode}"\n', text)
+            self.config.write_text(text)
             self.app: subprocess.Popen | None = None
             self.log = tmp_path / "appliance.log"
             self.start()

@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     rn.add_argument("--ready-file", metavar="PATH", help="write 'ready' to PATH once serving")
     rn.add_argument("--control", metavar="PATH", help="serve the control socket (appliance show) at PATH")
+    rn.add_argument("--nice", type=int, default=-19, metavar="N",
+                    help="scheduling niceness of the datapath process (default -19, so that processes it "
+                    "wakes by delivering their packets do not preempt it; needs CAP_SYS_NICE, else a "
+                    "warning; 0 keeps the inherited one)")
 
     sh = sub.add_parser("show", help="ask a running appliance (sessions, stats, translations)")
     sh.add_argument("what", choices=["sessions", "stats", "translations"])
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         from .io_uring._steering import SteeringError
 
         try:
-            return trio.run(_runtime.run, cfg, args.ready_file, args.control)
+            return trio.run(_runtime.run, cfg, args.ready_file, args.control, args.nice)
         except SteeringError as exc:
             return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
         except PermissionError as exc:

@@ -74,7 +74,7 @@ def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
             proc = subprocess.Popen(
                 ["podman", "--runtime", "runc", "run", "--rm", "--name", name,
                  "--network", f"ns:/run/netns/{topo.ns_app}",
-                 "--cap-add", "NET_ADMIN,NET_RAW,BPF,SYS_ADMIN,IPC_LOCK", "--device", "/dev/net/tun",
+                 "--cap-add", "NET_ADMIN,NET_RAW,BPF,SYS_ADMIN,IPC_LOCK,SYS_NICE", "--device", "/dev/net/tun",
                  "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                  "-v", f"{cfg}:/etc/appliance/appliance.toml:ro", image], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
@@ -91,6 +91,7 @@ def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
         podman("stop", "-t", "10", name)
         assert proc.wait(20) == 0, log.read_text()
         assert "appliance: final statistics" in log.read_text()
+        assert "cannot set niceness" not in log.read_text()      # SYS_NICE is enough for --nice
         links = topo.run(topo.ns_app, "ip", "-d", "link", "show").stdout
         assert "prog/xdp" not in links and "xnat0" not in links
     finally:

@@ -232,6 +232,7 @@ def test_sessions_end_by_timeout_and_rst(tmp_path):
 
 def test_sigterm_detaches_and_restart_after_sigkill(live):
     assert live.xdp_attached(), "XDP program attached while running"
+    assert os.getpriority(os.PRIO_PROCESS, live.app.pid) == -19, "run --nice defaults to -19"
     live.stop(signal.SIGKILL)
     assert live.xdp_attached(), "a killed run leaves its program attached (no bpffs pinning)"
     live.start()                                      # replaces the stale programs

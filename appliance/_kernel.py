@@ -37,6 +37,9 @@ class Snapshot:
     addresses: frozenset
     routes: tuple
     neighbours: tuple
+    # (interface, address) pairs, global addresses after link-local ones
+    interface_addresses: tuple = ()
+    mtus: tuple = ()            # (interface, mtu) pairs
 
 
 def _ip_json(*args: str) -> list:
@@ -46,10 +49,17 @@ def _ip_json(*args: str) -> list:
 
 def snapshot() -> Snapshot:
     addrs = set()
+    by_dev = []
+    mtus = []
     for link in _ip_json("addr", "show"):
+        if "mtu" in link:
+            mtus.append((link["ifname"], int(link["mtu"])))
         for a in link.get("addr_info", []):
             if a.get("family") in ("inet", "inet6"):
-                addrs.add(ipaddress.ip_address(a["local"]))
+                ip = ipaddress.ip_address(a["local"])
+                addrs.add(ip)
+                by_dev.append((link["ifname"], ip))
+    by_dev.sort(key=lambda pair: not pair[1].is_link_local)
     routes = []
     for fam in ("-4", "-6"):
         for r in _ip_json(fam, "route", "show", "table", "main"):
@@ -73,7 +83,7 @@ def snapshot() -> Snapshot:
         if not mac or "FAILED" in state or "INCOMPLETE" in state:
             continue
         neigh.append(Neighbour(ipaddress.ip_address(n["dst"]), n["dev"], bytes.fromhex(mac.replace(":", ""))))
-    return Snapshot(frozenset(addrs), tuple(routes), tuple(neigh))
+    return Snapshot(frozenset(addrs), tuple(routes), tuple(neigh), tuple(by_dev), tuple(mtus))
 
 
 # rtnetlink multicast groups (linux/rtnetlink.h)

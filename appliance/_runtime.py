@@ -141,6 +141,7 @@ class Appliance:
         self.tap = Tap()
         self.ctx = io_ffi.gc(io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions),
                               io.io_ctx_destroy)
+        io.io_set_nat(self.ctx, *self.core.session_get_pointer())
         key = 0
         for name in self.config.interfaces:
             ifindex, mac, mtu, queues = _iface_info(name)
@@ -202,6 +203,13 @@ class Appliance:
             gw = r.gateway.packed if r.gateway is not None else io_ffi.NULL
             io.io_route_add(self.ctx, r.network.version, r.network.network_address.packed,
                             r.network.prefixlen, gw, port, int(r.local))
+        io.io_port_addresses_clear(self.ctx)
+        for dev, addr in snap.interface_addresses:      # global ones last: they win
+            if dev in data:
+                io.io_port_address(self.ctx, self.core.port(dev), addr.version, addr.packed)
+        for dev, mtu in snap.mtus:
+            if dev in data:
+                io.io_port_set_mtu(self.ctx, self.core.port(dev), mtu)
         io.io_neigh_clear(self.ctx)
         for n in snap.neighbours:
             port = self.core.port(n.dev) if n.dev in data else -1

@@ -302,6 +302,49 @@ def test_every_rx_queue_of_an_interface_has_a_socket(tmp_path, xdp_mode):
         lv.close()
 
 
+PMTU_CLIENT = r'''
+import socket, sys, time
+vip = sys.argv[1]
+v6 = ":" in vip
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+lvl = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+s.setsockopt(lvl, 23 if v6 else 10, 2)        # IP(V6)_MTU_DISCOVER = PMTUDISC_DO: DF set
+s.settimeout(2)
+s.connect((vip, 53))
+s.send(b"small")
+print("reply", s.recv(2048).split()[0].decode())
+s.send(b"x" * 1400)                           # DF, bigger than the backend link's 1300
+time.sleep(0.5)
+print("mtu", s.getsockopt(lvl, 24 if v6 else 14))   # IP(V6)_MTU: what the kernel learnt
+try:
+    s.send(b"x" * 1400)
+    print("send ok")
+except OSError as e:
+    print("send", e.errno)
+'''
+
+
+def test_path_mtu_discovery_through_a_vip_and_transit(live):
+    t = live.topo
+    for ns, dev in ((t.ns_app, "a1"), (t.ns_app, "a2"), (t.ns_backends[0], "b0"), (t.ns_backends[1], "b0")):
+        live.run(ns, "ip", "link", "set", dev, "mtu", "1300")
+    time.sleep(0.5)                           # the appliance follows the kernel (netlink)
+    cli = t.ns_client
+    # transit, untranslated: the kernel answers, as any router
+    r = live.run(cli, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1400", "20.0.0.1")
+    assert "mtu = 1300" in r.stdout, r.stdout
+    # a vip flow: the error must quote the datagram as sent (to the vip),
+    # so the client's kernel learns the path MTU of its flow
+    for vip, errno_msgsize in (("30.0.0.2", "90"), ("fd30::2", "90")):
+        r = live.run(cli, sys.executable, "-c", PMTU_CLIENT, vip)
+        lines = r.stdout.split("\n")
+        assert lines[0].startswith("reply backend"), r.stdout + r.stderr
+        assert lines[1] == "mtu 1300", r.stdout + r.stderr + live.log.read_text()
+        assert lines[2] == f"send {errno_msgsize}", r.stdout     # EMSGSIZE: now known locally
+    assert live.stop() == 0
+    assert live.final_stats()["io"]["icmp_too_big"] == 2
+
+
 def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     live.stop()
     control = str(tmp_path / "control.sock")

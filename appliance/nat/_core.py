@@ -260,6 +260,11 @@ class NatCore:
         """(struct nat *, nat_process function pointer) for C loops."""
         return self._nat, ffi.cast("void *", ffi.addressof(lib, "nat_process"))
 
+    def session_get_pointer(self):
+        """(struct nat *, nat_session_get function pointer) for C code that
+        needs a session's keys (the datapath's ICMP errors)."""
+        return self._nat, ffi.cast("void *", ffi.addressof(lib, "nat_session_get"))
+
     def drain_events(self) -> None:
         """Deliver queued expiry events (C loops call this between polls)."""
         self._drain_events()

@@ -81,6 +81,11 @@ struct io_ctx {
     int tap_fd;
     uint8_t tap_mac[6];
     uint64_t counters[IO_C__COUNT];
+    /* for ICMP "too big" errors the appliance sends itself */
+    struct nat *nat;
+    int (*session_get)(const struct nat *, uint32_t, struct nat_session_info *);
+    uint8_t port_addr[IO_MAX_PORTS][2][16];  /* [port][v4, v6]: source of our ICMP errors */
+    uint8_t port_has_addr[IO_MAX_PORTS][2];
 };
 
 struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions)
@@ -436,7 +441,7 @@ static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
  * route + neighbour lookup (and fill the cache). Returns the egress port, or
  * a negative io counter telling why the kernel must take the frame. */
 static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family,
-                    const uint8_t *dst, const uint8_t **mac)
+                    const uint8_t *dst, const uint8_t **mac, int *egress)
 {
     struct hop *h = NULL;
     if (f->session < ctx->max_sessions) {
@@ -454,6 +459,7 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
         return -IO_C_TO_KERNEL_LOCAL;
     if (r->port_id < 0 || r->port_id >= IO_MAX_PORTS || !ctx->tx_port[r->port_id])
         return -IO_C_TO_KERNEL_NO_ROUTE;
+    *egress = r->port_id;   /* known even when the neighbour is not */
     uint8_t nh[16] = {0};
     memcpy(nh, r->has_gw ? r->gw : dst, 16);
     const struct neigh *n = neigh_slot(ctx, family, nh, 0);
@@ -468,6 +474,136 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
         *mac = n->mac;
     }
     return r->port_id;
+}
+
+void io_set_nat(struct io_ctx *ctx, struct nat *nat, void *session_get_fn)
+{
+    ctx->nat = nat;
+    ctx->session_get = (int (*)(const struct nat *, uint32_t, struct nat_session_info *))session_get_fn;
+}
+
+int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu)
+{
+    if (port_id < 0 || port_id >= IO_MAX_PORTS || !ctx->tx_port[port_id] || mtu < 68)
+        return -EINVAL;
+    ctx->tx_port[port_id]->mtu = mtu;
+    return 0;
+}
+
+void io_port_addresses_clear(struct io_ctx *ctx)
+{
+    memset(ctx->port_has_addr, 0, sizeof ctx->port_has_addr);
+}
+
+int io_port_address(struct io_ctx *ctx, int port_id, uint8_t family, const uint8_t *addr)
+{
+    if (port_id < 0 || port_id >= IO_MAX_PORTS || (family != 4 && family != 6))
+        return -EINVAL;
+    int f = family == 6;
+    memset(ctx->port_addr[port_id][f], 0, 16);
+    memcpy(ctx->port_addr[port_id][f], addr, family == 4 ? 4 : 16);
+    ctx->port_has_addr[port_id][f] = 1;
+    return 0;
+}
+
+static uint16_t csum_full(uint32_t acc, const uint8_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i + 1 < n; i += 2)
+        acc += (uint32_t)p[i] << 8 | p[i + 1];
+    if (n & 1)
+        acc += (uint32_t)p[n - 1] << 8;
+    while (acc >> 16)
+        acc = (acc & 0xffff) + (acc >> 16);
+    return (uint16_t)~acc;
+}
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+/* A translated frame too big for the egress MTU (IPv4 with DF, or IPv6):
+ * answer its sender with ICMP "fragmentation needed" / "packet too big"
+ * quoting the frame as the sender sent it, before translation. The kernel
+ * would quote the translated frame, which the sender cannot match to its
+ * flow (a vip's client never learns the path MTU). Returns 0 if sent. */
+static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, uint8_t *ip,
+                        uint32_t iplen, uint32_t mtu)
+{
+    struct nat_session_info si;
+    struct io_port *in = f->port < IO_MAX_PORTS ? ctx->tx_port[f->port] : NULL;
+    int fi = family == 6;
+    if (!ctx->session_get || !in || !ctx->port_has_addr[f->port][fi] ||
+        ctx->session_get(ctx->nat, f->session, &si) != 0)
+        return -1;
+    const struct nat_key *k = &si.key[f->dir & 1];   /* the flow as its sender sent it */
+    uint32_t hlen = family == 4 ? (uint32_t)(ip[0] & 15) * 4 : 40;
+    uint8_t proto = family == 4 ? ip[9] : ip[6];      /* v6: no extension headers here */
+    if (proto != k->proto || iplen < hlen + 8)
+        return -1;
+    uint8_t *l4 = ip + hlen;
+    if ((proto == 1 || proto == 58) && !(l4[0] == 8 || l4[0] == 0 || l4[0] == 128 || l4[0] == 129))
+        return -1;                                    /* never an error about an error */
+    uint8_t out[14 + 40 + 8 + 1232];
+    uint32_t outer = family == 4 ? 20 : 40;
+    uint32_t qlen = iplen < (family == 4 ? 548u : 1232u) ? iplen : (family == 4 ? 548u : 1232u);
+    uint8_t *o_ip = out + 14, *icmp = o_ip + outer, *q = icmp + 8;
+    memcpy(q, ip, qlen);
+    /* the quote: addresses and ports back to the sender's view */
+    uint32_t alen = family == 4 ? 4 : 16;
+    memcpy(q + (family == 4 ? 12 : 8), k->src, alen);
+    memcpy(q + (family == 4 ? 16 : 24), k->dst, alen);
+    uint8_t *ql4 = q + hlen;
+    if (proto == 6 || proto == 17) {
+        memcpy(ql4, &k->sport, 2);
+        memcpy(ql4 + 2, &k->dport, 2);
+    } else {
+        memcpy(ql4 + 4, ql4[0] == 8 || ql4[0] == 128 ? &k->sport : &k->dport, 2);
+    }
+    if (family == 4) {
+        q[10] = q[11] = 0;
+        put16(q + 10, csum_full(0, q, hlen));
+    }
+    /* Ethernet back to the previous hop */
+    memcpy(out, ip - 14 + 6, 6);
+    memcpy(out + 6, in->mac, 6);
+    out[12] = family == 4 ? 0x08 : 0x86;
+    out[13] = family == 4 ? 0x00 : 0xdd;
+    uint32_t icmplen = 8 + qlen;
+    memset(icmp, 0, 8);
+    if (family == 4) {
+        memset(o_ip, 0, 20);
+        o_ip[0] = 0x45;
+        o_ip[1] = 0xc0;
+        put16(o_ip + 2, (uint16_t)(20 + icmplen));
+        o_ip[8] = 64;
+        o_ip[9] = 1;
+        memcpy(o_ip + 12, ctx->port_addr[f->port][0], 4);
+        memcpy(o_ip + 16, k->src, 4);
+        put16(o_ip + 10, csum_full(0, o_ip, 20));
+        icmp[0] = 3;                                  /* destination unreachable */
+        icmp[1] = 4;                                  /* fragmentation needed and DF set */
+        put16(icmp + 6, (uint16_t)mtu);
+        put16(icmp + 2, csum_full(0, icmp, icmplen));
+    } else {
+        memset(o_ip, 0, 40);
+        o_ip[0] = 0x60;
+        put16(o_ip + 4, (uint16_t)icmplen);
+        o_ip[6] = 58;
+        o_ip[7] = 64;
+        memcpy(o_ip + 8, ctx->port_addr[f->port][1], 16);
+        memcpy(o_ip + 24, k->src, 16);
+        icmp[0] = 2;                                  /* packet too big */
+        icmp[4] = (uint8_t)(mtu >> 24);
+        icmp[5] = (uint8_t)(mtu >> 16);
+        icmp[6] = (uint8_t)(mtu >> 8);
+        icmp[7] = (uint8_t)mtu;
+        uint32_t acc = icmplen + 58;                  /* pseudo header: length, next header */
+        for (int i = 0; i < 32; i += 2)
+            acc += (uint32_t)o_ip[8 + i] << 8 | o_ip[9 + i];
+        put16(icmp + 2, csum_full(acc, icmp, icmplen));
+    }
+    if (tx_enqueue(ctx, in, out, 14 + outer + icmplen))
+        return -1;
+    ctx->counters[IO_C_ICMP_TOO_BIG]++;
+    return 0;
 }
 
 static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
@@ -493,15 +629,26 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
     }
     const uint8_t *mac;
-    int port = next_hop(ctx, f, family, dst, &mac);
+    int egress = -1;
+    int port = next_hop(ctx, f, family, dst, &mac, &egress);
+    if (port >= 0)
+        egress = port;
+    if (egress >= 0 && iplen > ctx->tx_port[egress]->mtu) {
+        /* Translated and not to be fragmented: the ICMP error must quote
+         * the frame as sent (also while the neighbour is unresolved).
+         * Everything else: the kernel fragments it or answers, as any
+         * Linux router. */
+        if (f->verdict == NAT_FORWARD && f->session != NAT_NONE && (family == 6 || (ip[6] & 0x40)) &&
+            send_too_big(ctx, f, family, ip, iplen, ctx->tx_port[egress]->mtu) == 0)
+            return;
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_MTU);
+    }
     if (port < 0)
         return to_kernel(ctx, d, len, -port);
     struct io_port *o = ctx->tx_port[port];
     uint8_t *ttl = family == 4 ? ip + 8 : ip + 7;
     if (*ttl <= 1)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_TTL);
-    if (iplen > o->mtu)
-        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_MTU);
     if (family == 4) {
         uint16_t old = ld16(ip + 8);
         (*ttl)--;

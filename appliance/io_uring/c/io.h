@@ -37,6 +37,7 @@ enum io_counter {
     IO_C_RX_BATCHES,           /* non-empty io_rx() calls (rx / rx_batches = mean batch) */
     IO_C_FWD_CACHE_HIT,        /* frames forwarded with the session's cached next hop */
     IO_C_NAPS,                 /* naps io_poll() took on empty rings */
+    IO_C_ICMP_TOO_BIG,         /* ICMP too-big errors sent for translated frames */
     IO_C__COUNT,
 };
 
@@ -94,6 +95,15 @@ struct io_poll_state {
 int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
             void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
             uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st);
+/* For the ICMP "too big" errors about translated frames, which quote the
+ * frame as sent: the NAT module's session table and its nat_session_get()
+ * (by pointer, as nat_process() in io_poll), and each port's own address
+ * per family (the errors' source; cleared and re-set from the kernel's). */
+void io_set_nat(struct io_ctx *ctx, struct nat *nat, void *session_get_fn);
+void io_port_addresses_clear(struct io_ctx *ctx);
+/* The port's MTU changed in the kernel (frames longer go to the kernel). */
+int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu);
+int io_port_address(struct io_ctx *ctx, int port_id, uint8_t family, const uint8_t *addr);
 /* The calling thread's timer slack (how late a nap may end; Linux's default
  * is 50 us). Returns 0 or -errno. */
 int io_timer_slack(uint64_t ns);

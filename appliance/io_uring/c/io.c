@@ -86,6 +86,8 @@ struct io_ctx {
     int (*session_get)(const struct nat *, uint32_t, struct nat_session_info *);
     uint8_t port_addr[IO_MAX_PORTS][2][16];  /* [port][v4, v6]: source of our ICMP errors */
     uint8_t port_has_addr[IO_MAX_PORTS][2];
+    uint64_t icmp_tokens_at;                 /* token bucket of those errors */
+    uint32_t icmp_tokens;
 };
 
 struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions)
@@ -519,6 +521,27 @@ static uint16_t csum_full(uint32_t acc, const uint8_t *p, uint32_t n)
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 
+/* Our ICMP errors are rate-limited as Linux limits its own
+ * (net.ipv4.icmp_msgs_per_sec 1000, icmp_msgs_burst 50): beyond that the
+ * frame goes to the kernel, which applies its own limit. */
+#define IO_ICMP_PER_SEC 1000
+#define IO_ICMP_BURST 50
+
+static int icmp_allowed(struct io_ctx *ctx)
+{
+    uint64_t now = now_ns(), elapsed = now - ctx->icmp_tokens_at;
+    uint64_t add = elapsed >= 1000000000ull ? IO_ICMP_BURST : elapsed * IO_ICMP_PER_SEC / 1000000000ull;
+    if (add) {
+        ctx->icmp_tokens = add + ctx->icmp_tokens > IO_ICMP_BURST ? IO_ICMP_BURST
+                                                                   : (uint32_t)(add + ctx->icmp_tokens);
+        ctx->icmp_tokens_at = now;
+    }
+    if (!ctx->icmp_tokens)
+        return 0;
+    ctx->icmp_tokens--;
+    return 1;
+}
+
 /* A translated frame too big for the egress MTU (IPv4 with DF, or IPv6):
  * answer its sender with ICMP "fragmentation needed" / "packet too big"
  * quoting the frame as the sender sent it, before translation. The kernel
@@ -530,7 +553,7 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
     struct nat_session_info si;
     struct io_port *in = f->port < IO_MAX_PORTS ? ctx->tx_port[f->port] : NULL;
     int fi = family == 6;
-    if (!ctx->session_get || !in || !ctx->port_has_addr[f->port][fi] ||
+    if (!ctx->session_get || !in || !ctx->port_has_addr[f->port][fi] || !icmp_allowed(ctx) ||
         ctx->session_get(ctx->nat, f->session, &si) != 0)
         return -1;
     const struct nat_key *k = &si.key[f->dir & 1];   /* the flow as its sender sent it */

@@ -153,9 +153,20 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(answer["translations"]))
         else:
             for section, values in answer.items():
-                for k, v in (values.get("counters", values) if isinstance(values, dict) else {}).items():
-                    if v and not isinstance(v, dict):
+                if not isinstance(values, dict):
+                    continue
+                # nat: its figures (sessions, capacity, ...) always, then its
+                # counters; io, xdp, config: what is not zero
+                counters = values.get("counters")
+                if counters is not None:
+                    for k, v in values.items():
+                        if k != "counters" and isinstance(v, (int, float, str)):
+                            print(f"{section}.{k:28} {v}")
+                for k, v in (counters if counters is not None else values).items():
+                    if v and isinstance(v, (int, float, str)):
                         print(f"{section}.{k:28} {v}")
+            for sock in answer.get("sockets", []):       # frames received per RX queue
+                print(f"{'sockets.' + sock['interface'] + '.q' + str(sock['queue']) + '.rx':37} {sock['rx']}")
         return 0
 
     if args.command == "explain":

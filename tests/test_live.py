@@ -377,6 +377,10 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json",
                  "--control", control)
     assert json.loads(r.stdout)["xdp"]["pass_host"] >= 3
+    r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--control", control)
+    lines = dict(line.split() for line in r.stdout.splitlines())
+    assert int(lines["nat.sessions_created"]) == 1
+    assert int(lines["sockets.a0.q0.rx"]) >= 5 and "sockets.ax.q0.rx" in lines   # every socket, idle ones too
 
 
 def test_live_demo_runs_and_removes_everything():

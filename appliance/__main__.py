@@ -88,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     be = bsub.add_parser("e2e", help="live, against nftables DNAT on the same topology (root): udp pps, "
                          "tcp connections/s, bulk tcp, CPU per packet")
     be.add_argument("--json", action="store_true", help="print one JSON object")
-    be.add_argument("--runs", type=int, default=5,
-                    help="runs per mode, the modes alternating; medians reported (default 5)")
+    be.add_argument("--runs", type=int, default=7,
+                    help="runs per mode, the modes alternating; medians reported (default 7: single runs "
+                    "vary by 1.5x on a shared VM)")
     be.add_argument("--seconds", type=float, default=4.0, help="seconds per UDP/iperf3 run (default 4)")
     return p
 

@@ -282,7 +282,7 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run(seconds: float = 4.0, runs: int = 5) -> dict:
+def run(seconds: float = 4.0, runs: int = 7) -> dict:
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"appliance bench e2e: missing tools {missing} (./dev installs them)")

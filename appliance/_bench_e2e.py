@@ -129,9 +129,8 @@ def _proc_cpu(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, seconds: float, runs: int) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.runs = runs
         self.tmp = tempfile.mkdtemp(prefix="appliance-bench-")
         self.topo = Topology(backends=1)
         self.procs: list[subprocess.Popen] = []
@@ -286,7 +285,7 @@ def run(seconds: float = 4.0, runs: int = 7) -> dict:
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"appliance bench e2e: missing tools {missing} (./dev installs them)")
-    b = Bench(seconds, runs)
+    b = Bench(seconds)
     samples: dict[str, dict[str, list]] = {"appliance": {}, "nftables": {}}
     try:
         # The modes alternate run by run (ABBA), so that the machine's slow

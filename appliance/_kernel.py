@@ -34,12 +34,16 @@ class Neighbour:
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    addresses: frozenset
+    # (interface, address) pairs, global addresses after link-local ones
+    interface_addresses: tuple
     routes: tuple
     neighbours: tuple
-    # (interface, address) pairs, global addresses after link-local ones
-    interface_addresses: tuple = ()
-    mtus: tuple = ()            # (interface, mtu) pairs
+    mtus: tuple                 # (interface, mtu) pairs
+
+    @property
+    def addresses(self) -> frozenset:
+        """Every address of the host, whatever its interface."""
+        return frozenset(a for _, a in self.interface_addresses)
 
 
 def _ip_json(*args: str) -> list:
@@ -48,7 +52,6 @@ def _ip_json(*args: str) -> list:
 
 
 def snapshot() -> Snapshot:
-    addrs = set()
     by_dev = []
     mtus = []
     for link in _ip_json("addr", "show"):
@@ -56,10 +59,9 @@ def snapshot() -> Snapshot:
             mtus.append((link["ifname"], int(link["mtu"])))
         for a in link.get("addr_info", []):
             if a.get("family") in ("inet", "inet6"):
-                ip = ipaddress.ip_address(a["local"])
-                addrs.add(ip)
-                by_dev.append((link["ifname"], ip))
+                by_dev.append((link["ifname"], ipaddress.ip_address(a["local"])))
     by_dev.sort(key=lambda pair: not pair[1].is_link_local)
+    addrs = {a for _, a in by_dev}
     routes = []
     for fam in ("-4", "-6"):
         for r in _ip_json(fam, "route", "show", "table", "main"):
@@ -83,7 +85,7 @@ def snapshot() -> Snapshot:
         if not mac or "FAILED" in state or "INCOMPLETE" in state:
             continue
         neigh.append(Neighbour(ipaddress.ip_address(n["dst"]), n["dev"], bytes.fromhex(mac.replace(":", ""))))
-    return Snapshot(frozenset(addrs), tuple(routes), tuple(neigh), tuple(by_dev), tuple(mtus))
+    return Snapshot(tuple(by_dev), tuple(routes), tuple(neigh), tuple(mtus))
 
 
 # rtnetlink multicast groups (linux/rtnetlink.h)

@@ -214,11 +214,12 @@ class Appliance:
         for n in snap.neighbours:
             port = self.core.port(n.dev) if n.dev in data else -1
             io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port, n.mac)
-        self.steering.set_host_addresses(set(snap.addresses))
-        self.core.host_sources = frozenset(a.packed for a in snap.addresses)
-        ports = {p for p in self._session_ports if p[0] in snap.addresses}
+        host = snap.addresses
+        self.steering.set_host_addresses(set(host))
+        self.core.host_sources = frozenset(a.packed for a in host)
+        ports = {p for p in self._session_ports if p[0] in host}
         for t in self.config.translations:
-            if t.kind == "real" and t.address in snap.addresses and t.proto in ("tcp", "udp"):
+            if t.kind == "real" and t.address in host and t.proto in ("tcp", "udp"):
                 ports.add((t.address, 6 if t.proto == "tcp" else 17, t.port))
         self.steering.set_host_ports(ports)
 

@@ -508,18 +508,10 @@ int io_port_address(struct io_ctx *ctx, int port_id, uint8_t family, const uint8
     return 0;
 }
 
-static uint16_t csum_full(uint32_t acc, const uint8_t *p, uint32_t n)
-{
-    for (uint32_t i = 0; i + 1 < n; i += 2)
-        acc += (uint32_t)p[i] << 8 | p[i + 1];
-    if (n & 1)
-        acc += (uint32_t)p[n - 1] << 8;
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return (uint16_t)~acc;
-}
-
+/* A 16-bit field in network order (checksums use csum.h's st16). */
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+static void put_csum(uint8_t *field, uint32_t sum) { st16(field, (uint16_t)~csum_fold(sum)); }
 
 /* Our ICMP errors are rate-limited as Linux limits its own
  * (net.ipv4.icmp_msgs_per_sec 1000, icmp_msgs_burst 50): beyond that the
@@ -582,7 +574,7 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
     }
     if (family == 4) {
         q[10] = q[11] = 0;
-        put16(q + 10, csum_full(0, q, hlen));
+        put_csum(q + 10, csum_sum(q, hlen));
     }
     /* Ethernet back to the previous hop */
     memcpy(out, ip - 14 + 6, 6);
@@ -600,11 +592,11 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
         o_ip[9] = 1;
         memcpy(o_ip + 12, ctx->port_addr[f->port][0], 4);
         memcpy(o_ip + 16, k->src, 4);
-        put16(o_ip + 10, csum_full(0, o_ip, 20));
+        put_csum(o_ip + 10, csum_sum(o_ip, 20));
         icmp[0] = 3;                                  /* destination unreachable */
         icmp[1] = 4;                                  /* fragmentation needed and DF set */
         put16(icmp + 6, (uint16_t)mtu);
-        put16(icmp + 2, csum_full(0, icmp, icmplen));
+        put_csum(icmp + 2, csum_sum(icmp, icmplen));
     } else {
         memset(o_ip, 0, 40);
         o_ip[0] = 0x60;
@@ -618,10 +610,10 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
         icmp[5] = (uint8_t)(mtu >> 16);
         icmp[6] = (uint8_t)(mtu >> 8);
         icmp[7] = (uint8_t)mtu;
-        uint32_t acc = icmplen + 58;                  /* pseudo header: length, next header */
-        for (int i = 0; i < 32; i += 2)
-            acc += (uint32_t)o_ip[8 + i] << 8 | o_ip[9 + i];
-        put16(icmp + 2, csum_full(acc, icmp, icmplen));
+        uint8_t pseudo[4];                            /* pseudo header: addresses, length, next header */
+        put16(pseudo, (uint16_t)icmplen);
+        put16(pseudo + 2, 58);
+        put_csum(icmp + 2, csum_sum(o_ip + 8, 32) + csum_sum(pseudo, 4) + csum_sum(icmp, icmplen));
     }
     if (tx_enqueue(ctx, in, out, 14 + outer + icmplen))
         return -1;

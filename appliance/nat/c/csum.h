@@ -50,12 +50,18 @@ static inline uint16_t csum_apply(uint16_t hc, uint32_t acc)
     return (uint16_t)~csum_fold((uint32_t)(uint16_t)~hc + csum_fold(acc));
 }
 
-/* Plain sum of n bytes (n even), for verification of short headers. */
+/* Plain sum of n bytes (an odd last byte is padded with zero), to verify
+ * short headers or to compute a checksum afresh: ~csum_fold(sum). Up to
+ * 64 KiB cannot overflow 32 bits. */
 static inline uint32_t csum_sum(const uint8_t *p, unsigned n)
 {
     uint32_t s = 0;
-    for (unsigned i = 0; i < n; i += 2)
+    for (unsigned i = 0; i + 1 < n; i += 2)
         s += ld16(p + i);
+    if (n & 1) {
+        uint8_t last[2] = {p[n - 1], 0};
+        s += ld16(last);
+    }
     return s;
 }
 

@@ -62,6 +62,11 @@ class Topology:
         sh("ip", "link", "set", tmp_a, "name", a, ns=ns_a)
         sh("ip", "link", "set", tmp_b, "name", b, ns=ns_b)
         for ns, dev in ((ns_a, a), (ns_b, b)):
+            # No duplicate address detection: while a fresh link-local address
+            # is tentative (1-2 s), Linux sends no neighbour solicitation for
+            # forwarded traffic, so the first IPv6 packets towards a backend
+            # could wait seconds (a flaky test at 1 run in 15).
+            sh("sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_dad=0", ns=ns)
             sh("ip", "link", "set", dev, "up", ns=ns)
             sh("ethtool", "-K", dev, "tx", "off", ns=ns, check=False)
 

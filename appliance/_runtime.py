@@ -215,13 +215,20 @@ class Appliance:
             port = self.core.port(n.dev) if n.dev in data else -1
             io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port, n.mac)
         host = snap.addresses
-        self.steering.set_host_addresses(set(host))
+        self.steering.set_addresses(set(host), self._nat_addresses())
         self.core.host_sources = frozenset(a.packed for a in host)
         ports = {p for p in self._session_ports if p[0] in host}
         for t in self.config.translations:
             if t.kind == "real" and t.address in host and t.proto in ("tcp", "udp"):
                 ports.add((t.address, 6 if t.proto == "tcp" else 17, t.port))
         self.steering.set_host_ports(ports)
+
+    def _nat_addresses(self) -> set:
+        nat = {t.address for t in self.config.translations if t.kind == "vip"}
+        sn = self.config.snat
+        if sn is not None:
+            nat.update(a for a in (sn.ip4, sn.ip6) if a is not None)
+        return nat
 
     def io_counters(self) -> dict[str, int]:
         c = io.io_ctx_counters(self.ctx)

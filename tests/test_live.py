@@ -196,6 +196,54 @@ def test_snat_excluded_prefixes_and_ping(live):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+TTL1_CLIENT = r'''
+import socket, struct, sys
+# one datagram with TTL/hop limit 1; report the ICMP error the kernel queued
+# for this socket (it does so only if the error quotes this socket's flow)
+addr, port = sys.argv[1], int(sys.argv[2])
+v6 = ":" in addr
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, 25, 1)       # IPV6_RECVERR
+else:
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)          # IP_RECVERR
+s.connect((addr, port))
+s.send(b"probe")
+s.settimeout(2)
+try:
+    s.recv(100)
+except OSError:
+    pass
+_, anc, _, _ = s.recvmsg(100, 512, socket.MSG_ERRQUEUE)
+err = anc[0][2]
+ee_errno, origin, icmp_type, code = struct.unpack_from("=IBBB", err)
+offender = err[16:]
+fam = struct.unpack_from("=H", offender)[0]
+who = socket.inet_ntop(fam, offender[4:8] if fam == socket.AF_INET else offender[8:24])
+print(origin, icmp_type, code, who)
+'''
+
+
+def test_traceroute_to_a_vip_gets_time_exceeded_from_the_appliance(live):
+    """The kernel has no route to a vip: a TTL-1 probe to one is the
+    appliance's to answer, quoting the probe as sent (so the client's kernel
+    matches it to the probing socket), from the ingress address."""
+    cli = live.topo.ns_client
+    for vip, expect in (("30.0.0.2", "2 11 0 10.0.0.1"), ("fd30::2", "3 3 0 fd00::1")):
+        r = live.run(cli, sys.executable, "-c", TTL1_CLIENT, vip, "53")
+        assert r.returncode == 0 and r.stdout.strip() == expect, r.stdout + r.stderr
+        assert live.udp(cli, vip, 53).split()[0] == vip      # and the vip still serves at TTL 64
+    # transit probes still get the kernel's answer, as before
+    r = live.run(cli, sys.executable, "-c", TTL1_CLIENT, "20.0.0.1", "53")
+    assert r.stdout.strip() == "2 11 0 10.0.0.1", r.stdout + r.stderr
+    assert live.stop() == 0
+    stats = live.final_stats()
+    assert stats["io"]["icmp_time_exceeded"] == 2, stats["io"]
+    assert stats["xdp"]["pass_ttl"] == 1, stats["xdp"]
+
+
 def test_ping_and_traceroute_through_the_appliance(live):
     cli = live.topo.ns_client
     r = live.run(cli, "ping", "-c", "2", "-W", "2", "20.0.0.1")           # transit

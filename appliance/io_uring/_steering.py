@@ -19,7 +19,8 @@ from ._binding import ffi, lib
 
 OBJ = pathlib.Path(__file__).resolve().parent / "steer.bpf.o"
 
-ADDR_HOST = 1
+ADDR_HOST = 1   # STEER_ADDR_HOST in bpf/steer.h
+ADDR_NAT = 2    # STEER_ADDR_NAT
 MAX_IFINDEX = 65536   # STEER_MAX_IFINDEX in bpf/steer.h
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
@@ -58,7 +59,7 @@ class Steering:
         self.maps = {name: lib.io_xdp_map_fd(obj, name.encode())
                      for name in ("xsks", "ifbase", "addrs", "ports", "counters")}
         self.attached: list[int] = []
-        self.host_addrs: set = set()
+        self.addr_flags: dict = {}
         self.host_ports: set = set()
 
     def attach(self, ifindex: int, name: str, mode: str = "auto") -> str:
@@ -107,12 +108,18 @@ class Steering:
             raise SteeringError(f"ifindex {ifindex} is above {MAX_IFINDEX}: not supported")
         self._update("ifbase", ifindex.to_bytes(4, "little"), base + 1)
 
-    def set_host_addresses(self, addrs: set) -> None:
-        for a in addrs - self.host_addrs:
-            self._update("addrs", _key_addr(a), ADDR_HOST)
-        for a in self.host_addrs - addrs:
+    def set_addresses(self, host: set, nat: set) -> None:
+        """host: the host's own addresses; nat: vips and SNAT addresses (the
+        appliance's at any TTL: the kernel has no route for them)."""
+        flags = {a: ADDR_HOST for a in host}
+        for a in nat:
+            flags[a] = flags.get(a, 0) | ADDR_NAT
+        for a, f in flags.items():
+            if self.addr_flags.get(a) != f:
+                self._update("addrs", _key_addr(a), f)
+        for a in self.addr_flags.keys() - flags.keys():
             self._delete("addrs", _key_addr(a))
-        self.host_addrs = set(addrs)
+        self.addr_flags = flags
 
     def set_host_ports(self, ports: set) -> None:
         """ports: {(address, proto number, port)} that go to the appliance."""

@@ -3,11 +3,14 @@
  * appliance (through an AF_XDP socket) gets it.
  *
  * To the kernel (XDP_PASS): non-IP (ARP, LLDP), IPv6 neighbour discovery,
- * multicast/broadcast, TTL/hop limit <= 1 (the kernel sends time-exceeded),
- * and traffic addressed to the host itself -- except the ports of `real`
- * translations and the return traffic of flows whose source the appliance
- * rewrote to a host address, which are listed in the `ports` map.
- * To the appliance: everything else (vips, transit, SNAT).
+ * multicast/broadcast, transit with TTL/hop limit <= 1 (the kernel sends
+ * time-exceeded), and traffic addressed to the host itself -- except the
+ * ports of `real` translations and the return traffic of flows whose source
+ * the appliance rewrote to a host address, which are listed in the `ports`
+ * map.
+ * To the appliance: everything else (vips, transit, SNAT), and frames to a
+ * vip or SNAT address at any TTL: the kernel has no route for those, so
+ * the appliance answers time-exceeded itself, quoting the frame as sent.
  *
  * Maps are filled by appliance/io_uring/_xdp.py from the configuration, the
  * kernel's addresses and the sessions.
@@ -86,7 +89,7 @@ int appliance_steer(struct xdp_md *ctx)
     struct ethhdr *eth = data;
     struct steer_addr ak = {};
     struct steer_port pk = {};
-    __u8 proto;
+    __u8 proto, ttl;
     void *l4;
 
     if ((void *)(eth + 1) > end)
@@ -97,8 +100,7 @@ int appliance_steer(struct xdp_md *ctx)
         struct iphdr *ip = (void *)(eth + 1);
         if ((void *)(ip + 1) > end || ip->ihl < 5)
             return count(STEER_C_PASS_KERNEL, XDP_PASS);
-        if (ip->ttl <= 1)
-            return count(STEER_C_PASS_TTL, XDP_PASS);
+        ttl = ip->ttl;
         ak.family = 4;
         __builtin_memcpy(ak.addr, &ip->daddr, 4);
         proto = ip->protocol;
@@ -109,8 +111,7 @@ int appliance_steer(struct xdp_md *ctx)
         struct ipv6hdr *ip6 = (void *)(eth + 1);
         if ((void *)(ip6 + 1) > end)
             return count(STEER_C_PASS_KERNEL, XDP_PASS);
-        if (ip6->hop_limit <= 1)
-            return count(STEER_C_PASS_TTL, XDP_PASS);
+        ttl = ip6->hop_limit;
         if (ip6->daddr.s6_addr[0] == 0xff)
             return count(STEER_C_PASS_KERNEL, XDP_PASS);
         ak.family = 6;
@@ -129,8 +130,11 @@ int appliance_steer(struct xdp_md *ctx)
     }
 
     __u32 *flags = bpf_map_lookup_elem(&addrs, &ak);
-    if (!flags || !(*flags & STEER_ADDR_HOST))
+    if (!flags || !(*flags & STEER_ADDR_HOST)) {
+        if (ttl <= 1 && !(flags && (*flags & STEER_ADDR_NAT)))
+            return count(STEER_C_PASS_TTL, XDP_PASS);   /* transit expiring here */
         return to_appliance(ctx);   /* vip, SNAT address that is not the host's, transit */
+    }
 
     /* Addressed to the host: only listed ports go to the appliance. */
     if (!l4)

@@ -6,6 +6,7 @@
 #define STEER_MAX_IFINDEX 65536    /* ifindexes of data interfaces must be below */
 #define STEER_MAX_PORTS 262144   /* real-translation ports + host-address sessions */
 #define STEER_ADDR_HOST 1        /* an address of this host */
+#define STEER_ADDR_NAT 2         /* a vip or SNAT address: the appliance's even at TTL 1 */
 
 struct steer_addr {
     __u8 family;
@@ -23,7 +24,7 @@ struct steer_port {
 enum {
     STEER_C_REDIRECT,        /* unused: redirected frames are the appliance's io.rx */
     STEER_C_PASS_KERNEL,     /* not IP, multicast, neighbour discovery */
-    STEER_C_PASS_TTL,        /* TTL/hop limit expiring here: the kernel answers */
+    STEER_C_PASS_TTL,        /* transit TTL/hop limit expiring here: the kernel answers */
     STEER_C_PASS_HOST,       /* addressed to the host, not a NAT port */
     STEER_C_PASS_NO_SOCKET,  /* interface without an AF_XDP socket */
     STEER_C__COUNT,

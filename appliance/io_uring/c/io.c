@@ -534,13 +534,18 @@ static int icmp_allowed(struct io_ctx *ctx)
     return 1;
 }
 
-/* A translated frame too big for the egress MTU (IPv4 with DF, or IPv6):
- * answer its sender with ICMP "fragmentation needed" / "packet too big"
- * quoting the frame as the sender sent it, before translation. The kernel
- * would quote the translated frame, which the sender cannot match to its
- * flow (a vip's client never learns the path MTU). Returns 0 if sent. */
-static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, uint8_t *ip,
-                        uint32_t iplen, uint32_t mtu)
+/* The ICMP errors the datapath sends itself, for translated frames: the
+ * kernel would quote the translated frame, which its sender cannot match to
+ * its flow (a vip's client never learns the path MTU, and traceroute to a
+ * vip gets "network unreachable" from a kernel without a route to it). */
+enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED };
+
+/* Answer a translated frame's sender with ICMP "fragmentation needed" /
+ * "packet too big" (mtu) or "time exceeded in transit", from the ingress
+ * interface's address, quoting the frame as the sender sent it, before
+ * translation. Returns 0 if sent. */
+static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, uint8_t *ip,
+                           uint32_t iplen, enum icmp_error kind, uint32_t mtu)
 {
     struct nat_session_info si;
     struct io_port *in = f->port < IO_MAX_PORTS ? ctx->tx_port[f->port] : NULL;
@@ -593,9 +598,13 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
         memcpy(o_ip + 12, ctx->port_addr[f->port][0], 4);
         memcpy(o_ip + 16, k->src, 4);
         put_csum(o_ip + 10, csum_sum(o_ip, 20));
-        icmp[0] = 3;                                  /* destination unreachable */
-        icmp[1] = 4;                                  /* fragmentation needed and DF set */
-        put16(icmp + 6, (uint16_t)mtu);
+        if (kind == ICMP_ERR_TOO_BIG) {
+            icmp[0] = 3;                              /* destination unreachable */
+            icmp[1] = 4;                              /* fragmentation needed and DF set */
+            put16(icmp + 6, (uint16_t)mtu);
+        } else {
+            icmp[0] = 11;                             /* time exceeded in transit */
+        }
         put_csum(icmp + 2, csum_sum(icmp, icmplen));
     } else {
         memset(o_ip, 0, 40);
@@ -605,11 +614,15 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
         o_ip[7] = 64;
         memcpy(o_ip + 8, ctx->port_addr[f->port][1], 16);
         memcpy(o_ip + 24, k->src, 16);
-        icmp[0] = 2;                                  /* packet too big */
-        icmp[4] = (uint8_t)(mtu >> 24);
-        icmp[5] = (uint8_t)(mtu >> 16);
-        icmp[6] = (uint8_t)(mtu >> 8);
-        icmp[7] = (uint8_t)mtu;
+        if (kind == ICMP_ERR_TOO_BIG) {
+            icmp[0] = 2;                              /* packet too big */
+            icmp[4] = (uint8_t)(mtu >> 24);
+            icmp[5] = (uint8_t)(mtu >> 16);
+            icmp[6] = (uint8_t)(mtu >> 8);
+            icmp[7] = (uint8_t)mtu;
+        } else {
+            icmp[0] = 3;                              /* time exceeded: hop limit */
+        }
         uint8_t pseudo[4];                            /* pseudo header: addresses, length, next header */
         put16(pseudo, (uint16_t)icmplen);
         put16(pseudo + 2, 58);
@@ -617,7 +630,7 @@ static int send_too_big(struct io_ctx *ctx, const struct nat_frame *f, uint8_t f
     }
     if (tx_enqueue(ctx, in, out, 14 + outer + icmplen))
         return -1;
-    ctx->counters[IO_C_ICMP_TOO_BIG]++;
+    ctx->counters[kind == ICMP_ERR_TOO_BIG ? IO_C_ICMP_TOO_BIG : IO_C_ICMP_TIME_EXCEEDED]++;
     return 0;
 }
 
@@ -643,27 +656,34 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
     } else {
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_NO_ROUTE);
     }
+    /* Translated frames get their ICMP errors from us, quoting the frame
+     * as sent (also while the neighbour is unresolved); everything else
+     * goes to the kernel, which fragments it or answers, as any Linux
+     * router. */
+    int translated = f->verdict == NAT_FORWARD && f->session != NAT_NONE;
     const uint8_t *mac;
     int egress = -1;
     int port = next_hop(ctx, f, family, dst, &mac, &egress);
+    if (port == -IO_C_TO_KERNEL_LOCAL)
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);   /* delivered at any TTL */
     if (port >= 0)
         egress = port;
+    uint8_t *ttl = family == 4 ? ip + 8 : ip + 7;
+    if (*ttl <= 1) {   /* as Linux's ip_forward: TTL first, then the MTU */
+        if (translated && send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_TIME_EXCEEDED, 0) == 0)
+            return;
+        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_TTL);
+    }
     if (egress >= 0 && iplen > ctx->tx_port[egress]->mtu) {
-        /* Translated and not to be fragmented: the ICMP error must quote
-         * the frame as sent (also while the neighbour is unresolved).
-         * Everything else: the kernel fragments it or answers, as any
-         * Linux router. */
-        if (f->verdict == NAT_FORWARD && f->session != NAT_NONE && (family == 6 || (ip[6] & 0x40)) &&
-            send_too_big(ctx, f, family, ip, iplen, ctx->tx_port[egress]->mtu) == 0)
+        /* not to be fragmented: IPv4 with DF, or IPv6 */
+        if (translated && (family == 6 || (ip[6] & 0x40)) &&
+            send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_TOO_BIG, ctx->tx_port[egress]->mtu) == 0)
             return;
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_MTU);
     }
     if (port < 0)
         return to_kernel(ctx, d, len, -port);
     struct io_port *o = ctx->tx_port[port];
-    uint8_t *ttl = family == 4 ? ip + 8 : ip + 7;
-    if (*ttl <= 1)
-        return to_kernel(ctx, d, len, IO_C_TO_KERNEL_TTL);
     if (family == 4) {
         uint16_t old = ld16(ip + 8);
         (*ttl)--;

@@ -38,6 +38,7 @@ enum io_counter {
     IO_C_FWD_CACHE_HIT,        /* frames forwarded with the session's cached next hop */
     IO_C_NAPS,                 /* naps io_poll() took on empty rings */
     IO_C_ICMP_TOO_BIG,         /* ICMP too-big errors sent for translated frames */
+    IO_C_ICMP_TIME_EXCEEDED,   /* ICMP time-exceeded errors sent for translated frames */
     IO_C__COUNT,
 };
 

@@ -125,6 +125,8 @@ class Appliance:
         self._snapshot = None
         self._session_ports: set = set()   # (host address, proto, port) of live sessions
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
+        self._ifindex: dict[str, int] = {}        # data interface -> ifindex its sockets are bound to
+        self.interface_state: dict[str, str] = {}  # "up", "gone" or "recreated"
 
     # -- set-up / tear-down --------------------------------------------------
 
@@ -145,6 +147,8 @@ class Appliance:
         key = 0
         for name in self.config.interfaces:
             ifindex, mac, mtu, queues = _iface_info(name)
+            self._ifindex[name] = ifindex
+            self.interface_state[name] = "up"
             port_id = self.core.port(name)
             self.steering.set_ifbase(ifindex, key)
             for q in range(queues):
@@ -191,8 +195,32 @@ class Appliance:
 
     # -- kernel tables ---------------------------------------------------------
 
+    def check_interfaces(self) -> None:
+        """A data interface deleted at run time (a pod's veth, say) takes its
+        sockets with it; one created again under the same name is a new
+        interface without our XDP program or sockets. The others keep
+        working either way. Say so once per change: it needs a restart."""
+        for name, ifindex in self._ifindex.items():
+            try:
+                now = int((pathlib.Path("/sys/class/net") / name / "ifindex").read_text())
+            except (OSError, ValueError):
+                now = None
+            state = "up" if now == ifindex else "gone" if now is None else "recreated"
+            if state == self.interface_state.get(name):
+                continue
+            self.interface_state[name] = state
+            if state == "gone":
+                msg = f"data interface {name} is gone: its traffic stops, the other interfaces keep working"
+            elif state == "recreated":
+                msg = (f"data interface {name} was created again (ifindex {now}, was {ifindex}): it has no "
+                       f"XDP program or AF_XDP socket of ours; restart the appliance to serve it")
+            else:
+                msg = f"data interface {name} is back (ifindex {ifindex})"
+            log.warning("%s", msg)
+
     def sync_kernel(self, snap: Optional[_kernel.Snapshot] = None, force: bool = False) -> None:
         snap = snap or _kernel.snapshot()
+        self.check_interfaces()
         if snap == self._snapshot and not force:
             return
         self._snapshot = snap
@@ -362,7 +390,7 @@ class Appliance:
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
                     "sockets": self.socket_counters(), "xdp": self.steering.counters(),
-                    "config": dict(self.config_status)}
+                    "interfaces": dict(self.interface_state), "config": dict(self.config_status)}
         if command == "translations":
             return {"translations": [str(t) for t in self.config.translations]}
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
@@ -468,7 +496,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     finally:
         # read before close: the sockets' own counters go with the sockets
         final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
-                 "sockets": app.socket_counters(), "xdp": app.steering.counters()} if app.ctx else None
+                 "sockets": app.socket_counters(), "xdp": app.steering.counters(),
+                 "interfaces": dict(app.interface_state)} if app.ctx else None
         app.close()
     st = app.core.statistics()
     print(f"appliance: stopped; sessions created {st.sessions_created}, expired {st.sessions_expired}, "

@@ -244,6 +244,24 @@ def test_traceroute_to_a_vip_gets_time_exceeded_from_the_appliance(live):
     assert stats["xdp"]["pass_ttl"] == 1, stats["xdp"]
 
 
+def test_a_data_interface_deleted_at_run_time_is_reported_and_the_rest_keep_serving(live):
+    app = live.topo.ns_app
+    live.run(app, "ip", "link", "del", "ax")              # the outside link (and its peer) vanish
+    deadline = time.time() + 5
+    while "data interface ax is gone" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "WARNING appliance.run: data interface ax is gone" in live.log.read_text(), live.log.read_text()
+    assert live.curl(live.topo.ns_client, "http://30.0.0.2/").startswith("backend")
+    live.run(app, "ip", "link", "add", "ax", "type", "veth", "peer", "name", "axp")   # same name, new interface
+    deadline = time.time() + 5
+    while "data interface ax was created again" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "restart the appliance to serve it" in live.log.read_text(), live.log.read_text()
+    assert live.stop() == 0
+    states = live.final_stats()["interfaces"]
+    assert states == {"a0": "up", "a1": "up", "a2": "up", "ap": "up", "ax": "recreated"}, states
+
+
 def test_ping_and_traceroute_through_the_appliance(live):
     cli = live.topo.ns_client
     r = live.run(cli, "ping", "-c", "2", "-W", "2", "20.0.0.1")           # transit

@@ -60,6 +60,7 @@ class Steering:
                      for name in ("xsks", "ifbase", "addrs", "ports", "counters")}
         self.attached: list[int] = []
         self.addr_flags: dict = {}
+        self.warned_full = False
         self.host_ports: set = set()
 
     def attach(self, ifindex: int, name: str, mode: str = "auto") -> str:
@@ -114,12 +115,26 @@ class Steering:
         flags = {a: ADDR_HOST for a in host}
         for a in nat:
             flags[a] = flags.get(a, 0) | ADDR_NAT
-        for a, f in flags.items():
-            if self.addr_flags.get(a) != f:
-                self._update("addrs", _key_addr(a), f)
         for a in self.addr_flags.keys() - flags.keys():
             self._delete("addrs", _key_addr(a))
-        self.addr_flags = flags
+        done, left_out = {}, []
+        for a, f in sorted(flags.items(), key=lambda item: -(item[1] & ADDR_HOST)):   # host ones first
+            if self.addr_flags.get(a) != f:
+                try:
+                    self._update("addrs", _key_addr(a), f)
+                except SteeringError:
+                    if f & ADDR_HOST:
+                        raise
+                    left_out.append(a)   # map full (STEER_MAX_ADDRS)
+                    continue
+            done[a] = f
+        self.addr_flags = done
+        if left_out and not self.warned_full:
+            # their traffic is unaffected; only TTL-1 probes to them get the
+            # kernel's "network unreachable" instead of our time-exceeded
+            log.warning("XDP address map full: %d vip/SNAT addresses (first %s) answer traceroute's first "
+                        "hop with the kernel's 'network unreachable'", len(left_out), left_out[0])
+            self.warned_full = True
 
     def set_host_ports(self, ports: set) -> None:
         """ports: {(address, proto number, port)} that go to the appliance."""

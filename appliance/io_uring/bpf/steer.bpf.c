@@ -43,7 +43,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 4096);
+    __uint(max_entries, STEER_MAX_ADDRS);
     __type(key, struct steer_addr);
     __type(value, __u32);
 } addrs SEC(".maps");

@@ -5,6 +5,7 @@
 #define STEER_MAX_SOCKETS 1024
 #define STEER_MAX_IFINDEX 65536    /* ifindexes of data interfaces must be below */
 #define STEER_MAX_PORTS 262144   /* real-translation ports + host-address sessions */
+#define STEER_MAX_ADDRS 65536    /* host addresses + vips + SNAT addresses */
 #define STEER_ADDR_HOST 1        /* an address of this host */
 #define STEER_ADDR_NAT 2         /* a vip or SNAT address: the appliance's even at TTL 1 */
 

@@ -12,7 +12,7 @@
  * vip or SNAT address at any TTL: the kernel has no route for those, so
  * the appliance answers time-exceeded itself, quoting the frame as sent.
  *
- * Maps are filled by appliance/io_uring/_xdp.py from the configuration, the
+ * Maps are filled by appliance/io_uring/_steering.py from the configuration, the
  * kernel's addresses and the sessions.
  */
 #include <linux/bpf.h>

@@ -51,6 +51,7 @@ UMEM_RX_FRAMES = 8192
 UMEM_TX_FRAMES = 4096
 KERNEL_DEBOUNCE = 0.02    # seconds: netlink changes come in bursts
 KERNEL_NEIGH_CHECK = 0.1  # seconds: how often to look at the "no neighbour" counter
+KERNEL_NEIGH_BACKOFF = 3.2  # seconds: the longest wait when such looks find nothing new
 # When every RX ring is empty, io_poll() naps RX_NAP_NS and looks again, for
 # up to RX_IDLE_NS; then the task sleeps on the sockets (epoll). A nap costs
 # no wake-up on the sender's CPU and lets frames gather into bigger batches;
@@ -125,6 +126,7 @@ class Appliance:
         self._snapshot = None
         self._session_ports: set = set()   # (host address, proto, port) of live sessions
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
+        self.kernel_status = {"snapshots": 0}
         self._ifindex: dict[str, int] = {}        # data interface -> ifindex its sockets are bound to
         self.interface_state: dict[str, str] = {}  # "up", "gone" or "recreated"
 
@@ -318,22 +320,36 @@ class Appliance:
 
     async def kernel_loop(self) -> None:
         """Re-read the kernel's tables when netlink says they changed, or when
-        frames went to the kernel for lack of a neighbour (it is resolving)."""
+        frames went to the kernel for lack of a neighbour (it is resolving).
+
+        A neighbour that never answers (a backend that is down) keeps the
+        "no neighbour" counter moving: looks prompted by the counter alone
+        back off (0.1 s doubling to 3.2 s) while they find nothing new, so a
+        dead backend does not cost ten snapshots (thirty `ip` runs) a
+        second. Netlink's reports are followed at once, as ever."""
         mon = _kernel.Monitor()
         last_no_neigh = io.io_ctx_counters(self.ctx)[io.IO_C_TO_KERNEL_NO_NEIGH]
+        wait, not_before = KERNEL_NEIGH_CHECK, 0.0
         try:
             while True:
                 with trio.move_on_after(KERNEL_NEIGH_CHECK):
                     await trio.lowlevel.wait_readable(mon.fileno())
                 changed = mon.drain() > 0
                 no_neigh = io.io_ctx_counters(self.ctx)[io.IO_C_TO_KERNEL_NO_NEIGH]
-                if not changed and no_neigh == last_no_neigh:
+                if not changed and (no_neigh == last_no_neigh or trio.current_time() < not_before):
                     continue
                 last_no_neigh = no_neigh
                 await trio.sleep(KERNEL_DEBOUNCE)   # let a burst of changes settle
                 mon.drain()
+                before = self._snapshot
                 snap = await trio.to_thread.run_sync(_kernel.snapshot)  # the ip calls block
+                self.kernel_status["snapshots"] += 1
                 self.sync_kernel(snap)
+                if changed or snap != before:
+                    wait, not_before = KERNEL_NEIGH_CHECK, 0.0
+                else:
+                    wait = min(wait * 2, KERNEL_NEIGH_BACKOFF)
+                    not_before = trio.current_time() + wait
         finally:
             mon.close()
 
@@ -390,7 +406,8 @@ class Appliance:
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
                     "sockets": self.socket_counters(), "xdp": self.steering.counters(),
-                    "interfaces": dict(self.interface_state), "config": dict(self.config_status)}
+                    "interfaces": dict(self.interface_state), "kernel": dict(self.kernel_status),
+                    "config": dict(self.config_status)}
         if command == "translations":
             return {"translations": [str(t) for t in self.config.translations]}
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
@@ -497,7 +514,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         # read before close: the sockets' own counters go with the sockets
         final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
                  "sockets": app.socket_counters(), "xdp": app.steering.counters(),
-                 "interfaces": dict(app.interface_state)} if app.ctx else None
+                 "interfaces": dict(app.interface_state), "kernel": dict(app.kernel_status)} if app.ctx else None
         app.close()
     st = app.core.statistics()
     print(f"appliance: stopped; sessions created {st.sessions_created}, expired {st.sessions_expired}, "

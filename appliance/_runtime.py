@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -173,6 +174,12 @@ class Appliance:
             mode = self.steering.attach(ifindex, name, self.config.xdp_mode(name))
             log.info("%s: XDP attached in %s mode", name, mode)
         self.sync_kernel()
+        # What exists now (modules, plugins, the configuration) lives as long
+        # as the process: out of the cyclic collector's sight. Its full
+        # collections took 8-13 ms here, longer than the 8192-frame fill
+        # ring lasts at 1 Mpps (8 ms); after freeze() none took 1 ms.
+        gc.collect()
+        gc.freeze()
         log.info("ready: %d interfaces, %d sockets", len(self.config.interfaces), len(self.ports))
 
     def close(self) -> None:

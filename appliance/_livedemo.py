@@ -13,6 +13,7 @@ import collections
 import importlib.resources
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,5 +108,7 @@ def run() -> int:
             if topo is not None:
                 topo.destroy()
                 _say(f"\nRemoved the namespaces {', '.join(n for n in [topo.ns_client, topo.ns_app, topo.ns_pod, topo.ns_out, *topo.ns_backends])}.")
+            # the config, log and ready file; a failed start printed its log
+            shutil.rmtree(tmp, ignore_errors=True)
         finally:
             signal.signal(signal.SIGINT, old)

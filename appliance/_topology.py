@@ -169,14 +169,11 @@ def start_server(topo: "Topology", ns: str, kind: str, port: int, name: str, bin
     """Start an HTTP ("http") or UDP echo ("udp") server in ns; it answers
     with its name and the client address it saw."""
     import sys
-    import tempfile
 
     code = HTTP_SERVER if kind == "http" else UDP_ECHO
-    f = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
-    f.write(code)
-    f.close()
     args = (str(port), name, bind) if kind == "http" else (str(port), bind, name)
-    return topo.popen(ns, sys.executable, f.name, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # `python -c`: nothing written to disk that would outlive the server
+    return topo.popen(ns, sys.executable, "-c", code, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_appliance(topo: "Topology", config: str, workdir: str, control: str | None = None,

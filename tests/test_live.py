@@ -468,8 +468,10 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     assert int(lines["sockets.a0.q0.rx"]) >= 5 and "sockets.ax.q0.rx" in lines   # every socket, idle ones too
 
 
-def test_live_demo_runs_and_removes_everything():
-    r = subprocess.run([sys.executable, "-m", "appliance", "demo"], capture_output=True, text=True, timeout=120)
+def test_live_demo_runs_and_removes_everything(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))   # where the demo keeps its config and log
+    r = subprocess.run([sys.executable, "-m", "appliance", "demo"], capture_output=True, text=True, timeout=120,
+                       env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "spread:" in out and "which saw client 10.0.0.2" in out
@@ -479,6 +481,7 @@ def test_live_demo_runs_and_removes_everything():
     removed = out.split("Removed the namespaces ")[1].strip().rstrip(".").split(", ")
     existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(ns in existing for ns in removed)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_refuses_bad_interfaces_with_a_clear_message(tmp_path):

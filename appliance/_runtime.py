@@ -303,10 +303,15 @@ class Appliance:
         nat, nat_fn = self.core.nat_process_pointer()
         poll, ctx, core, nports = io.io_poll, self.ctx, self.core, len(handles)
         io.io_timer_slack(RX_TIMER_SLACK_NS)
+        clock = time.monotonic_ns
         try:
+            deadline = clock() + POLL_BUDGET_NS
             while True:
-                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS, POLL_BUDGET_NS,
-                          state)
+                # The budget spans the new flows resolved in between: a flood
+                # of them would otherwise return MISS, never BUDGET, and starve
+                # every other task (timers, control socket, kernel follower).
+                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS,
+                          max(0, deadline - clock()), state)
                 if rc == io.IO_POLL_MISS:
                     core.resolve_miss(frames + (state.next - 1), state.now_ns)
                     continue
@@ -316,6 +321,7 @@ class Appliance:
                     await idle.wait()
                 else:
                     await trio.lowlevel.checkpoint()
+                deadline = clock() + POLL_BUDGET_NS
         finally:
             idle.close()
 

@@ -88,6 +88,10 @@ struct io_ctx {
     uint8_t port_has_addr[IO_MAX_PORTS][2];
     uint64_t icmp_tokens_at;                 /* token bucket of those errors */
     uint32_t icmp_tokens;
+    /* the slow path's share of the core (slow_path_may_run) */
+    int64_t slow_credit;                     /* ns */
+    uint64_t slow_at;                        /* last update */
+    uint64_t miss_at;                        /* last IO_POLL_MISS return; 0: none pending */
 };
 
 struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions)
@@ -722,6 +726,8 @@ void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames,
         struct nat_frame *f = &frames[i];
         if (f->verdict == NAT_FORWARD || f->verdict == NAT_PASS)
             forward_one(ctx, f);
+        else if (f->verdict == NAT_MISS)   /* not resolved: see slow_path_may_run() */
+            ctx->counters[IO_C_DROP_NEW_FLOW_BUSY]++;
         else
             ctx->counters[IO_C_DROP_NAT]++;
     }
@@ -833,6 +839,39 @@ static uint64_t realtime_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* New flows and established ones share the core. The slow path (Python)
+ * earns credit at half the wall-clock time, up to IO_SLOW_CREDIT_MAX_NS
+ * (a burst of a few thousand new flows), and spends it from each MISS return
+ * to the next io_poll() call. A new flow's frame is dropped unresolved
+ * (drop_new_flow_busy) only when that credit is used up and more than a
+ * quarter of its socket's RX ring waits behind the batch: a flood of new
+ * flows then gets half the core, established flows keep their RX buffers
+ * instead of losing frames at the kernel's empty fill ring, and nothing is
+ * dropped while nothing waits. Their senders retry. */
+#define IO_SLOW_CREDIT_MAX_NS 20000000ll
+
+static void slow_credit_update(struct io_ctx *ctx, uint64_t now)
+{
+    ctx->slow_credit += (int64_t)(now - ctx->slow_at) / 4;
+    if (ctx->miss_at) {
+        ctx->slow_credit -= (int64_t)(now - ctx->miss_at);
+        ctx->miss_at = 0;
+    }
+    if (ctx->slow_credit > IO_SLOW_CREDIT_MAX_NS)
+        ctx->slow_credit = IO_SLOW_CREDIT_MAX_NS;
+    ctx->slow_at = now;
+}
+
+/* The producer index is the kernel's latest; read once per new flow. */
+static int slow_path_may_run(struct io_ctx *ctx, const struct io_port *p)
+{
+    slow_credit_update(ctx, now_ns());
+    if (ctx->slow_credit > 0)
+        return 1;
+    uint32_t waiting = __atomic_load_n(p->rx.producer, __ATOMIC_ACQUIRE) - p->rx.cached_cons;
+    return waiting <= p->rx.size / 4;
+}
+
 /* One non-empty RX ring, round robin from the port after the last one. */
 static uint32_t rx_any(struct io_port *const *ports, uint32_t nports, struct nat_frame *frames,
                        uint32_t max, struct io_poll_state *st)
@@ -851,7 +890,9 @@ int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, s
             uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st)
 {
     nat_process_fn process = (nat_process_fn)nat_fn;
-    uint64_t end = now_ns() + budget_ns;
+    uint64_t start = now_ns(), end = start + budget_ns;
+    if (ctx->miss_at)
+        slow_credit_update(ctx, start);   /* back from the slow path */
     for (;;) {
         if (st->n == 0) {
             uint32_t n = rx_any(ports, nports, frames, max, st);
@@ -877,12 +918,16 @@ int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, s
             st->next = 0;
             st->now_ns = realtime_ns();
         }
-        if (st->next < st->n) {
+        while (st->next < st->n) {
             st->next += process(nat, frames + st->next, st->n - st->next, st->now_ns, 0);
-            if (frames[st->next - 1].verdict == NAT_MISS) {
+            if (frames[st->next - 1].verdict != NAT_MISS)
+                break;
+            if (slow_path_may_run(ctx, ports[st->port])) {
                 io_flush(ctx);         /* the slow path takes a while */
+                ctx->miss_at = now_ns();
                 return IO_POLL_MISS;   /* resolved by the caller; the next call goes on */
             }
+            /* left a MISS: io_forward() drops it and counts it */
         }
         io_forward(ctx, ports[st->port], frames, st->n);
         st->n = st->next = 0;

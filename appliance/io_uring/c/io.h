@@ -39,6 +39,7 @@ enum io_counter {
     IO_C_NAPS,                 /* naps io_poll() took on empty rings */
     IO_C_ICMP_TOO_BIG,         /* ICMP too-big errors sent for translated frames */
     IO_C_ICMP_TIME_EXCEEDED,   /* ICMP time-exceeded errors sent for translated frames */
+    IO_C_DROP_NEW_FLOW_BUSY,   /* new flows' frames dropped unresolved: the slow path was behind */
     IO_C__COUNT,
 };
 
@@ -76,12 +77,17 @@ uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
  * (one worker polls every RX ring, as a VPP worker does): receive a batch
  * from the next non-empty ring (round robin), run it through the NAT core
  * (nat_fn is nat_process() of the NAT module, passed as a pointer), forward
- * it; repeat for up to budget_ns. When every ring is empty it naps
+ * it; repeat for up to budget_ns (0: finish the current batch, or the next
+ * one). When every ring is empty it naps
  * (nanosleep of nap_ns, no wait queue, no wake-up for the sender to pay)
  * and looks again, for up to idle_ns (VPP's poll-sleep-usec). Returns
  *   IO_POLL_IDLE   every ring stayed empty for idle_ns: sleep on the sockets;
  *   IO_POLL_MISS   frames[st->next - 1] needs the slow path: resolve it
- *                  (nat_flow_install) and call again, which continues the batch;
+ *                  (nat_flow_install) and call again, which continues the batch.
+ *                  Unless the slow path has used its share of the core (half)
+ *                  while frames wait: then the new flow's frame is dropped
+ *                  (drop_new_flow_busy) and the batch goes on, so that a
+ *                  flood of new flows cannot starve established ones;
  *   IO_POLL_BUDGET budget_ns used: let other tasks run, call again.
  * Time is CLOCK_REALTIME, read once per batch. */
 #define IO_POLL_IDLE 0

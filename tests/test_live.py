@@ -65,6 +65,19 @@ vip = "fd30::2"
 port = 53
 backends = ["->fd20:0::1 5353", "->fd20:1::1 5353"]
 
+# a backend the appliance has no route to (nor any default route)
+[[translation]]
+proto = "udp"
+vip = "30.0.0.9"
+port = 53
+backends = ["->99.0.0.1 53"]
+
+[[translation]]
+proto = "udp"
+vip = "fd30::9"
+port = 53
+backends = ["->fd99::1 53"]
+
 # the seed's `real` example on an address of the appliance, with source rewrite
 [[translation]]
 proto = "tcp"
@@ -196,18 +209,18 @@ def test_snat_excluded_prefixes_and_ping(live):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-TTL1_CLIENT = r'''
+ERR_CLIENT = r'''
 import socket, struct, sys
-# one datagram with TTL/hop limit 1; report the ICMP error the kernel queued
-# for this socket (it does so only if the error quotes this socket's flow)
-addr, port = sys.argv[1], int(sys.argv[2])
+# one datagram with TTL/hop limit argv[3]; report the ICMP error the kernel
+# queued for this socket (it does so only if the error quotes this socket's flow)
+addr, port, ttl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 v6 = ":" in addr
 s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 if v6:
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
     s.setsockopt(socket.IPPROTO_IPV6, 25, 1)       # IPV6_RECVERR
 else:
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
     s.setsockopt(socket.IPPROTO_IP, 11, 1)          # IP_RECVERR
 s.connect((addr, port))
 s.send(b"probe")
@@ -232,16 +245,33 @@ def test_traceroute_to_a_vip_gets_time_exceeded_from_the_appliance(live):
     matches it to the probing socket), from the ingress address."""
     cli = live.topo.ns_client
     for vip, expect in (("30.0.0.2", "2 11 0 10.0.0.1"), ("fd30::2", "3 3 0 fd00::1")):
-        r = live.run(cli, sys.executable, "-c", TTL1_CLIENT, vip, "53")
+        r = live.run(cli, sys.executable, "-c", ERR_CLIENT, vip, "53", "1")
         assert r.returncode == 0 and r.stdout.strip() == expect, r.stdout + r.stderr
         assert live.udp(cli, vip, 53).split()[0] == vip      # and the vip still serves at TTL 64
     # transit probes still get the kernel's answer, as before
-    r = live.run(cli, sys.executable, "-c", TTL1_CLIENT, "20.0.0.1", "53")
+    r = live.run(cli, sys.executable, "-c", ERR_CLIENT, "20.0.0.1", "53", "1")
     assert r.stdout.strip() == "2 11 0 10.0.0.1", r.stdout + r.stderr
     assert live.stop() == 0
     stats = live.final_stats()
     assert stats["io"]["icmp_time_exceeded"] == 2, stats["io"]
     assert stats["xdp"]["pass_ttl"] == 1, stats["xdp"]
+
+
+def test_a_vip_whose_backend_has_no_route_gets_network_unreachable_quoting_the_client(live):
+    """Through a Linux router with conntrack the client would get "network
+    unreachable" about its own flow; the kernel here would quote the
+    translated packet (to 99.0.0.1), which the client cannot match."""
+    cli = live.topo.ns_client
+    for vip, expect in (("30.0.0.9", "2 3 0 10.0.0.1"), ("fd30::9", "3 1 0 fd00::1")):
+        r = live.run(cli, sys.executable, "-c", ERR_CLIENT, vip, "53", "64")
+        assert r.returncode == 0 and r.stdout.strip() == expect, r.stdout + r.stderr
+    # transit without a route: the kernel's own answer, as before
+    r = live.run(cli, sys.executable, "-c", ERR_CLIENT, "99.0.0.1", "53", "64")
+    assert r.stdout.strip() == "2 3 0 10.0.0.1", r.stdout + r.stderr
+    assert live.stop() == 0
+    stats = live.final_stats()
+    assert stats["io"]["icmp_no_route"] == 2, stats["io"]
+    assert stats["io"]["to_kernel_no_route"] == 1, stats["io"]
 
 
 def test_a_data_interface_deleted_at_run_time_is_reported_and_the_rest_keep_serving(live):

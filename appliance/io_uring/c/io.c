@@ -562,10 +562,11 @@ static int icmp_allowed(struct io_ctx *ctx)
  * kernel would quote the translated frame, which its sender cannot match to
  * its flow (a vip's client never learns the path MTU, and traceroute to a
  * vip gets "network unreachable" from a kernel without a route to it). */
-enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED };
+enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED, ICMP_ERR_NO_ROUTE };
 
 /* Answer a translated frame's sender with ICMP "fragmentation needed" /
- * "packet too big" (mtu) or "time exceeded in transit", from the ingress
+ * "packet too big" (mtu), "time exceeded in transit" or "network
+ * unreachable" / "no route to destination", from the ingress
  * interface's address, quoting the frame as the sender sent it, before
  * translation. Returns 0 if sent. */
 static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, uint8_t *ip,
@@ -626,6 +627,8 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
             icmp[0] = 3;                              /* destination unreachable */
             icmp[1] = 4;                              /* fragmentation needed and DF set */
             put16(icmp + 6, (uint16_t)mtu);
+        } else if (kind == ICMP_ERR_NO_ROUTE) {
+            icmp[0] = 3;                              /* destination unreachable: network */
         } else {
             icmp[0] = 11;                             /* time exceeded in transit */
         }
@@ -644,6 +647,8 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
             icmp[5] = (uint8_t)(mtu >> 16);
             icmp[6] = (uint8_t)(mtu >> 8);
             icmp[7] = (uint8_t)mtu;
+        } else if (kind == ICMP_ERR_NO_ROUTE) {
+            icmp[0] = 1;                              /* destination unreachable: no route */
         } else {
             icmp[0] = 3;                              /* time exceeded: hop limit */
         }
@@ -654,7 +659,8 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
     }
     if (tx_enqueue(ctx, in, out, 14 + outer + icmplen))
         return -1;
-    ctx->counters[kind == ICMP_ERR_TOO_BIG ? IO_C_ICMP_TOO_BIG : IO_C_ICMP_TIME_EXCEEDED]++;
+    ctx->counters[kind == ICMP_ERR_TOO_BIG ? IO_C_ICMP_TOO_BIG
+                  : kind == ICMP_ERR_NO_ROUTE ? IO_C_ICMP_NO_ROUTE : IO_C_ICMP_TIME_EXCEEDED]++;
     return 0;
 }
 
@@ -690,6 +696,11 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
     int port = next_hop(ctx, f, family, dst, &mac, &egress);
     if (port == -IO_C_TO_KERNEL_LOCAL)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);   /* delivered at any TTL */
+    /* No route at all (not one through an interface that is not ours,
+     * which the kernel forwards): Linux answers before any TTL check. */
+    if (port == -IO_C_TO_KERNEL_NO_ROUTE && translated && !route_lookup(ctx, family, dst) &&
+        send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_NO_ROUTE, 0) == 0)
+        return;
     if (port >= 0)
         egress = port;
     uint8_t *ttl = family == 4 ? ip + 8 : ip + 7;

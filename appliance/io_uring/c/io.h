@@ -40,6 +40,7 @@ enum io_counter {
     IO_C_ICMP_TOO_BIG,         /* ICMP too-big errors sent for translated frames */
     IO_C_ICMP_TIME_EXCEEDED,   /* ICMP time-exceeded errors sent for translated frames */
     IO_C_DROP_NEW_FLOW_BUSY,   /* new flows' frames dropped unresolved: the slow path was behind */
+    IO_C_ICMP_NO_ROUTE,        /* ICMP network unreachable sent for translated frames */
     IO_C__COUNT,
 };
 

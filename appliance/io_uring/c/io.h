@@ -85,8 +85,8 @@ uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
  *   IO_POLL_IDLE   every ring stayed empty for idle_ns: sleep on the sockets;
  *   IO_POLL_MISS   frames[st->next - 1] needs the slow path: resolve it
  *                  (nat_flow_install) and call again, which continues the batch.
- *                  Unless the slow path has used its share of the core (half)
- *                  while frames wait: then the new flow's frame is dropped
+ *                  Unless the slow path has used its share of the core (a
+ *                  quarter) while frames wait: then the new flow's frame is dropped
  *                  (drop_new_flow_busy) and the batch goes on, so that a
  *                  flood of new flows cannot starve established ones;
  *   IO_POLL_BUDGET budget_ns used: let other tasks run, call again.

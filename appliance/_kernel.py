@@ -29,7 +29,7 @@ class Route:
 class Neighbour:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     dev: str
-    mac: bytes
+    mac: bytes | None           # None: the kernel failed to resolve it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,10 @@ def snapshot() -> Snapshot:
     for n in _ip_json("neigh", "show"):
         mac = n.get("lladdr")
         state = n.get("state", [])
-        if not mac or "FAILED" in state or "INCOMPLETE" in state:
+        if "FAILED" in state:   # resolution failed: no MAC, the datapath answers "host unreachable"
+            neigh.append(Neighbour(ipaddress.ip_address(n["dst"]), n["dev"], None))
+            continue
+        if not mac or "INCOMPLETE" in state:
             continue
         neigh.append(Neighbour(ipaddress.ip_address(n["dst"]), n["dev"], bytes.fromhex(mac.replace(":", ""))))
     return Snapshot(tuple(by_dev), tuple(routes), tuple(neigh), tuple(mtus))

@@ -250,7 +250,8 @@ class Appliance:
         io.io_neigh_clear(self.ctx)
         for n in snap.neighbours:
             port = self.core.port(n.dev) if n.dev in data else -1
-            io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port, n.mac)
+            io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port,
+                            n.mac if n.mac is not None else io_ffi.NULL)
         host = snap.addresses
         self.steering.set_addresses(set(host), self._nat_addresses())
         self.core.host_sources = frozenset(a.packed for a in host)

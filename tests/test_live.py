@@ -78,6 +78,19 @@ vip = "fd30::9"
 port = 53
 backends = ["->fd99::1 53"]
 
+# backends that do not exist on a link the appliance has a route to
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.9"
+port = 80
+backends = ["->20.0.0.99 8080"]
+
+[[translation]]
+proto = "tcp"
+vip = "fd30::9"
+port = 80
+backends = ["->fd20:0::99 8080"]
+
 # the seed's `real` example on an address of the appliance, with source rewrite
 [[translation]]
 proto = "tcp"
@@ -272,6 +285,36 @@ def test_a_vip_whose_backend_has_no_route_gets_network_unreachable_quoting_the_c
     stats = live.final_stats()
     assert stats["io"]["icmp_no_route"] == 2, stats["io"]
     assert stats["io"]["to_kernel_no_route"] == 1, stats["io"]
+
+
+CONNECT = r"""
+import errno, socket, sys, time
+t0 = time.monotonic()
+try:
+    socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2]))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno) if e.errno else type(e).__name__, round(time.monotonic() - t0))
+"""
+
+
+def test_a_vip_whose_backend_is_down_gets_host_unreachable_quoting_the_client(live):
+    """The backend's neighbour never answers. Through a Linux router with
+    conntrack the client learns "no route to host" once the router's
+    resolution fails (~3 s); the kernel here would quote the translated SYN,
+    which the client cannot match, and connect() ran into its own timeout
+    (20 s). Now the SYN retransmitted after the kernel gave up (at 7 s) gets
+    the appliance's own error."""
+    cli = live.topo.ns_client
+    clients = [live.topo.popen(cli, sys.executable, "-c", CONNECT, vip, "20", stdout=subprocess.PIPE, text=True)
+               for vip in ("30.0.0.9", "fd30::9")]
+    outcomes = [c.communicate(timeout=30)[0].split() for c in clients]
+    for outcome in outcomes:
+        assert outcome[0] == "EHOSTUNREACH", outcomes
+    assert live.stop() == 0
+    stats = live.final_stats()
+    assert stats["io"]["icmp_host_unreachable"] >= 2, stats["io"]
+    assert stats["io"]["to_kernel_no_neigh"] >= 2, stats["io"]   # and the kernel kept trying
 
 
 def test_a_data_interface_deleted_at_run_time_is_reported_and_the_rest_keep_serving(live):

@@ -61,6 +61,7 @@ struct neigh {
     uint8_t addr[16];
     uint8_t mac[6];
     uint8_t family, used;
+    uint8_t failed;          /* the kernel's resolution failed: no MAC */
     int port_id;
 };
 
@@ -444,7 +445,11 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
     if (!n)
         return -1;
     memcpy(n->addr, a, 16);
-    memcpy(n->mac, mac, 6);
+    if (mac)
+        memcpy(n->mac, mac, 6);
+    else
+        memset(n->mac, 0, 6);
+    n->failed = !mac;
     n->family = family;
     n->port_id = port_id;
     n->used = 1;
@@ -465,9 +470,10 @@ static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
 
 /* Next hop for a frame: from the session's cache when it is current, else
  * route + neighbour lookup (and fill the cache). Returns the egress port, or
- * a negative io counter telling why the kernel must take the frame. */
+ * a negative io counter telling why the kernel must take the frame;
+ * *failed is set when that is a neighbour the kernel failed to resolve. */
 static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family,
-                    const uint8_t *dst, const uint8_t **mac, int *egress)
+                    const uint8_t *dst, const uint8_t **mac, int *egress, int *failed)
 {
     struct hop *h = NULL;
     if (f->session < ctx->max_sessions) {
@@ -489,8 +495,10 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
     uint8_t nh[16] = {0};
     memcpy(nh, r->has_gw ? r->gw : dst, 16);
     const struct neigh *n = neigh_slot(ctx, family, nh, 0);
-    if (!n)
+    if (!n || n->failed) {
+        *failed = n != NULL;
         return -IO_C_TO_KERNEL_NO_NEIGH;
+    }
     if (h) {
         h->gen = ctx->gen;
         h->port_id = (int16_t)r->port_id;
@@ -562,11 +570,12 @@ static int icmp_allowed(struct io_ctx *ctx)
  * kernel would quote the translated frame, which its sender cannot match to
  * its flow (a vip's client never learns the path MTU, and traceroute to a
  * vip gets "network unreachable" from a kernel without a route to it). */
-enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED, ICMP_ERR_NO_ROUTE };
+enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED, ICMP_ERR_NO_ROUTE, ICMP_ERR_HOST_UNREACH };
 
 /* Answer a translated frame's sender with ICMP "fragmentation needed" /
- * "packet too big" (mtu), "time exceeded in transit" or "network
- * unreachable" / "no route to destination", from the ingress
+ * "packet too big" (mtu), "time exceeded in transit", "network
+ * unreachable" / "no route to destination" or "host unreachable" / "address
+ * unreachable", from the ingress
  * interface's address, quoting the frame as the sender sent it, before
  * translation. Returns 0 if sent. */
 static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, uint8_t *ip,
@@ -629,6 +638,9 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
             put16(icmp + 6, (uint16_t)mtu);
         } else if (kind == ICMP_ERR_NO_ROUTE) {
             icmp[0] = 3;                              /* destination unreachable: network */
+        } else if (kind == ICMP_ERR_HOST_UNREACH) {
+            icmp[0] = 3;                              /* destination unreachable: host */
+            icmp[1] = 1;
         } else {
             icmp[0] = 11;                             /* time exceeded in transit */
         }
@@ -649,6 +661,9 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
             icmp[7] = (uint8_t)mtu;
         } else if (kind == ICMP_ERR_NO_ROUTE) {
             icmp[0] = 1;                              /* destination unreachable: no route */
+        } else if (kind == ICMP_ERR_HOST_UNREACH) {
+            icmp[0] = 1;                              /* destination unreachable: address */
+            icmp[1] = 3;
         } else {
             icmp[0] = 3;                              /* time exceeded: hop limit */
         }
@@ -659,8 +674,11 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
     }
     if (tx_enqueue(ctx, in, out, 14 + outer + icmplen))
         return -1;
-    ctx->counters[kind == ICMP_ERR_TOO_BIG ? IO_C_ICMP_TOO_BIG
-                  : kind == ICMP_ERR_NO_ROUTE ? IO_C_ICMP_NO_ROUTE : IO_C_ICMP_TIME_EXCEEDED]++;
+    static const int counter[] = {
+        [ICMP_ERR_TOO_BIG] = IO_C_ICMP_TOO_BIG, [ICMP_ERR_TIME_EXCEEDED] = IO_C_ICMP_TIME_EXCEEDED,
+        [ICMP_ERR_NO_ROUTE] = IO_C_ICMP_NO_ROUTE, [ICMP_ERR_HOST_UNREACH] = IO_C_ICMP_HOST_UNREACHABLE,
+    };
+    ctx->counters[counter[kind]]++;
     return 0;
 }
 
@@ -693,7 +711,8 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
     int translated = f->verdict == NAT_FORWARD && f->session != NAT_NONE;
     const uint8_t *mac;
     int egress = -1;
-    int port = next_hop(ctx, f, family, dst, &mac, &egress);
+    int failed = 0;
+    int port = next_hop(ctx, f, family, dst, &mac, &egress, &failed);
     if (port == -IO_C_TO_KERNEL_LOCAL)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);   /* delivered at any TTL */
     /* No route at all (not one through an interface that is not ours,
@@ -716,8 +735,15 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
             return;
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_MTU);
     }
-    if (port < 0)
+    if (port < 0) {
+        /* A neighbour the kernel failed to resolve: Linux answers the
+         * frames it queued with "host unreachable" once resolution fails;
+         * ours quotes the frame as sent. The kernel still gets the frame,
+         * so that it tries the neighbour again. */
+        if (failed && translated)
+            send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_HOST_UNREACH, 0);
         return to_kernel(ctx, d, len, -port);
+    }
     struct io_port *o = ctx->tx_port[port];
     if (family == 4) {
         uint16_t old = ld16(ip + 8);

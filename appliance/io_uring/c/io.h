@@ -41,6 +41,7 @@ enum io_counter {
     IO_C_ICMP_TIME_EXCEEDED,   /* ICMP time-exceeded errors sent for translated frames */
     IO_C_DROP_NEW_FLOW_BUSY,   /* new flows' frames dropped unresolved: the slow path was behind */
     IO_C_ICMP_NO_ROUTE,        /* ICMP network unreachable sent for translated frames */
+    IO_C_ICMP_HOST_UNREACHABLE, /* ICMP host unreachable sent for translated frames */
     IO_C__COUNT,
 };
 
@@ -127,6 +128,8 @@ void io_routes_clear(struct io_ctx *ctx);
 int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
                  const uint8_t *gateway, int port_id, int local);
 void io_neigh_clear(struct io_ctx *ctx);
+/* mac NULL: a neighbour the kernel failed to resolve (FAILED): translated
+ * frames towards it get ICMP host unreachable from us, and go to the kernel. */
 int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
                  const uint8_t *mac);
 

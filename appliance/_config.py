@@ -63,6 +63,12 @@ class SnatConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InterfaceConfig:
+    name: str
+    xdp_mode: str = "auto"               # "auto", "native" or "generic"
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: str = "<default>"
     flow_hash_seed: int = 0
@@ -71,12 +77,11 @@ class Config:
     translations: tuple[Translation, ...] = ()
     plugin_modules: tuple[str, ...] = ()
     max_sessions: int = DEFAULT_MAX_SESSIONS
-    interfaces: tuple[str, ...] = ()     # data interfaces of `appliance run`
-    xdp_modes: tuple[str, ...] = ()      # per interface: "auto", "native" or "generic"
+    interfaces: tuple[InterfaceConfig, ...] = ()   # data interfaces of `appliance run`
 
-    def xdp_mode(self, interface: str) -> str:
-        i = self.interfaces.index(interface)
-        return self.xdp_modes[i] if i < len(self.xdp_modes) else "auto"
+    @property
+    def interface_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.interfaces)
 
 
 # --------------------------------------------------------------------------
@@ -313,27 +318,25 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     r.no_leftovers(p, "plugins", None, {"modules"})
 
     # [[interface]]
-    interfaces = []
-    xdp_modes = []
+    interfaces: list[InterfaceConfig] = []
     for i, itf in enumerate(r.take(data, None, None, "interface", (list,), [])):
         if not isinstance(itf, dict):
             raise r.error("interface", i, None, "must be a table ([[interface]])")
         name = r.take(itf, "interface", i, "name", (str,), required=True)
         if not re.fullmatch(r"[^\s/:]{1,15}", name):
             raise r.error("interface", i, "name", f"'{name}' is not an interface name")
-        if name in interfaces:
+        if any(x.name == name for x in interfaces):
             raise r.error("interface", i, "name", f"interface '{name}' listed twice")
         mode = r.take(itf, "interface", i, "xdp_mode", (str,), "auto")
         if mode not in XDP_MODES:
             raise r.error("interface", i, "xdp_mode", f"{mode!r} is not one of {', '.join(XDP_MODES)}")
         r.no_leftovers(itf, "interface", i, {"name", "xdp_mode"})
-        interfaces.append(name)
-        xdp_modes.append(mode)
+        interfaces.append(InterfaceConfig(name, mode))
 
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
-                  max_sessions=max_sessions, interfaces=tuple(interfaces), xdp_modes=tuple(xdp_modes))
+                  max_sessions=max_sessions, interfaces=tuple(interfaces))
 
 
 def load_config(path: str | pathlib.Path) -> Config:

@@ -40,8 +40,8 @@ def test_the_contract_example_parses():
 
 def test_interfaces_and_their_xdp_modes():
     c = parse_config('[[interface]]\nname = "n0"\n[[interface]]\nname = "n1"\nxdp_mode = "native"\n', "i.toml")
-    assert c.interfaces == ("n0", "n1")
-    assert (c.xdp_mode("n0"), c.xdp_mode("n1")) == ("auto", "native")
+    assert c.interface_names == ("n0", "n1")
+    assert [i.xdp_mode for i in c.interfaces] == ["auto", "native"]
 
 
 def test_defaults_when_everything_is_optional():

@@ -157,6 +157,108 @@ def test_sessions_keep_rewrite_after_translation_changes():
     h.send(tcp("10.0.0.2", 40000, "30.0.0.2", 80)).expect(tcp("10.0.0.2", 40000, "20.0.0.7", 9090))
 
 
+RELOAD_BEFORE = """
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.1 5353"]
+[[translation]]
+proto = "udp"
+vip = "30.0.0.4"
+port = 53
+backends = ["->20.0.0.1"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080"]
+[[translation]]
+proto = "icmp"
+vip = "30.0.0.9"
+backends = ["->20.0.0.1"]
+[[translation]]
+proto = "udp"
+vip = "30.0.0.3"
+port = 53
+backends = ["->20.0.0.3"]
+"""
+# 20.0.0.1 is replaced by 20.0.0.2 everywhere; 30.0.0.3's translation is gone;
+# 30.0.0.4's backend stays (listed again, in a different order)
+RELOAD_AFTER = """
+[[translation]]
+proto = "udp"
+vip = "30.0.0.4"
+port = 53
+backends = ["->20.0.0.7", "->20.0.0.1"]
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.2 5353"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.2 8080"]
+[[translation]]
+proto = "icmp"
+vip = "30.0.0.9"
+backends = ["->20.0.0.2"]
+"""
+
+# (what, frame, out before the reload, out of the same frame after it)
+RELOAD_TABLE = [
+    ("udp session to a removed backend: removed, the next packet picks a current one",
+     udp("10.0.0.1", 5000, "30.0.0.2", 53), udp("10.0.0.1", 5000, "20.0.0.1", 5353),
+     udp("10.0.0.1", 5000, "20.0.0.2", 5353)),
+    ("icmp echo session to a removed backend: likewise",
+     icmp_echo("10.0.0.1", "30.0.0.9", 7), icmp_echo("10.0.0.1", "20.0.0.1", 7),
+     icmp_echo("10.0.0.1", "20.0.0.2", 7)),
+    ("tcp session to a removed backend: kept until it ends (graceful termination)",
+     tcp("10.0.0.1", 40000, "30.0.0.2", 80), tcp("10.0.0.1", 40000, "20.0.0.1", 8080),
+     tcp("10.0.0.1", 40000, "20.0.0.1", 8080)),
+    ("udp session whose backend is still configured (port kept): kept",
+     udp("10.0.0.1", 5001, "30.0.0.4", 53), udp("10.0.0.1", 5001, "20.0.0.1", 53),
+     udp("10.0.0.1", 5001, "20.0.0.1", 53)),
+]
+
+
+def test_reload_removes_connectionless_sessions_to_removed_backends():
+    from appliance import parse_config
+
+    h = Harness(RELOAD_BEFORE)
+    for _, frame, before, _ in RELOAD_TABLE:
+        h.send(frame).expect(before)
+    h.send(udp("10.0.0.1", 5002, "30.0.0.3", 53)).expect(udp("10.0.0.1", 5002, "20.0.0.3", 53))
+    h.core.apply_config(parse_config(RELOAD_AFTER))
+    h.core.expire(h.now)
+    assert h.core.stale_removed == 3      # udp and icmp to 20.0.0.1, udp of the removed translation
+    for what, frame, _, after in RELOAD_TABLE:
+        h.send(frame)
+        assert h.last[2] == after, what
+    # the removed translation's flow is no longer translated
+    h.send(udp("10.0.0.1", 5002, "30.0.0.3", 53)).expect_pass(udp("10.0.0.1", 5002, "30.0.0.3", 53))
+
+
+def test_the_stale_session_sweep_runs_in_slices_until_done():
+    from appliance import parse_config
+    from appliance.nat._core import SCAN_INTERVAL, STALE_SWEEP_BUDGET, STALE_SWEEP_INTERVAL
+
+    h = Harness(RELOAD_BEFORE)
+    n = 2 * STALE_SWEEP_BUDGET + 100
+    h.run([udp("10.0.0.1", 10000 + i, "30.0.0.2", 53) for i in range(n)])
+    assert h.core.statistics().sessions == n
+    h.core.apply_config(parse_config(RELOAD_AFTER))
+    ticks = 0
+    while h.core.next_deadline(h.now) - h.now == pytest.approx(STALE_SWEEP_INTERVAL):   # a sweep is pending
+        h.core.expire(h.now)
+        ticks += 1
+        assert h.core.stale_removed <= ticks * STALE_SWEEP_BUDGET   # one slice per tick
+    assert (ticks, h.core.stale_removed, h.core.statistics().sessions) == (3, n, 0)
+    assert h.core.next_deadline(h.now) - h.now == pytest.approx(SCAN_INTERVAL)
+
+
 def test_reply_in_the_same_batch_as_the_first_packet():
     """C stops at a new flow so the reply later in the batch finds its session."""
     h = Harness(SEED)

@@ -49,6 +49,14 @@ MISS = lib.NAT_MISS
 SCAN_INTERVAL = 0.1   # seconds between ticks
 SCAN_BUDGET = 8192    # slots per tick
 
+# After a reload, connectionless sessions whose backend is gone are looked
+# for in slices of this many sessions (up to ~3 ms of Python each, measured
+# with every session removed), a slice every STALE_SWEEP_INTERVAL: a million
+# sessions are checked in ~13 s, and the loop never stalls long enough to
+# overflow an RX ring.
+STALE_SWEEP_BUDGET = 1024
+STALE_SWEEP_INTERVAL = 0.01
+
 NO_BACKEND = 0xFFFF
 
 _STATE_NAMES = {
@@ -166,6 +174,8 @@ class NatCore:
         self.host_sources: frozenset[bytes] = frozenset()
         self.on_host_source = None
         self._info = ffi.new("struct nat_session_info *")
+        self._stale_from: Optional[int] = None   # next session index of a pending sweep
+        self.stale_removed = 0
         self.config = config
         self.apply_config(config)
 
@@ -173,7 +183,12 @@ class NatCore:
     # configuration
 
     def apply_config(self, config: Config) -> None:
-        """Switch to a new configuration. Sessions keep their rewrites."""
+        """Switch to a new configuration. Sessions keep their rewrites,
+        except UDP and ICMP sessions whose backend (or translation) is gone:
+        :meth:`expire` removes those over the next ticks, so that their next
+        packet picks a current backend instead of going on to a removed one
+        (the "stale UDP sessions" cnat and kube-proxy users meet). TCP
+        sessions keep their backend until they end: graceful termination."""
         if config.max_sessions != self.config.max_sessions:
             log.warning("sessions.max changes take effect at restart (%d kept)",
                         lib.nat_session_capacity(self._nat))
@@ -197,6 +212,10 @@ class NatCore:
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
         self.config = config
         self._translations = {t.id: t for t in config.translations}
+        # per translation: (backend address, port or None = the original port)
+        self._backend_sets = {t.id: frozenset((b.dst.packed, b.dport) for b in t.backends)
+                              for t in config.translations}
+        self._stale_from = 0
         self._set_profile(0, config.timeouts)
         self._profiles = {config.timeouts: 0, **{k: v for k, v in self._profiles.items() if v != 0}}
         self._update_snat_ports()
@@ -370,13 +389,44 @@ class NatCore:
 
     def next_deadline(self, now: float) -> float:
         """When :meth:`expire` should run next."""
-        return now + SCAN_INTERVAL
+        return now + (STALE_SWEEP_INTERVAL if self._stale_from is not None else SCAN_INTERVAL)
 
     def expire(self, now: float, budget: int = SCAN_BUDGET) -> int:
-        """Remove expired sessions among the next ``budget`` slots."""
+        """Remove expired sessions among the next ``budget`` slots, and
+        continue a pending sweep for sessions a reload left stale."""
         n = lib.nat_expire(self._nat, _ns(now), budget)
+        if self._stale_from is not None:
+            self._sweep_stale(STALE_SWEEP_BUDGET)
         self._drain_events()
         return n
+
+    def _sweep_stale(self, budget: int) -> None:
+        info, nat, none = self._info, self._nat, lib.NAT_NONE
+        i = lib.nat_session_next(nat, self._stale_from)
+        while i != none and budget > 0:
+            budget -= 1
+            if lib.nat_session_get(nat, i, info) == 0 and self._stale(info):
+                lib.nat_session_remove(nat, i)
+                self.stale_removed += 1
+            i = lib.nat_session_next(nat, i + 1)
+        self._stale_from = None if i == none else i
+
+    def _stale(self, s) -> bool:
+        """A UDP/ICMP session of a translation whose current configuration
+        no longer has the backend it was sent to."""
+        k0, k1 = s.key[0], s.key[1]
+        if not s.flags & lib.NAT_SF_TRANSLATED or k0.proto == 6:
+            return False
+        icmp = k0.proto in (1, 58)
+        tid = lib.nat_translation_lookup(self._nat, k0.family, k0.dst, k0.proto, 0 if icmp else k0.dport)
+        backends = self._backend_sets.get(tid)
+        if backends is None:
+            return True                      # the translation is gone
+        new_dst = bytes(ffi.buffer(k1.src, 4 if k0.family == 4 else 16))
+        if icmp:
+            return not any(dst == new_dst for dst, _ in backends)
+        new_dport, dport = _ntohs(k1.sport), _ntohs(k0.dport)
+        return (new_dst, new_dport) not in backends and not (new_dport == dport and (new_dst, None) in backends)
 
     def expire_all(self, now: float) -> int:
         """Sweep the whole table once (offline use: end of a replay)."""

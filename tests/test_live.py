@@ -576,13 +576,20 @@ def test_run_refuses_bad_interfaces_with_a_clear_message(tmp_path):
 
 def test_config_file_is_watched_bad_versions_are_rejected(live):
     cli = live.topo.ns_client
+    # a UDP flow from a fixed source port, to whichever backend it hashed to
+    first = live.udp(cli, "30.0.0.2", 53, sport=40002).split()[1]
+    other = {"backend0": "20.0.1.1", "backend1": "20.0.0.1"}[first]
     one_backend = live.config.read_text().replace(
-        'backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]', 'backends = ["->20.0.1.1 8080"]', 1)
+        'backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]', 'backends = ["->20.0.1.1 8080"]', 1).replace(
+        'backends = ["->20.0.0.1 5353", "->20.0.1.1 5353"]', f'backends = ["->{other} 5353"]', 1)
     live.config.write_text(one_backend)
     deadline = time.time() + 10
     while "configuration reloaded" not in live.log.read_text() and time.time() < deadline:
         time.sleep(0.2)
     assert {live.curl(cli, "http://30.0.0.2/") for _ in range(6)} == {"backend1 10.0.0.2"}
+    # the UDP flow's backend was removed: its session too, and the flow moved on
+    time.sleep(0.5)
+    assert live.udp(cli, "30.0.0.2", 53, sport=40002).split()[1] != first
     # an invalid version is reported with file, line and key; the last good one keeps serving
     live.config.write_text(one_backend.replace('port = 80\n', 'port = "eighty"\n', 1))
     deadline = time.time() + 10

@@ -252,39 +252,37 @@ print(origin, icmp_type, code, who)
 '''
 
 
-def test_traceroute_to_a_vip_gets_time_exceeded_from_the_appliance(live):
-    """The kernel has no route to a vip: a TTL-1 probe to one is the
-    appliance's to answer, quoting the probe as sent (so the client's kernel
-    matches it to the probing socket), from the ingress address."""
-    cli = live.topo.ns_client
-    for vip, expect in (("30.0.0.2", "2 11 0 10.0.0.1"), ("fd30::2", "3 3 0 fd00::1")):
-        r = live.run(cli, sys.executable, "-c", ERR_CLIENT, vip, "53", "1")
-        assert r.returncode == 0 and r.stdout.strip() == expect, r.stdout + r.stderr
-        assert live.udp(cli, vip, 53).split()[0] == vip      # and the vip still serves at TTL 64
-    # transit probes still get the kernel's answer, as before
-    r = live.run(cli, sys.executable, "-c", ERR_CLIENT, "20.0.0.1", "53", "1")
-    assert r.stdout.strip() == "2 11 0 10.0.0.1", r.stdout + r.stderr
-    assert live.stop() == 0
-    stats = live.final_stats()
-    assert stats["io"]["icmp_time_exceeded"] == 2, stats["io"]
-    assert stats["xdp"]["pass_ttl"] == 1, stats["xdp"]
+# ICMP errors about translated frames come from the appliance, quoting the
+# frame as the client sent it (so the client's kernel matches the error to
+# its socket), from the ingress address; transit frames get the kernel's own.
+# (what, TTL, [(vip, expected "origin type code offender")], transit
+#  destination and its expected error, counters expected at the end)
+ICMP_ERRORS = [
+    ("traceroute to a vip: time exceeded (the kernel has no route to a vip)", "1",
+     [("30.0.0.2", "2 11 0 10.0.0.1"), ("fd30::2", "3 3 0 fd00::1")],
+     ("20.0.0.1", "2 11 0 10.0.0.1"), {"io.icmp_time_exceeded": 2, "xdp.pass_ttl": 1}),
+    # through a Linux router with conntrack the client would get this about
+    # its own flow; the kernel here would quote the packet sent to 99.0.0.1
+    ("no route to a vip's backend: network unreachable", "64",
+     [("30.0.0.9", "2 3 0 10.0.0.1"), ("fd30::9", "3 1 0 fd00::1")],
+     ("99.0.0.1", "2 3 0 10.0.0.1"), {"io.icmp_no_route": 2, "io.to_kernel_no_route": 1}),
+]
 
 
-def test_a_vip_whose_backend_has_no_route_gets_network_unreachable_quoting_the_client(live):
-    """Through a Linux router with conntrack the client would get "network
-    unreachable" about its own flow; the kernel here would quote the
-    translated packet (to 99.0.0.1), which the client cannot match."""
+@pytest.mark.parametrize("what, ttl, vips, transit, counters", ICMP_ERRORS, ids=[c[0] for c in ICMP_ERRORS])
+def test_icmp_errors_about_translated_frames_quote_the_client_flow(live, what, ttl, vips, transit, counters):
     cli = live.topo.ns_client
-    for vip, expect in (("30.0.0.9", "2 3 0 10.0.0.1"), ("fd30::9", "3 1 0 fd00::1")):
-        r = live.run(cli, sys.executable, "-c", ERR_CLIENT, vip, "53", "64")
+    for vip, expect in vips:
+        r = live.run(cli, sys.executable, "-c", ERR_CLIENT, vip, "53", ttl)
         assert r.returncode == 0 and r.stdout.strip() == expect, r.stdout + r.stderr
-    # transit without a route: the kernel's own answer, as before
-    r = live.run(cli, sys.executable, "-c", ERR_CLIENT, "99.0.0.1", "53", "64")
-    assert r.stdout.strip() == "2 3 0 10.0.0.1", r.stdout + r.stderr
+    r = live.run(cli, sys.executable, "-c", ERR_CLIENT, transit[0], "53", ttl)
+    assert r.stdout.strip() == transit[1], r.stdout + r.stderr
+    if ttl == "1":   # the vip still serves at TTL 64
+        assert all(live.udp(cli, vip, 53).split()[0] == vip for vip, _ in vips)
     assert live.stop() == 0
     stats = live.final_stats()
-    assert stats["io"]["icmp_no_route"] == 2, stats["io"]
-    assert stats["io"]["to_kernel_no_route"] == 1, stats["io"]
+    got = {name: stats[name.split(".")[0]][name.split(".")[1]] for name in counters}
+    assert got == counters, stats
 
 
 CONNECT = r"""

@@ -70,6 +70,13 @@ CONFIG_POLL = 1.0         # seconds between looks at the configuration file
 POLL_BUDGET_NS = 2_000_000
 
 
+# The largest frame an AF_XDP socket in copy mode receives: its UMEM chunk
+# less the kernel's XDP headroom (256). Longer frames are dropped by the
+# kernel (xsk_rx_dropped), so a data interface's MTU may not allow them.
+MAX_RX_FRAME = io.IO_FRAME_SIZE - 256
+MAX_MTU = MAX_RX_FRAME - 14
+
+
 def _iface_info(name: str) -> tuple[int, bytes, int, int]:
     base = pathlib.Path("/sys/class/net") / name
     if not base.exists():
@@ -77,6 +84,10 @@ def _iface_info(name: str) -> tuple[int, bytes, int, int]:
     ifindex = socket.if_nametoindex(name)
     mac = bytes.fromhex((base / "address").read_text().strip().replace(":", ""))
     mtu = int((base / "mtu").read_text())
+    if mtu > MAX_MTU:
+        raise SystemExit(f"appliance: error: interface '{name}' has MTU {mtu}; the appliance receives frames "
+                         f"of up to {MAX_RX_FRAME} bytes (MTU {MAX_MTU}), larger ones would be lost: "
+                         f"lower it (ip link set {name} mtu 1500)")
     queues = len([q for q in (base / "queues").iterdir() if q.name.startswith("rx-")]) or 1
     return ifindex, mac, mtu, queues
 
@@ -130,6 +141,7 @@ class Appliance:
         self.kernel_status = {"snapshots": 0}
         self._ifindex: dict[str, int] = {}        # data interface -> ifindex its sockets are bound to
         self.interface_state: dict[str, str] = {}  # "up", "gone" or "recreated"
+        self._mtu_warned: set = set()             # (interface, MTU) pairs already warned about
 
     # -- set-up / tear-down --------------------------------------------------
 
@@ -248,6 +260,10 @@ class Appliance:
         for dev, mtu in snap.mtus:
             if dev in data:
                 io.io_port_set_mtu(self.ctx, self.core.port(dev), mtu)
+                if mtu > MAX_MTU and (dev, mtu) not in self._mtu_warned:
+                    self._mtu_warned.add((dev, mtu))
+                    log.warning("data interface %s now has MTU %d: frames over %d bytes are lost "
+                                "(io.xsk_rx_dropped); set it to %d or less", dev, mtu, MAX_RX_FRAME, MAX_MTU)
         io.io_neigh_clear(self.ctx)
         for n in snap.neighbours:
             port = self.core.port(n.dev) if n.dev in data else -1

@@ -568,8 +568,24 @@ def test_run_refuses_bad_interfaces_with_a_clear_message(tmp_path):
         r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "appliance", "run", "--config",
                             str(cfg)], capture_output=True, text=True, timeout=30)
         assert r.returncode == 1 and "interface 'nosuchif0' does not exist" in r.stderr, r.stderr
+        # frames longer than an AF_XDP chunk carries would be lost without a word
+        subprocess.run(["ip", "-n", ns, "link", "add", "big0", "mtu", "9000", "type", "veth", "peer", "big1"],
+                       check=True)
+        cfg.write_text('[[interface]]\nname = "big0"\n')
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "appliance", "run", "--config",
+                            str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "interface 'big0' has MTU 9000" in r.stderr, r.stderr
+        assert "(MTU 1778)" in r.stderr and "ip link set big0 mtu 1500" in r.stderr, r.stderr
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_an_mtu_raised_past_what_the_sockets_carry_is_reported(live):
+    live.run(live.topo.ns_app, "ip", "link", "set", "a1", "mtu", "1800")
+    deadline = time.time() + 10
+    while "a1 now has MTU 1800" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    assert "data interface a1 now has MTU 1800: frames over 1792 bytes are lost" in live.log.read_text()
 
 
 def test_config_file_is_watched_bad_versions_are_rejected(live):

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="scheduling niceness of the datapath process (default -19, so that processes it "
                     "wakes by delivering their packets do not preempt it; needs CAP_SYS_NICE, else a "
                     "warning; 0 keeps the inherited one)")
+    rn.add_argument("--state-file", metavar="PATH",
+                    help="keep sessions across a restart: a clean stop saves them to PATH and leaves the "
+                    "steering program dropping the traffic it steers to the appliance for 5 s (instead of "
+                    "letting the kernel forward it untranslated), and the next start restores them and "
+                    "removes PATH")
 
     sh = sub.add_parser("show", help="ask a running appliance (sessions, stats, translations)")
     sh.add_argument("what", choices=["sessions", "stats", "translations"])
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         from .io_uring._steering import SteeringError
 
         try:
-            return trio.run(_runtime.run, cfg, args.ready_file, args.control, args.nice)
+            return trio.run(_runtime.run, cfg, args.ready_file, args.control, args.nice, args.state_file)
         except SteeringError as exc:
             return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
         except PermissionError as exc:

@@ -512,8 +512,47 @@ def _raise_priority(nice: int) -> None:
                     "datapath; grant CAP_SYS_NICE or pin the appliance to its own CPU", nice, exc.strerror)
 
 
+# How long a stop with --state-file keeps dropping the traffic it would have
+# handled: the next start (1-2 s here) replaces the program before that.
+STATE_HOLD_SECONDS = 5.0
+
+
+def _restore_sessions(app: Appliance, path: str) -> None:
+    """Sessions a clean stop saved (run --state-file), put back before the
+    first frame is read; the file is used once."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        return
+    try:
+        restored, expired, refused = app.core.import_sessions(p.read_bytes(), time.time())
+    except (OSError, ValueError) as exc:
+        log.warning("%s: sessions not restored: %s", path, exc)
+    else:
+        log.warning("restored %d sessions from %s (%d expired meanwhile, %d refused)", restored, path, expired,
+                    refused)
+    p.unlink(missing_ok=True)
+
+
+def _save_sessions(app: Appliance, path: str) -> None:
+    """At a clean stop: save the sessions for the next start, and leave the
+    steering program holding (dropping) what it would give the appliance,
+    so that the kernel does not forward it untranslated in between: a
+    backend's segment reaching a client untranslated makes it reset."""
+    try:
+        data = app.core.export_sessions()
+        tmp = pathlib.Path(path + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        log.error("%s: sessions not saved: %s", path, exc)
+        return
+    app.steering.hold(STATE_HOLD_SECONDS)
+    log.warning("saved %d sessions to %s; the XDP program holds the appliance's traffic for %.0f s",
+                app.core.statistics().sessions, path, STATE_HOLD_SECONDS)
+
+
 async def run(config: Config, ready_file: Optional[str] = None, control: Optional[str] = None,
-              nice: int = 0) -> int:
+              nice: int = 0, state_file: Optional[str] = None) -> int:
     _raise_priority(nice)
     # The datapath thread needs the GIL back after each io_poll() call; a
     # worker thread (the kernel snapshot parses `ip -j` output) would keep it
@@ -523,6 +562,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     app = Appliance(config)
     try:
         app.open()
+        if state_file:
+            _restore_sessions(app, state_file)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app.rx_loop)
             nursery.start_soon(app.timer_loop)
@@ -546,6 +587,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
                  "sockets": app.socket_counters(), "xdp": app.steering.counters(),
                  "interfaces": dict(app.interface_state), "kernel": dict(app.kernel_status)} if app.ctx else None
+        if state_file and app.ctx:
+            _save_sessions(app, state_file)
         app.close()
     st = app.core.statistics()
     print(f"appliance: stopped; sessions created {st.sessions_created}, expired {st.sessions_expired}, "

@@ -177,7 +177,7 @@ def start_server(topo: "Topology", ns: str, kind: str, port: int, name: str, bin
 
 
 def start_appliance(topo: "Topology", config: str, workdir: str, control: str | None = None,
-                    cpu: int | None = None, timeout: float = 20.0) -> subprocess.Popen:
+                    cpu: int | None = None, timeout: float = 20.0, args: tuple = ()) -> subprocess.Popen:
     """Run `appliance run` in the topology's appliance namespace and wait
     until it reports ready; its output goes to WORKDIR/appliance.log."""
     import sys
@@ -189,6 +189,7 @@ def start_appliance(topo: "Topology", config: str, workdir: str, control: str | 
     cmd = [sys.executable, "-m", "appliance", "run", "--config", config, "--ready-file", ready]
     if control:
         cmd += ["--control", control]
+    cmd += list(args)
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
     log_path = os.path.join(workdir, "appliance.log")

@@ -78,6 +78,13 @@ vip = "fd30::9"
 port = 53
 backends = ["->fd99::1 53"]
 
+# a backend that streams (tests of sessions across a restart)
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 7000
+backends = ["->20.0.0.1 7000"]
+
 # backends that do not exist on a link the appliance has a route to
 [[translation]]
 proto = "tcp"
@@ -138,8 +145,8 @@ class Live:
             self.close()
             raise
 
-    def start(self, control: str | None = None) -> None:
-        self.app = start_appliance(self.topo, str(self.config), str(self.tmp), control=control)
+    def start(self, control: str | None = None, args: tuple = ()) -> None:
+        self.app = start_appliance(self.topo, str(self.config), str(self.tmp), control=control, args=args)
         time.sleep(0.3)   # servers listening, first kernel snapshot taken
 
     def stop(self, sig=signal.SIGTERM) -> int:
@@ -384,6 +391,63 @@ def test_sessions_end_by_timeout_and_rst(tmp_path):
         assert nat["sessions"] == 0
     finally:
         lv.close()
+
+
+STREAM_SERVER = r"""
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000))
+s.listen(1)
+c, _ = s.accept()
+while True:
+    c.sendall(b"tick\n")
+    time.sleep(0.1)
+"""
+
+STREAM_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection(("30.0.0.2", 7000), timeout=5)
+f = s.makefile("rb")
+times, end = [], time.time() + float(sys.argv[1])
+try:
+    while time.time() < end:
+        if f.readline() != b"tick\n":
+            print("eof"); break
+        times.append(time.time())
+except OSError as e:
+    print(type(e).__name__)
+print(" ".join("%.2f" % t for t in times))
+"""
+
+
+def test_sessions_survive_a_restart_with_state_file(live):
+    """A backend that keeps sending while the appliance restarts: without the
+    saved sessions its next segment would pass untranslated and the client
+    would reset the connection."""
+    state = str(live.tmp / "sessions.state")
+    live.stop()
+    live.start(args=("--state-file", state))
+    server = live.topo.popen(live.topo.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    try:
+        time.sleep(0.3)
+        client = live.topo.popen(live.topo.ns_client, sys.executable, "-c", STREAM_CLIENT, "6",
+                                 stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert live.stop() == 0
+        stopped = time.time()
+        assert live.xdp_attached(), "the program stays, holding NAT traffic until the next start"
+        assert "saved 1 sessions to" in live.log.read_text()
+        live.start(args=("--state-file", state))
+        restarted = time.time()
+        out = client.communicate(timeout=20)[0].split("\n")
+    finally:
+        server.kill()
+    assert "restored 1 sessions from" in live.log.read_text()
+    assert not os.path.exists(state), "the state is used once"
+    ticks = [float(t) for t in out[-2].split()] if out[-2] and out[-2][0].isdigit() else []
+    assert out[0][0].isdigit(), f"the connection broke: {out}"
+    assert sum(t < stopped for t in ticks) >= 5 and sum(t > restarted for t in ticks) >= 5, (stopped, restarted, out)
 
 
 def test_sigterm_detaches_and_restart_after_sigkill(live):

@@ -1,5 +1,10 @@
-"""Session lifetimes (fake clock), incremental expiry, capacity."""
+"""Session lifetimes (fake clock), incremental expiry, capacity, and
+sessions carried across a restart."""
 
+import ipaddress
+
+import dpkt
+import pytest
 
 from packets import Harness, tcp, udp
 
@@ -182,3 +187,51 @@ def test_expired_sessions_notify_plugins():
     h.advance(4)
     h.core.expire(h.now)
     assert [(str(a), p, r) for a, p, r in seen] == [("10.0.0.1", 53, "timeout")]
+
+
+SAVED = """
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.1 5353", "->20.0.0.2 5353"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->20.0.0.2 8080"]
+"""
+
+
+def test_sessions_saved_by_one_run_are_restored_by_the_next():
+    """What `run --state-file` does across a restart: the new core knows the
+    old flows, so a reply that arrives first is still translated back."""
+    from appliance import parse_config
+
+    old = Harness(SAVED)
+    old.send(udp("10.0.0.1", 5001, "30.0.0.2", 53))   # idle from here: expired by the restore
+    old.advance(20).send(udp("10.0.0.1", 5000, "30.0.0.2", 53))
+    udp_out = old.last[2]
+    old.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    tcp_out = old.last[2]
+    saved = old.core.export_sessions()
+
+    # the next run: translations listed in another order (other ids), 15 s later
+    reordered = SAVED.split("[[translation]]")
+    new = Harness("[[translation]]".join([reordered[0], reordered[2], reordered[1]]), now=old.now + 15)
+    assert new.core.import_sessions(saved, new.now) == (2, 1, 0)   # restored, expired, refused
+    be_udp = dpkt.ethernet.Ethernet(udp_out).data
+    be_tcp = dpkt.ethernet.Ethernet(tcp_out).data
+    # replies first, as a backend that keeps talking would send them
+    new.send(udp(ipaddress.ip_address(be_udp.dst).compressed, 5353, "10.0.0.1", 5000)).expect(
+        udp("30.0.0.2", 53, "10.0.0.1", 5000))
+    new.send(tcp(ipaddress.ip_address(be_tcp.dst).compressed, be_tcp.data.dport, "10.0.0.1", 40000, 0x10)).expect(
+        tcp("30.0.0.2", 80, "10.0.0.1", 40000, 0x10))
+    s = {x.proto: x for x in new.core.sessions()}
+    assert s["tcp"].translation == new.core.translation_for(4, 6, "30.0.0.2", 80).id
+    assert s["tcp"].state == "syn-sent" and s["udp"].packets[0] == 1
+
+    with pytest.raises(ValueError, match="truncated"):
+        Harness(SAVED).core.import_sessions(saved[:-1], new.now)
+    with pytest.raises(ValueError, match="not a session state"):
+        Harness(SAVED).core.import_sessions(b"garbage\n", new.now)

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import socket
+import time
 
 from ._binding import ffi, lib
 
@@ -57,7 +58,7 @@ class Steering:
         self.prog_fd = prog[0]
         self.obj = obj
         self.maps = {name: lib.io_xdp_map_fd(obj, name.encode())
-                     for name in ("xsks", "ifbase", "addrs", "ports", "counters")}
+                     for name in ("xsks", "ifbase", "addrs", "ports", "counters", "hold")}
         self.attached: list[int] = []
         self.addr_flags: dict = {}
         self.warned_full = False
@@ -91,6 +92,17 @@ class Steering:
     def detach_all(self) -> None:
         for ifindex in self.attached:
             lib.io_xdp_detach(ifindex)
+        self.attached.clear()
+
+    def hold(self, seconds: float) -> None:
+        """Leave the program attached, dropping the frames it would give
+        the appliance for `seconds` (CLOCK_MONOTONIC, as bpf_ktime_get_ns),
+        then passing them to the kernel: a restart's gap. The next
+        :meth:`attach` on the interface replaces the program."""
+        until = ffi.new("uint64_t *", time.monotonic_ns() + int(seconds * 1e9))
+        rc = lib.io_map_update(self.maps["hold"], ffi.new("uint32_t *", 0), until, 0)
+        if rc:
+            raise SteeringError(f"map hold: {os.strerror(-rc)}")
         self.attached.clear()
 
     def _update(self, name: str, key: bytes, value: int) -> None:
@@ -155,7 +167,7 @@ class Steering:
             self.host_ports.discard(p)
 
     def counters(self) -> dict[str, int]:
-        names = ("unused", "pass_kernel", "pass_ttl", "pass_host", "pass_no_socket")
+        names = ("unused", "pass_kernel", "pass_ttl", "pass_host", "pass_no_socket", "held")
         ncpu = _possible_cpus()
         out = {}
         vals = ffi.new("uint64_t[]", ncpu)

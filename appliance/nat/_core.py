@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 from typing import Iterator, Optional, Sequence
 
 from .. import hooks
+from ..__about__ import __version__
 from .._config import Config
 from .._plugins import Plugins
 from ._binding import COUNTER_HELP, COUNTER_INDEX, COUNTER_NAMES, ffi, lib
@@ -58,6 +60,12 @@ STALE_SWEEP_BUDGET = 1024
 STALE_SWEEP_INTERVAL = 0.01
 
 NO_BACKEND = 0xFFFF
+SESSIONS_FORMAT = 1   # export_sessions(); bump when its layout changes
+
+
+def _identity(t: Translation) -> str:
+    """What a translation is, whatever its id: a saved session follows it."""
+    return f"{t.proto} {t.kind} {t.address} {t.port}"
 
 _STATE_NAMES = {
     lib.NAT_ST_OTHER: "active",
@@ -433,6 +441,76 @@ class NatCore:
         n = lib.nat_expire(self._nat, _ns(now), lib.nat_session_capacity(self._nat))
         self._drain_events()
         return n
+
+    # ------------------------------------------------------------------
+    # sessions across a restart
+
+    def export_sessions(self) -> bytes:
+        """Every session, for :meth:`import_sessions` in a later run of the
+        same build: a JSON header line (what the translation ids and timeout
+        profiles meant), then the sessions as ``struct nat_session_info``."""
+        nat, none = self._nat, lib.NAT_NONE
+        n = lib.nat_session_count(nat)
+        recs = ffi.new("struct nat_session_info[]", max(1, n))
+        k = 0
+        i = lib.nat_session_next(nat, 0)
+        while i != none and k < n:
+            if lib.nat_session_get(nat, i, recs + k) == 0:
+                k += 1
+            i = lib.nat_session_next(nat, i + 1)
+        size = ffi.sizeof("struct nat_session_info")
+        header = {"format": SESSIONS_FORMAT, "version": __version__, "record": size, "count": k,
+                  "translations": {str(t.id): _identity(t) for t in self.config.translations},
+                  "profiles": {str(v): dataclasses.astuple(t) for t, v in self._profiles.items()}}
+        return json.dumps(header).encode() + b"\n" + bytes(ffi.buffer(recs, k * size))
+
+    def import_sessions(self, data: bytes, now: float) -> tuple[int, int, int]:
+        """Put back what :meth:`export_sessions` saved, as far as it still
+        holds: sessions that expired meanwhile are skipped, translation ids
+        and timeout profiles are matched to the current configuration (a
+        session whose translation is gone keeps its rewrite; the stale
+        sweep removes the connectionless ones). Plugins hear of each restored
+        session as created. Returns (restored, expired, refused: key taken
+        or table full). ValueError if ``data`` is not such a state."""
+        line, _, blob = data.partition(b"\n")
+        try:
+            h = json.loads(line)
+        except ValueError:
+            raise ValueError("not a session state (no header)") from None
+        size = ffi.sizeof("struct nat_session_info")
+        if not isinstance(h, dict) or h.get("format") != SESSIONS_FORMAT or h.get("record") != size:
+            raise ValueError("not a session state of this format")
+        if h.get("version") != __version__:
+            raise ValueError(f"saved by version {h.get('version')}, this is {__version__}")
+        if len(blob) != h["count"] * size:
+            raise ValueError(f"truncated: {len(blob)} bytes for {h['count']} sessions")
+        current = {_identity(t): t.id for t in self.config.translations}
+        tmap = {int(k): current.get(v, lib.NAT_NONE) for k, v in h["translations"].items()}
+        pmap = {int(k): 0 if int(k) == 0 else self._profile(Timeouts(*v)) for k, v in h["profiles"].items()}
+        saved = ffi.from_buffer("struct nat_session_info[]", blob)
+        rec, out, now_ns = self._info, ffi.new("uint32_t *"), _ns(now)
+        restored = expired = refused = 0
+        for i in range(h["count"]):
+            ffi.memmove(rec, saved + i, size)
+            if rec.expires_ns <= now_ns:
+                expired += 1
+                continue
+            if rec.translation != lib.NAT_NONE:
+                rec.translation = tmap.get(rec.translation, lib.NAT_NONE)
+            rec.profile = pmap.get(rec.profile, 0)
+            if lib.nat_session_restore(self._nat, rec, out) != 0:
+                refused += 1
+                continue
+            restored += 1
+            k1 = rec.key[1]
+            if self.host_sources and self.on_host_source is not None and \
+                    bytes(ffi.buffer(k1.dst, 4 if k1.family == 4 else 16)) in self.host_sources:
+                s = self.session(out[0])
+                self.on_host_source(True, s.new_src, k1.proto, s.new_sport)
+            if self.plugins.wants_created:
+                self.plugins.notify("appliance_session_created", session=self.session(out[0]))
+        self._stale_from = 0   # sessions of backends removed meanwhile
+        return restored, expired, refused
 
     def _drain_events(self) -> None:
         while True:

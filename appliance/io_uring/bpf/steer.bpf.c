@@ -55,6 +55,17 @@ struct {
     __type(value, __u32);
 } ports SEC(".maps");
 
+/* [0]: until when (CLOCK_MONOTONIC ns) frames for the appliance that find
+ * no socket are dropped rather than passed: set by an appliance that stops
+ * to be restarted with its sessions (`run --state-file`), so that the kernel
+ * does not forward that traffic untranslated in between. 0: no hold. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} hold SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, STEER_C__COUNT);
@@ -72,13 +83,24 @@ static __always_inline int count(__u32 c, int action)
 
 /* Redirected frames are not counted here: the appliance counts what it
  * receives, and this is the per-packet path of the generator's CPU. */
+static __always_inline int no_socket(void)
+{
+    __u32 zero = 0;
+    __u64 *until = bpf_map_lookup_elem(&hold, &zero);
+    if (until && bpf_ktime_get_ns() < *until)
+        return count(STEER_C_HELD, XDP_DROP);
+    return count(STEER_C_PASS_NO_SOCKET, XDP_PASS);
+}
+
 static __always_inline int to_appliance(struct xdp_md *ctx)
 {
     __u32 ifindex = ctx->ingress_ifindex;
     __u32 *base = bpf_map_lookup_elem(&ifbase, &ifindex);
     if (!base || !*base)
-        return count(STEER_C_PASS_NO_SOCKET, XDP_PASS);
-    return bpf_redirect_map(&xsks, *base - 1 + ctx->rx_queue_index, XDP_PASS);
+        return no_socket();
+    /* the low bits of the flags: the action when the slot has no socket */
+    long act = bpf_redirect_map(&xsks, *base - 1 + ctx->rx_queue_index, XDP_ABORTED);
+    return act == XDP_REDIRECT ? (int)act : no_socket();
 }
 
 SEC("xdp")

@@ -28,6 +28,7 @@ enum {
     STEER_C_PASS_TTL,        /* transit TTL/hop limit expiring here: the kernel answers */
     STEER_C_PASS_HOST,       /* addressed to the host, not a NAT port */
     STEER_C_PASS_NO_SOCKET,  /* interface without an AF_XDP socket */
+    STEER_C_HELD,            /* dropped: no socket while the appliance restarts (hold) */
     STEER_C__COUNT,
 };
 

@@ -1104,6 +1104,20 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
     return 0;
 }
 
+int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint32_t *out)
+{
+    int rc = nat_session_add(nat, &in->key[0], &in->key[1], in->last_seen_ns, in->translation,
+                             in->backend, in->profile, in->flags, out);
+    if (rc)
+        return rc;
+    struct session *s = &nat->s[*out];
+    s->created_ns = in->created_ns;
+    s->state = in->state;
+    s->packets[0] = in->packets[0];
+    s->packets[1] = in->packets[1];
+    return 0;
+}
+
 int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
                      const char *new_dst, uint16_t new_dport, int32_t src_pref,
                      uint32_t translation, uint16_t backend, uint8_t profile, uint8_t flags,

@@ -193,6 +193,10 @@ uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key,
                           uint64_t now_ns);
 int nat_session_get(const struct nat *nat, uint32_t index,
                     struct nat_session_info *out);
+/* Put back a session saved with nat_session_get() by an earlier run (a
+ * restart): keys, rewrite, state, counters and timestamps as they were.
+ * 0: restored (index in *out); -1: a key exists already; -2: table full. */
+int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint32_t *out);
 int nat_session_remove(struct nat *nat, uint32_t index);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);

@@ -560,6 +560,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     # fill. 0.5 ms bounds that stall.
     sys.setswitchinterval(0.0005)
     app = Appliance(config)
+    serving = False
     try:
         app.open()
         if state_file:
@@ -575,6 +576,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
             if control:
                 await nursery.start(app.control_loop, control)
             print(f"appliance: ready on {', '.join(config.interface_names)}", flush=True)
+            serving = True
             if ready_file:
                 pathlib.Path(ready_file).write_text("ready\n")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -587,7 +589,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
                  "sockets": app.socket_counters(), "xdp": app.steering.counters(),
                  "interfaces": dict(app.interface_state), "kernel": dict(app.kernel_status)} if app.ctx else None
-        if state_file and app.ctx:
+        if state_file and serving:   # a start that failed half-way has nothing to hand over
             _save_sessions(app, state_file)
         app.close()
     st = app.core.statistics()

@@ -120,3 +120,19 @@ def test_reply_without_session_to_snat_address_passes():
     h = Harness(CONF)
     f = udp("9.9.9.9", 53, "30.0.0.1", 12345)
     h.send(f, "eth1").expect_pass(f)
+
+
+def test_a_restored_snat_session_is_steered_back_when_its_address_is_the_hosts():
+    """The live runtime steers replies to host-address SNAT flows to itself
+    (XDP `ports` map, fed by on_host_source); after a restart, the restored
+    sessions must be reported the same way, or their replies go to the host."""
+    old = Harness(CONF)
+    old.send(udp("10.1.0.5", 33333, "9.9.9.9", 53), iface="tap0").expect(udp("30.0.0.1", 33333, "9.9.9.9", 53))
+    saved = old.core.export_sessions()
+    new = Harness(CONF, now=old.now + 1)
+    new.core.host_sources = frozenset({ipaddress.ip_address("30.0.0.1").packed})
+    steered = []
+    new.core.on_host_source = lambda added, addr, proto, port: steered.append((added, str(addr), proto, port))
+    assert new.core.import_sessions(saved, new.now) == (1, 0, 0)
+    assert steered == [(True, "30.0.0.1", 17, 33333)]
+    new.send(udp("9.9.9.9", 53, "30.0.0.1", 33333)).expect(udp("9.9.9.9", 53, "10.1.0.5", 33333))

@@ -488,7 +488,8 @@ class NatCore:
         tmap = {int(k): current.get(v, lib.NAT_NONE) for k, v in h["translations"].items()}
         pmap = {int(k): 0 if int(k) == 0 else self._profile(Timeouts(*v)) for k, v in h["profiles"].items()}
         saved = ffi.from_buffer("struct nat_session_info[]", blob)
-        rec, out, now_ns = self._info, ffi.new("uint32_t *"), _ns(now)
+        # a scratch record of its own: session() below reuses self._info
+        rec, out, now_ns = ffi.new("struct nat_session_info *"), ffi.new("uint32_t *"), _ns(now)
         restored = expired = refused = 0
         for i in range(h["count"]):
             ffi.memmove(rec, saved + i, size)

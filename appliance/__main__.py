@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="scheduling niceness of the datapath process (default -19, so that processes it "
                     "wakes by delivering their packets do not preempt it; needs CAP_SYS_NICE, else a "
                     "warning; 0 keeps the inherited one)")
+    rn.add_argument("--metrics", metavar="HOST:PORT",
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9468)")
     rn.add_argument("--state-file", metavar="PATH",
                     help="keep sessions across a restart: a clean stop saves them to PATH and leaves the "
                     "steering program dropping the traffic it steers to the appliance for 5 s (instead of "
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         import trio
 
-        from . import _runtime
+        from . import _metrics, _runtime
 
         try:
             cfg = load_config(args.config)
@@ -133,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         from .io_uring._steering import SteeringError
 
         try:
-            return trio.run(_runtime.run, cfg, args.ready_file, args.control, args.nice, args.state_file)
+            metrics = _metrics.parse_address(args.metrics) if args.metrics else None
+        except ValueError as exc:
+            return _error(f"--metrics: {exc}")
+        try:
+            return trio.run(_runtime.run, cfg, args.ready_file, args.control, args.nice, args.state_file, metrics)
         except SteeringError as exc:
             return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
         except PermissionError as exc:

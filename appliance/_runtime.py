@@ -31,7 +31,7 @@ from typing import Optional
 
 import trio
 
-from . import _kernel
+from . import _kernel, _metrics
 from ._config import Config, ConfigError, parse_config
 from ._plugins import Plugins
 from .io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
@@ -552,7 +552,8 @@ def _save_sessions(app: Appliance, path: str) -> None:
 
 
 async def run(config: Config, ready_file: Optional[str] = None, control: Optional[str] = None,
-              nice: int = 0, state_file: Optional[str] = None) -> int:
+              nice: int = 0, state_file: Optional[str] = None,
+              metrics: Optional[tuple[str, int]] = None) -> int:
     _raise_priority(nice)
     # The datapath thread needs the GIL back after each io_poll() call; a
     # worker thread (the kernel snapshot parses `ip -j` output) would keep it
@@ -575,6 +576,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                 nursery.start_soon(task)
             if control:
                 await nursery.start(app.control_loop, control)
+            if metrics:
+                await nursery.start(_metrics.serve, lambda: app.answer("stats"), *metrics)
             print(f"appliance: ready on {', '.join(config.interface_names)}", flush=True)
             serving = True
             if ready_file:

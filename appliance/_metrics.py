@@ -1,0 +1,124 @@
+"""Prometheus metrics for `appliance run --metrics HOST:PORT`.
+
+:func:`render` turns the statistics the control socket answers with (see
+docs/operations.md) into the Prometheus text exposition format, without
+I/O; :func:`serve` answers ``GET /metrics`` with it over HTTP/1.0, in the
+appliance's trio loop (one short response per scrape, no dependency).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+import trio
+
+from .nat._binding import COUNTER_HELP, COUNTER_NAMES
+
+_NAT_HELP = dict(zip(COUNTER_NAMES, COUNTER_HELP))
+_XDP_HELP = {
+    "pass_kernel": "frames the XDP program left to the kernel: not IP, multicast, neighbour discovery",
+    "pass_ttl": "transit frames whose TTL expires here, left to the kernel",
+    "pass_host": "frames to the host's own addresses, left to the kernel",
+    "pass_no_socket": "frames for the appliance on an interface without its socket, left to the kernel",
+    "held": "frames dropped while a stop with --state-file waited for the next start",
+}
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help: str, samples: list[tuple[dict, float]]) -> None:
+        self.lines.append(f"# HELP {name} {help}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            tag = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{tag}}} {value}" if tag else f"{name} {value}")
+
+
+def render(stats: dict) -> str:
+    """The statistics of ``appliance show stats --json`` as Prometheus text."""
+    out = _Out()
+    nat = stats["nat"]
+    out.family("appliance_sessions", "gauge", "sessions in the table", [({}, nat["sessions"])])
+    out.family("appliance_sessions_capacity", "gauge", "session table size ([sessions] max)",
+               [({}, nat["capacity"])])
+    out.family("appliance_sessions_created_total", "counter", "sessions created by the slow path",
+               [({}, nat["sessions_created"])])
+    out.family("appliance_sessions_expired_total", "counter", "sessions ended (timeout or removed)",
+               [({}, nat["sessions_expired"])])
+    for name, value in nat["counters"].items():
+        out.family(f"appliance_nat_{name}_total", "counter", _NAT_HELP.get(name, name), [({}, value)])
+    out.family("appliance_translation_new_flows_total", "counter", "new flows per translation id",
+               [({"translation": t}, v) for t, v in sorted(nat["new_flows_per_translation"].items())])
+    out.family("appliance_plugin_errors_total", "counter", "plugin exceptions, contained, per plugin hook",
+               [({"where": w}, v) for w, v in sorted(nat["plugin_errors"].items())])
+    for name, value in stats["io"].items():
+        out.family(f"appliance_io_{name}_total", "counter",
+                   "datapath counter io." + name + " (docs/operations.md)", [({}, value)])
+    for name, value in stats["xdp"].items():
+        out.family(f"appliance_xdp_{name}_total", "counter", _XDP_HELP.get(name, name), [({}, value)])
+    out.family("appliance_socket_rx_frames_total", "counter", "frames received per AF_XDP socket",
+               [({"interface": s["interface"], "queue": s["queue"]}, s["rx"]) for s in stats["sockets"]])
+    out.family("appliance_interface_up", "gauge",
+               "1 while a data interface is the one the appliance attached to (0: gone or recreated)",
+               [({"interface": i}, int(state == "up")) for i, state in sorted(stats["interfaces"].items())])
+    out.family("appliance_kernel_snapshots_total", "counter", "times the kernel's tables were read",
+               [({}, stats["kernel"]["snapshots"])])
+    config = stats["config"]
+    out.family("appliance_config_reloads_total", "counter", "valid configuration versions applied",
+               [({}, config["reloads"])])
+    out.family("appliance_config_rejected_total", "counter", "invalid configuration versions rejected",
+               [({}, config["rejected"])])
+    return "\n".join(out.lines) + "\n"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[V6]:PORT" -> (host, port); ValueError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def serve(stats: Callable[[], dict], host: str, port: int,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Answer ``GET /metrics`` until cancelled."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    await sock.bind((host, port))
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    task_status.started()
+    async with listener, trio.open_nursery() as nursery:
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(_answer, stream, stats)
+
+
+async def _answer(stream, stats: Callable[[], dict]) -> None:
+    async with stream:
+        with trio.move_on_after(5):
+            data = b""
+            while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < 8192:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+            request = data.split(b"\n", 1)[0].decode(errors="replace").split()
+            if len(request) < 2 or request[0] != "GET":
+                status, body = "405 Method Not Allowed", "only GET /metrics\n"
+            elif request[1].split("?", 1)[0] != "/metrics":
+                status, body = "404 Not Found", "see /metrics\n"
+            else:
+                status, body = "200 OK", render(stats())
+            payload = body.encode()
+            head = (f"HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                    f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
+            await stream.send_all(head.encode() + payload)

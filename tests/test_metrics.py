@@ -1,0 +1,110 @@
+"""Prometheus metrics: the exposition text built from a statistics answer
+(no I/O), and `appliance run --metrics` answering a scrape live (root)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from appliance._metrics import parse_address, render
+
+STATS = {
+    "nat": {"sessions": 3, "capacity": 1024, "sessions_created": 5, "sessions_expired": 2,
+            "counters": {"translated": 40, "drop_ip4_bad_checksum": 1},
+            "new_flows_per_translation": {"0": 4, "2": 1}, "plugin_errors": {'my"plugin.select': 1}},
+    "io": {"rx": 50, "drop_new_flow_busy": 0},
+    "xdp": {"pass_kernel": 7, "held": 0},
+    "sockets": [{"interface": "a0", "queue": 0, "rx": 44}, {"interface": "a0", "queue": 1, "rx": 6}],
+    "interfaces": {"a0": "up", "a1": "gone"},
+    "kernel": {"snapshots": 9},
+    "config": {"path": "x.toml", "reloads": 2, "rejected": 1, "last_error": "x.toml:3: port: bad"},
+}
+
+# (metric line as it must appear)
+EXPECTED = [
+    "appliance_sessions 3",
+    "appliance_sessions_capacity 1024",
+    "appliance_sessions_created_total 5",
+    "appliance_nat_translated_total 40",
+    "appliance_nat_drop_ip4_bad_checksum_total 1",
+    'appliance_translation_new_flows_total{translation="0"} 4',
+    'appliance_plugin_errors_total{where="my\\"plugin.select"} 1',
+    "appliance_io_rx_total 50",
+    "appliance_io_drop_new_flow_busy_total 0",
+    "appliance_xdp_pass_kernel_total 7",
+    'appliance_socket_rx_frames_total{interface="a0",queue="1"} 6',
+    'appliance_interface_up{interface="a0"} 1',
+    'appliance_interface_up{interface="a1"} 0',
+    "appliance_kernel_snapshots_total 9",
+    "appliance_config_reloads_total 2",
+    "appliance_config_rejected_total 1",
+]
+
+
+def test_render_is_prometheus_text_with_help_and_type():
+    text = render(STATS)
+    lines = text.splitlines()
+    for line in EXPECTED:
+        assert line in lines, line
+    # every sample's family is declared once, with a help text and a type
+    types = [m.groups() for m in map(re.compile(r"# TYPE (\S+) (counter|gauge)$").match, lines) if m]
+    families = dict(types)
+    assert len(families) == len(types), "a family declared twice"
+    samples = [re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")]
+    assert set(samples) <= set(families)
+    assert {f for f, kind in families.items() if kind == "counter"} == {f for f in families if f.endswith("_total")}
+    assert "# HELP appliance_nat_drop_ip4_bad_checksum_total IPv4 header checksum wrong" in lines
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("127.0.0.1:9468", ("127.0.0.1", 9468)),
+    ("[::1]:9468", ("::1", 9468)),
+    ("0.0.0.0:80", ("0.0.0.0", 80)),
+])
+def test_metrics_address(text, expect):
+    assert parse_address(text) == expect
+
+
+@pytest.mark.parametrize("text", ["9468", "host", ":9468", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:x"])
+def test_bad_metrics_address(text):
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        parse_address(text)
+
+
+def test_run_rejects_a_bad_metrics_address(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[interface]]\nname = "lo"\n')
+    r = subprocess.run([sys.executable, "-m", "appliance", "run", "--config", str(cfg), "--metrics", "9468"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "--metrics: '9468' is not HOST:PORT" in r.stderr, r.stderr
+
+
+@pytest.mark.root
+def test_a_running_appliance_answers_a_scrape(tmp_path):
+    from appliance._topology import Topology, start_appliance, start_server
+
+    with Topology(backends=1) as topo:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text('[[interface]]\nname = "a0"\n[[interface]]\nname = "a1"\n[[translation]]\nproto = "tcp"\n'
+                       'vip = "30.0.0.2"\nport = 80\nbackends = ["->20.0.0.1 8080"]\n')
+        server = start_server(topo, topo.ns_backends[0], "http", 8080, "backend0")
+        app = start_appliance(topo, str(cfg), str(tmp_path), args=("--metrics", "127.0.0.1:9468"))
+        try:
+            time.sleep(0.3)
+            r = topo.run(topo.ns_client, "curl", "-s", "-m", "5", "http://30.0.0.2/", check=False)
+            assert r.stdout.startswith("backend0"), r.stdout + r.stderr
+            scrape = topo.run(topo.ns_app, "curl", "-s", "-i", "-m", "5", "http://127.0.0.1:9468/metrics").stdout
+            assert scrape.startswith("HTTP/1.0 200 OK") and "text/plain; version=0.0.4" in scrape, scrape[:300]
+            translated = int(re.search(r"^appliance_nat_translated_total (\d+)", scrape, re.M).group(1))
+            assert translated >= 5, scrape       # the request's packets both ways
+            assert 'appliance_interface_up{interface="a0"} 1' in scrape
+            other = topo.run(topo.ns_app, "curl", "-s", "-i", "-m", "5", "http://127.0.0.1:9468/").stdout
+            assert other.startswith("HTTP/1.0 404"), other
+        finally:
+            app.terminate()
+            app.wait(15)
+            server.kill()

@@ -123,7 +123,9 @@ def appliance_snat(flow: "Flow", snat: "SnatConfig") -> Optional[Any]:
 
 @hookspec
 def appliance_session_created(session: "SessionInfo") -> None:
-    """A session was installed (once per new flow, after the decision)."""
+    """A session was installed (once per new flow, after the decision), or
+    restored at start from a state a clean stop saved (``run --state-file``):
+    a plugin that counts sessions sees each one created before it expires."""
 
 
 @hookspec

@@ -134,6 +134,23 @@ def test_session_created_notification_once_per_flow():
     assert len(seen) == 1 and seen[0][1] == "translation"
 
 
+def test_restored_sessions_are_announced_as_created():
+    """After a restart with saved sessions, a plugin that counts sessions
+    must hear of the old ones before it hears them expire."""
+    old = Harness(CONF)
+    old.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def appliance_session_created(self, session):
+            seen.append((session.sport, str(session.new_dst)))
+
+    new = with_plugins(Watch())
+    assert new.core.import_sessions(old.core.export_sessions(), old.now) == (1, 0, 0)
+    assert seen == [(40000, dst_of(old.last[2]))]
+
+
 def test_unknown_hook_is_rejected_naming_the_plugin():
     class Typo:
         name = "typo-plugin"

@@ -86,16 +86,24 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(stats: Callable[[], dict], host: str, port: int,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer ``GET /metrics`` until cancelled."""
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the loop starts so that a taken
+    port is a clear error at start (OSError), not a failed task."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    await sock.bind((host, port))
-    sock.listen(16)
-    listener = trio.SocketListener(sock)
-    task_status.started()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(stats: Callable[[], dict], sock: socket.socket) -> None:
+    """Answer ``GET /metrics`` on a :func:`listen` socket until cancelled."""
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     async with listener, trio.open_nursery() as nursery:
         while True:
             stream = await listener.accept()

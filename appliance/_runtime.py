@@ -443,14 +443,9 @@ class Appliance:
             return {"translations": [str(t) for t in self.config.translations]}
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
 
-    async def control_loop(self, path: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(path)
-        sock.listen(16)
-        listener = trio.SocketListener(sock)
-        task_status.started()
+    async def control_loop(self, sock: socket.socket, path: str) -> None:
+        """Answer `appliance show` on a :func:`_control_listen` socket."""
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         try:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -517,6 +512,21 @@ def _raise_priority(nice: int) -> None:
 STATE_HOLD_SECONDS = 5.0
 
 
+def _control_listen(path: str) -> socket.socket:
+    """The control socket, bound before the loop starts so that a bad path
+    is a clear error at start (OSError), not a failed task."""
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _restore_sessions(app: Appliance, path: str) -> None:
     """Sessions a clean stop saved (run --state-file), put back before the
     first frame is read; the file is used once."""
@@ -560,6 +570,15 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     # for up to the switch interval, 5 ms by default, while the RX rings
     # fill. 0.5 ms bounds that stall.
     sys.setswitchinterval(0.0005)
+    metrics_sock = control_sock = None
+    try:
+        if metrics:
+            metrics_sock = _metrics.listen(*metrics)
+        if control:
+            control_sock = _control_listen(control)
+    except OSError as exc:
+        what = f"--metrics {metrics[0]}:{metrics[1]}" if metrics and metrics_sock is None else f"--control {control}"
+        raise SystemExit(f"appliance: error: {what}: {exc.strerror or exc}")
     app = Appliance(config)
     serving = False
     try:
@@ -574,10 +593,10 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                 nursery.start_soon(app.config_loop)
             for task in app.plugins.background_tasks():
                 nursery.start_soon(task)
-            if control:
-                await nursery.start(app.control_loop, control)
-            if metrics:
-                await nursery.start(_metrics.serve, lambda: app.answer("stats"), *metrics)
+            if control_sock is not None:
+                nursery.start_soon(app.control_loop, control_sock, control)
+            if metrics_sock is not None:
+                nursery.start_soon(_metrics.serve, lambda: app.answer("stats"), metrics_sock)
             print(f"appliance: ready on {', '.join(config.interface_names)}", flush=True)
             serving = True
             if ready_file:
@@ -595,6 +614,11 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         if state_file and serving:   # a start that failed half-way has nothing to hand over
             _save_sessions(app, state_file)
         app.close()
+        for sock in (metrics_sock, control_sock):
+            if sock is not None:
+                sock.close()
+        if control_sock is not None and os.path.exists(control):
+            os.unlink(control)   # control_loop removes it too, if it ran
     st = app.core.statistics()
     print(f"appliance: stopped; sessions created {st.sessions_created}, expired {st.sessions_expired}, "
           f"translated {st.counters['translated']}, passed {st.counters['passed']}, "

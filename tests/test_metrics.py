@@ -75,6 +75,27 @@ def test_bad_metrics_address(text):
         parse_address(text)
 
 
+def test_run_refuses_a_taken_metrics_port_or_an_unusable_control_path(tmp_path):
+    """Both are bound before anything is attached: a clear error, no traceback."""
+    import socket
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[interface]]\nname = "lo"\n')
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        for args, message in (
+                (["--metrics", f"127.0.0.1:{port}"], f"--metrics 127.0.0.1:{port}: Address already in use"),
+                (["--control", str(tmp_path / "no" / "dir" / "c.sock")], "No such file or directory")):
+            r = subprocess.run([sys.executable, "-m", "appliance", "run", "--config", str(cfg), *args],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    finally:
+        taken.close()
+
+
 def test_run_rejects_a_bad_metrics_address(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[interface]]\nname = "lo"\n')

@@ -540,7 +540,10 @@ def _restore_sessions(app: Appliance, path: str) -> None:
     else:
         log.warning("restored %d sessions from %s (%d expired meanwhile, %d refused)", restored, path, expired,
                     refused)
-    p.unlink(missing_ok=True)
+    try:
+        p.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s: not removed: %s", path, exc)
 
 
 def _save_sessions(app: Appliance, path: str) -> None:
@@ -548,13 +551,13 @@ def _save_sessions(app: Appliance, path: str) -> None:
     steering program holding (dropping) what it would give the appliance,
     so that the kernel does not forward it untranslated in between: a
     backend's segment reaching a client untranslated makes it reset."""
+    tmp = pathlib.Path(path + ".tmp")
     try:
-        data = app.core.export_sessions()
-        tmp = pathlib.Path(path + ".tmp")
-        tmp.write_bytes(data)
+        tmp.write_bytes(app.core.export_sessions())
         tmp.replace(path)
     except OSError as exc:
         log.error("%s: sessions not saved: %s", path, exc)
+        tmp.unlink(missing_ok=True)
         return
     app.steering.hold(STATE_HOLD_SECONDS)
     log.warning("saved %d sessions to %s; the XDP program holds the appliance's traffic for %.0f s",
@@ -570,6 +573,10 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     # for up to the switch interval, 5 ms by default, while the RX rings
     # fill. 0.5 ms bounds that stall.
     sys.setswitchinterval(0.0005)
+    for flag, path in (("--state-file", state_file), ("--ready-file", ready_file)):
+        if path and (pathlib.Path(path).is_dir() or not pathlib.Path(path).resolve().parent.is_dir()):
+            why = "is a directory" if pathlib.Path(path).is_dir() else "its directory does not exist"
+            raise SystemExit(f"appliance: error: {flag} {path}: {why}")
     metrics_sock = control_sock = None
     try:
         if metrics:
@@ -600,7 +607,10 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
             print(f"appliance: ready on {', '.join(config.interface_names)}", flush=True)
             serving = True
             if ready_file:
-                pathlib.Path(ready_file).write_text("ready\n")
+                try:
+                    pathlib.Path(ready_file).write_text("ready\n")
+                except OSError as exc:   # serving anyway: the file is for whoever waits on it
+                    log.error("--ready-file %s: %s", ready_file, exc)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for sig in signals:
                     log.info("signal %s: stopping", sig)

@@ -75,8 +75,9 @@ def test_bad_metrics_address(text):
         parse_address(text)
 
 
-def test_run_refuses_a_taken_metrics_port_or_an_unusable_control_path(tmp_path):
-    """Both are bound before anything is attached: a clear error, no traceback."""
+def test_run_refuses_a_taken_metrics_port_or_unusable_paths(tmp_path):
+    """Checked (or bound) before anything is attached: a clear error, no
+    traceback; the state file's would only fail at the stop otherwise."""
     import socket
 
     cfg = tmp_path / "c.toml"
@@ -88,7 +89,10 @@ def test_run_refuses_a_taken_metrics_port_or_an_unusable_control_path(tmp_path):
     try:
         for args, message in (
                 (["--metrics", f"127.0.0.1:{port}"], f"--metrics 127.0.0.1:{port}: Address already in use"),
-                (["--control", str(tmp_path / "no" / "dir" / "c.sock")], "No such file or directory")):
+                (["--control", str(tmp_path / "no" / "dir" / "c.sock")], "No such file or directory"),
+                (["--ready-file", str(tmp_path / "no" / "ready")], "its directory does not exist"),
+                (["--state-file", str(tmp_path)], "is a directory"),
+                (["--state-file", str(tmp_path / "no" / "s")], "its directory does not exist")):
             r = subprocess.run([sys.executable, "-m", "appliance", "run", "--config", str(cfg), *args],
                                capture_output=True, text=True, timeout=30)
             assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

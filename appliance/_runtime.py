@@ -37,7 +37,7 @@ from ._plugins import Plugins
 from .io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
 from .io_uring._binding import ffi as io_ffi
 from .io_uring._binding import lib as io
-from .io_uring._steering import Steering
+from .io_uring._steering import Steering, SteeringError
 from .io_uring._tap import Tap, _sysctl
 from .nat import Batch, NatCore
 
@@ -559,9 +559,15 @@ def _save_sessions(app: Appliance, path: str) -> None:
         log.error("%s: sessions not saved: %s", path, exc)
         tmp.unlink(missing_ok=True)
         return
-    app.steering.hold(STATE_HOLD_SECONDS)
+    saved = app.core.statistics().sessions
+    try:
+        app.steering.hold(STATE_HOLD_SECONDS)
+    except SteeringError as exc:   # then the program is detached as at any stop
+        log.error("saved %d sessions to %s, but %s: the kernel forwards the appliance's traffic until the "
+                  "next start", saved, path, exc)
+        return
     log.warning("saved %d sessions to %s; the XDP program holds the appliance's traffic for %.0f s",
-                app.core.statistics().sessions, path, STATE_HOLD_SECONDS)
+                saved, path, STATE_HOLD_SECONDS)
 
 
 async def run(config: Config, ready_file: Optional[str] = None, control: Optional[str] = None,

@@ -468,12 +468,20 @@ static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
         ctx->counters[IO_C_DROP_KERNEL_WRITE]++;
 }
 
+/* The ICMP errors the datapath sends itself, for translated frames: the
+ * kernel would quote the translated frame, which its sender cannot match to
+ * its flow (a vip's client never learns the path MTU, and traceroute to a
+ * vip gets "network unreachable" from a kernel without a route to it). */
+enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED, ICMP_ERR_NO_ROUTE, ICMP_ERR_HOST_UNREACH };
+
 /* Next hop for a frame: from the session's cache when it is current, else
  * route + neighbour lookup (and fill the cache). Returns the egress port, or
- * a negative io counter telling why the kernel must take the frame;
- * *failed is set when that is a neighbour the kernel failed to resolve. */
+ * a negative io counter telling why the kernel must take the frame; then
+ * *unreach is the error Linux would answer a frame it cannot forward at all
+ * with (no route at all: ICMP_ERR_NO_ROUTE; a neighbour the kernel failed to
+ * resolve: ICMP_ERR_HOST_UNREACH), else -1. */
 static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family,
-                    const uint8_t *dst, const uint8_t **mac, int *egress, int *failed)
+                    const uint8_t *dst, const uint8_t **mac, int *egress, int *unreach)
 {
     struct hop *h = NULL;
     if (f->session < ctx->max_sessions) {
@@ -485,8 +493,10 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
         }
     }
     const struct route *r = route_lookup(ctx, family, dst);
-    if (!r)
+    if (!r) {
+        *unreach = ICMP_ERR_NO_ROUTE;
         return -IO_C_TO_KERNEL_NO_ROUTE;
+    }
     if (r->local)
         return -IO_C_TO_KERNEL_LOCAL;
     if (r->port_id < 0 || r->port_id >= IO_MAX_PORTS || !ctx->tx_port[r->port_id])
@@ -496,7 +506,8 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
     memcpy(nh, r->has_gw ? r->gw : dst, 16);
     const struct neigh *n = neigh_slot(ctx, family, nh, 0);
     if (!n || n->failed) {
-        *failed = n != NULL;
+        if (n)
+            *unreach = ICMP_ERR_HOST_UNREACH;
         return -IO_C_TO_KERNEL_NO_NEIGH;
     }
     if (h) {
@@ -565,12 +576,6 @@ static int icmp_allowed(struct io_ctx *ctx)
     ctx->icmp_tokens--;
     return 1;
 }
-
-/* The ICMP errors the datapath sends itself, for translated frames: the
- * kernel would quote the translated frame, which its sender cannot match to
- * its flow (a vip's client never learns the path MTU, and traceroute to a
- * vip gets "network unreachable" from a kernel without a route to it). */
-enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED, ICMP_ERR_NO_ROUTE, ICMP_ERR_HOST_UNREACH };
 
 /* Answer a translated frame's sender with ICMP "fragmentation needed" /
  * "packet too big" (mtu), "time exceeded in transit", "network
@@ -711,13 +716,13 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
     int translated = f->verdict == NAT_FORWARD && f->session != NAT_NONE;
     const uint8_t *mac;
     int egress = -1;
-    int failed = 0;
-    int port = next_hop(ctx, f, family, dst, &mac, &egress, &failed);
+    int unreach = -1;
+    int port = next_hop(ctx, f, family, dst, &mac, &egress, &unreach);
     if (port == -IO_C_TO_KERNEL_LOCAL)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);   /* delivered at any TTL */
     /* No route at all (not one through an interface that is not ours,
      * which the kernel forwards): Linux answers before any TTL check. */
-    if (port == -IO_C_TO_KERNEL_NO_ROUTE && translated && !route_lookup(ctx, family, dst) &&
+    if (unreach == ICMP_ERR_NO_ROUTE && translated &&
         send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_NO_ROUTE, 0) == 0)
         return;
     if (port >= 0)
@@ -740,7 +745,7 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
          * frames it queued with "host unreachable" once resolution fails;
          * ours quotes the frame as sent. The kernel still gets the frame,
          * so that it tries the neighbour again. */
-        if (failed && translated)
+        if (unreach == ICMP_ERR_HOST_UNREACH && translated)
             send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_HOST_UNREACH, 0);
         return to_kernel(ctx, d, len, -port);
     }

@@ -86,23 +86,8 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the loop starts so that a taken
-    port is a clear error at start (OSError), not a failed task."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(16)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 async def serve(stats: Callable[[], dict], sock: socket.socket) -> None:
-    """Answer ``GET /metrics`` on a :func:`listen` socket until cancelled."""
+    """Answer ``GET /metrics`` on a listening socket until cancelled."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     async with listener, trio.open_nursery() as nursery:
         while True:

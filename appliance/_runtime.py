@@ -444,7 +444,7 @@ class Appliance:
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
 
     async def control_loop(self, sock: socket.socket, path: str) -> None:
-        """Answer `appliance show` on a :func:`_control_listen` socket."""
+        """Answer `appliance show` on a :func:`_listening_socket`."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         try:
             async with trio.open_nursery() as nursery:
@@ -512,14 +512,17 @@ def _raise_priority(nice: int) -> None:
 STATE_HOLD_SECONDS = 5.0
 
 
-def _control_listen(path: str) -> socket.socket:
-    """The control socket, bound before the loop starts so that a bad path
-    is a clear error at start (OSError), not a failed task."""
-    if os.path.exists(path):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _listening_socket(family: int, address) -> socket.socket:
+    """A listening socket for the control socket or the metrics, bound
+    before the loop starts so that a taken port or a bad path is a clear
+    error at start (OSError), not a failed task."""
+    if family == socket.AF_UNIX and os.path.exists(address):
+        os.unlink(address)   # left by a killed run
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
         sock.listen(16)
     except OSError:
         sock.close()
@@ -586,9 +589,10 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     metrics_sock = control_sock = None
     try:
         if metrics:
-            metrics_sock = _metrics.listen(*metrics)
+            family = socket.AF_INET6 if ":" in metrics[0] else socket.AF_INET
+            metrics_sock = _listening_socket(family, metrics)
         if control:
-            control_sock = _control_listen(control)
+            control_sock = _listening_socket(socket.AF_UNIX, control)
     except OSError as exc:
         what = f"--metrics {metrics[0]}:{metrics[1]}" if metrics and metrics_sock is None else f"--control {control}"
         raise SystemExit(f"appliance: error: {what}: {exc.strerror or exc}")

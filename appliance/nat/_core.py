@@ -183,7 +183,6 @@ class NatCore:
         self.on_host_source = None
         self._info = ffi.new("struct nat_session_info *")
         self._stale_from: Optional[int] = None   # next session index of a pending sweep
-        self.stale_removed = 0
         self.config = config
         self.apply_config(config)
 
@@ -414,8 +413,7 @@ class NatCore:
         while i != none and budget > 0:
             budget -= 1
             if lib.nat_session_get(nat, i, info) == 0 and self._stale(info):
-                lib.nat_session_remove(nat, i)
-                self.stale_removed += 1
+                lib.nat_session_remove(nat, i)   # counted: nat.session_removed
             i = lib.nat_session_next(nat, i + 1)
         self._stale_from = None if i == none else i
 

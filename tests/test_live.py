@@ -393,6 +393,24 @@ def test_sessions_end_by_timeout_and_rst(tmp_path):
         lv.close()
 
 
+def test_a_session_slot_reused_after_expiry_forwards_to_its_own_backend(tmp_path):
+    """An expired session's slot is the next new flow's: the next hop cached
+    with the slot must not outlive the session (it once did, and a new flow
+    to one backend left with the other backend's MAC on its interface)."""
+    lv = Live(tmp_path, session=1)
+    try:
+        served = []
+        for sport in (40011, 40012, 40013, 40014, 40015):   # one session at a time, one slot
+            served.append(lv.udp(lv.topo.ns_client, "30.0.0.2", 53, sport=sport).split()[1])
+            time.sleep(1.6)                                   # > 1 s timeout, scanner ticks every 0.1 s
+        assert set(served) == {"backend0", "backend1"}, served   # the slot changed backend
+        assert lv.stop() == 0
+        nat = lv.final_stats()["nat"]
+        assert nat["sessions_created"] == 5 and nat["sessions_expired"] == 5, nat
+    finally:
+        lv.close()
+
+
 STREAM_SERVER = r"""
 import socket, time
 s = socket.socket()

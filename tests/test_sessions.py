@@ -154,6 +154,28 @@ def test_expiry_is_incremental_with_bounded_work():
     assert h.core.statistics().sessions_expired == 3000
 
 
+def test_a_reused_slot_carries_a_new_serial():
+    """Callers keep state per session index (io caches the next hop there):
+    an expired session's slot goes to the next new flow, and the frame's
+    serial is what tells the two sessions apart."""
+    from appliance.nat import Batch
+
+    def session_of(frame):
+        b = Batch(1)
+        b.load([(frame, h.core.port("eth0"), h.now)])
+        h.core.process(b, h.now)
+        return b.frames[0].session, b.frames[0].serial
+
+    h = harness(session=1)
+    first = udp("10.0.0.1", 5000, "30.0.0.2", 53)
+    index, serial = session_of(first)
+    assert session_of(first) == (index, serial)            # every frame of a session: the same pair
+    h.advance(2)
+    assert h.core.expire(h.now, budget=10) == 1
+    again, new_serial = session_of(udp("10.0.0.9", 6000, "30.0.0.2", 53))
+    assert again == index and new_serial != serial
+
+
 def test_full_table_drops_new_flows_established_keep_working():
     h = harness(max=4)
     flows = [udp(f"10.0.0.{i}", 5000, "30.0.0.2", 53) for i in range(1, 5)]

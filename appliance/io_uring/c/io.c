@@ -67,6 +67,7 @@ struct neigh {
 
 struct hop {
     uint32_t gen;            /* io_ctx.gen when filled; 0 = empty */
+    uint32_t serial;         /* the session's serial: its slot's next session must look up again */
     int16_t port_id;
     uint8_t mac[6];
 };
@@ -486,7 +487,7 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
     struct hop *h = NULL;
     if (f->session < ctx->max_sessions) {
         h = &ctx->hops[(size_t)f->session * 2 + f->dir];
-        if (h->gen == ctx->gen) {
+        if (h->gen == ctx->gen && h->serial == f->serial) {
             ctx->counters[IO_C_FWD_CACHE_HIT]++;
             *mac = h->mac;
             return h->port_id;
@@ -512,6 +513,7 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
     }
     if (h) {
         h->gen = ctx->gen;
+        h->serial = f->serial;
         h->port_id = (int16_t)r->port_id;
         memcpy(h->mac, n->mac, 6);
         *mac = h->mac;

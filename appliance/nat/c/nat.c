@@ -74,6 +74,7 @@ struct session {
     uint64_t packets[2];
     uint32_t next[2];
     uint32_t translation;
+    uint32_t serial;      /* nat.serial at creation: tells apart the sessions of one slot */
     uint16_t backend;
     uint8_t state;
     uint8_t profile;
@@ -111,6 +112,7 @@ struct nat {
     uint32_t n_sessions;
     uint32_t free_head;   /* recycled slots */
     uint32_t hwm;         /* slots below were used once; above, untouched memory */
+    uint32_t serial;      /* sessions created so far (wraps; a slot's two sessions differ) */
     uint32_t scan_cursor;
     uint64_t table_seed;
     uint64_t flow_seed;
@@ -898,6 +900,7 @@ static int handle_icmp_error(struct nat *nat, struct nat_frame *f, struct pkt *p
     st16(icmp + 2, csum_apply(ld16(icmp + 2), icmp_acc));
     nat->counters[NAT_C_ICMP_ERROR_TRANSLATED]++;
     f->session = idx;
+    f->serial = nat->s[idx].serial;
     f->dir = (uint8_t)d;
     verdict(nat, f, NAT_FORWARD, NAT_C_TRANSLATED);
     return 1;
@@ -978,6 +981,7 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         if (!(flags & NAT_PF_FINAL))
             nat->counters[NAT_C_SESSION_HIT]++;
         f->session = idx;
+        f->serial = s->serial;
         f->dir = (uint8_t)dir;
         if (s->flags & NAT_SF_BYPASS) {
             verdict(nat, f, NAT_PASS, NAT_C_PASS_NO_SNAT);
@@ -1156,6 +1160,7 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
     s->key[1] = *rev;
     s->key[0].zero = s->key[1].zero = 0;
     s->created_ns = s->last_seen_ns = now_ns;
+    s->serial = ++nat->serial;
     s->translation = translation;
     s->backend = backend;
     s->profile = profile;

@@ -72,6 +72,9 @@ struct nat_frame {
     uint32_t session;        /* FORWARD: session index */
     uint32_t translation;    /* MISS: translation id, or NAT_NONE */
     uint32_t hash;           /* MISS: keyed flow hash of key */
+    uint32_t serial;         /* with a session: its serial. An index is reused once its
+                              * session ends; (session, serial) names one session, for
+                              * whatever a caller keeps per session (io's next hops) */
     uint64_t ts_ns;
     struct nat_key key;      /* MISS: the flow as received */
 };

@@ -104,6 +104,19 @@ proto = "tcp"
 real = "10.0.0.1"
 port = 80
 backends = ["20.0.0.254->20.0.0.1 8080"]
+
+# vips inside the clients' own link prefix: the clients ask ARP / ND for them
+[[translation]]
+proto = "tcp"
+vip = "10.0.0.100"
+port = 80
+backends = ["->20.0.0.1 8080"]
+
+[[translation]]
+proto = "tcp"
+vip = "fd00::100"
+port = 80
+backends = ["->fd20:1::1 8080"]
 """
 
 UDP_CLIENT = r'''
@@ -214,6 +227,24 @@ def test_udp_request_response_through_vip_both_families(live):
     assert peer == "30.0.0.2" and text.split()[1:] == ["10.0.0.2", "hello"]
     peer6, text6 = live.udp(live.topo.ns_client, "fd30::2", 53).split(" ", 1)
     assert peer6 == "fd30::2" and text6.split()[1:] == ["fd00::2", "hello"]
+
+
+def test_a_vip_on_the_clients_link_is_answered_for_by_arp_and_nd(live):
+    """The kernel does not own a vip, so it would leave ARP requests and
+    neighbour solicitations for one unanswered; the appliance answers them
+    with the MAC of the interface they came in on, and only for its vips."""
+    cli = live.topo.ns_client
+    assert live.curl(cli, "http://10.0.0.100/") == "backend0 10.0.0.2"
+    assert live.curl(cli, "http://[fd00::100]/") == "backend1 fd00::2"
+    mac = json.loads(live.run(live.topo.ns_app, "ip", "-j", "link", "show", "a0").stdout)[0]["address"]
+    neigh = {n["dst"]: n for n in json.loads(live.run(cli, "ip", "-j", "neigh", "show", "dev", "c0").stdout)}
+    for vip in ("10.0.0.100", "fd00::100"):
+        assert neigh[vip].get("lladdr") == mac, neigh[vip]
+    live.run(cli, "ping", "-c", "1", "-W", "1", "10.0.0.77")   # no vip: nobody answers
+    neigh = {n["dst"]: n for n in json.loads(live.run(cli, "ip", "-j", "neigh", "show", "dev", "c0").stdout)}
+    assert "lladdr" not in neigh["10.0.0.77"], neigh["10.0.0.77"]
+    assert live.stop() == 0
+    assert live.final_stats()["io"]["neigh_answered"] >= 2
 
 
 def test_snat_excluded_prefixes_and_ping(live):

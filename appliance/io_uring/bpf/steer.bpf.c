@@ -11,6 +11,10 @@
  * To the appliance: everything else (vips, transit, SNAT), and frames to a
  * vip or SNAT address at any TTL: the kernel has no route for those, so
  * the appliance answers time-exceeded itself, quoting the frame as sent.
+ * Also ARP requests and IPv6 neighbour solicitations for a vip or SNAT
+ * address that is not the host's: the kernel would not answer them, and
+ * the appliance does (io.c answer_neighbour), so that hosts on a link
+ * reach a vip or SNAT address inside that link's prefix.
  *
  * Maps are filled by appliance/io_uring/_steering.py from the configuration, the
  * kernel's addresses and the sessions.
@@ -103,6 +107,44 @@ static __always_inline int to_appliance(struct xdp_md *ctx)
     return act == XDP_REDIRECT ? (int)act : no_socket();
 }
 
+/* An address the appliance answers for: a vip or SNAT address that is not
+ * also the host's (the kernel answers for its own). */
+static __always_inline int nat_only(struct steer_addr *ak)
+{
+    __u32 *flags = bpf_map_lookup_elem(&addrs, ak);
+    return flags && (*flags & (STEER_ADDR_NAT | STEER_ADDR_HOST)) == STEER_ADDR_NAT;
+}
+
+/* An ARP request (Ethernet/IPv4) or a neighbour solicitation (no extension
+ * headers) whose target is nat_only(). */
+static __always_inline int nat_neighbour_request(struct ethhdr *eth, void *end)
+{
+    struct steer_addr ak = {};
+    if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+        __u8 *arp = (void *)(eth + 1);
+        if ((void *)(arp + 28) > end)
+            return 0;
+        /* htype 1, ptype IPv4, hlen 6, plen 4, op request */
+        if (arp[0] != 0 || arp[1] != 1 || arp[2] != 0x08 || arp[3] != 0 || arp[4] != 6 || arp[5] != 4 ||
+            arp[6] != 0 || arp[7] != 1)
+            return 0;
+        ak.family = 4;
+        __builtin_memcpy(ak.addr, arp + 24, 4);
+        return nat_only(&ak);
+    }
+    if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        __u8 *ns = (void *)(ip6 + 1);
+        if ((void *)(ns + 24) > end || ip6->nexthdr != IPPROTO_ICMPV6 || ns[0] != 135 || ns[1] != 0 ||
+            ip6->hop_limit != 255)
+            return 0;
+        ak.family = 6;
+        __builtin_memcpy(ak.addr, ns + 8, 16);
+        return nat_only(&ak);
+    }
+    return 0;
+}
+
 SEC("xdp")
 int appliance_steer(struct xdp_md *ctx)
 {
@@ -116,6 +158,8 @@ int appliance_steer(struct xdp_md *ctx)
 
     if ((void *)(eth + 1) > end)
         return count(STEER_C_PASS_KERNEL, XDP_PASS);
+    if (nat_neighbour_request(eth, end))
+        return to_appliance(ctx);
     if (eth->h_dest[0] & 1)   /* multicast / broadcast */
         return count(STEER_C_PASS_KERNEL, XDP_PASS);
     if (eth->h_proto == bpf_htons(ETH_P_IP)) {

@@ -689,6 +689,83 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
     return 0;
 }
 
+/* A vip or SNAT address is the appliance's, not the kernel's: the kernel
+ * would leave an ARP request or a neighbour solicitation for it unanswered,
+ * and a host with that address inside its link's prefix could not reach it.
+ * The XDP program sends us only those requests (steer.bpf.c,
+ * nat_neighbour_request); this answers one from the ingress interface, as
+ * the owner of the address. Returns 1 if the frame was such a request. */
+static int answer_neighbour(struct io_ctx *ctx, const struct nat_frame *f)
+{
+    static const uint8_t arp_request[8] = {0, 1, 8, 0, 6, 4, 0, 1};
+    const uint8_t *d = f->data;
+    uint32_t len = f->len;
+    struct io_port *in = f->port < IO_MAX_PORTS ? ctx->tx_port[f->port] : NULL;
+    if (!in || len < 14)
+        return 0;
+    uint16_t et = (uint16_t)(d[12] << 8 | d[13]);
+    uint8_t out[14 + 40 + 32];
+    uint32_t olen;
+    if (et == 0x0806) {
+        const uint8_t *arp = d + 14;
+        if (len < 14 + 28 || memcmp(arp, arp_request, 8))
+            return 0;
+        memcpy(out, arp + 8, 6);                  /* to the requester */
+        memcpy(out + 6, in->mac, 6);
+        out[12] = 0x08;
+        out[13] = 0x06;
+        uint8_t *a = out + 14;
+        memcpy(a, arp_request, 8);
+        a[7] = 2;                                 /* reply */
+        memcpy(a + 8, in->mac, 6);                /* sender: us, with the address asked for */
+        memcpy(a + 14, arp + 24, 4);
+        memcpy(a + 18, arp + 8, 10);              /* target: the requester's MAC and address */
+        olen = 14 + 28;
+    } else if (et == 0x86dd) {
+        const uint8_t *ip = d + 14, *ns = ip + 40;
+        if (len < 14 + 40 + 24 || ip[6] != 58 || ip[7] != 255 || ns[0] != 135 || ns[1] != 0)
+            return 0;
+        static const uint8_t unspecified[16];
+        int dad = memcmp(ip + 8, unspecified, 16) == 0;   /* duplicate address detection */
+        uint8_t *o_ip = out + 14, *na = o_ip + 40;
+        if (dad) {                                /* to all nodes */
+            static const uint8_t all_mac[6] = {0x33, 0x33, 0, 0, 0, 1};
+            static const uint8_t all_nodes[16] = {0xff, 2, [15] = 1};
+            memcpy(out, all_mac, 6);
+            memcpy(o_ip + 24, all_nodes, 16);
+        } else {
+            memcpy(out, d + 6, 6);
+            memcpy(o_ip + 24, ip + 8, 16);
+        }
+        memcpy(out + 6, in->mac, 6);
+        out[12] = 0x86;
+        out[13] = 0xdd;
+        memset(o_ip, 0, 8);
+        o_ip[0] = 0x60;
+        put16(o_ip + 4, 32);
+        o_ip[6] = 58;
+        o_ip[7] = 255;
+        memcpy(o_ip + 8, ns + 8, 16);             /* from the address asked for */
+        memset(na, 0, 8);
+        na[0] = 136;                              /* neighbour advertisement */
+        na[4] = dad ? 0x20 : 0x60;                /* (solicited,) override */
+        memcpy(na + 8, ns + 8, 16);
+        na[24] = 2;                               /* target link-layer address option */
+        na[25] = 1;
+        memcpy(na + 26, in->mac, 6);
+        uint8_t pseudo[4];
+        put16(pseudo, 32);
+        put16(pseudo + 2, 58);
+        put_csum(na + 2, csum_sum(o_ip + 8, 32) + csum_sum(pseudo, 4) + csum_sum(na, 32));
+        olen = 14 + 40 + 32;
+    } else {
+        return 0;
+    }
+    if (tx_enqueue(ctx, in, out, olen) == 0)
+        ctx->counters[IO_C_NEIGH_ANSWERED]++;
+    return 1;
+}
+
 static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
 {
     uint8_t *d = f->data;
@@ -768,7 +845,7 @@ void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames,
 {
     for (uint32_t i = 0; i < n; i++) {
         struct nat_frame *f = &frames[i];
-        if (f->verdict == NAT_FORWARD || f->verdict == NAT_PASS)
+        if (f->verdict == NAT_FORWARD || (f->verdict == NAT_PASS && !answer_neighbour(ctx, f)))
             forward_one(ctx, f);
         else if (f->verdict == NAT_MISS)   /* not resolved: see slow_path_may_run() */
             ctx->counters[IO_C_DROP_NEW_FLOW_BUSY]++;

@@ -42,6 +42,7 @@ enum io_counter {
     IO_C_DROP_NEW_FLOW_BUSY,   /* new flows' frames dropped unresolved: the slow path was behind */
     IO_C_ICMP_NO_ROUTE,        /* ICMP network unreachable sent for translated frames */
     IO_C_ICMP_HOST_UNREACHABLE, /* ICMP host unreachable sent for translated frames */
+    IO_C_NEIGH_ANSWERED,       /* ARP requests / neighbour solicitations answered for vips, SNAT addresses */
     IO_C__COUNT,
 };
 

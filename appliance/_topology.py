@@ -160,7 +160,7 @@ fam = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
 s.bind((sys.argv[2], int(sys.argv[1])))
 while True:
-    data, peer = s.recvfrom(2048)
+    data, peer = s.recvfrom(65535)
     s.sendto(sys.argv[3].encode() + b" " + peer[0].removeprefix("::ffff:").encode() + b" " + data, peer)
 '''
 

@@ -105,6 +105,19 @@ real = "10.0.0.1"
 port = 80
 backends = ["20.0.0.254->20.0.0.1 8080"]
 
+# `real` UDP on the appliance's addresses (fragmented datagrams)
+[[translation]]
+proto = "udp"
+real = "10.0.0.1"
+port = 53
+backends = ["->20.0.0.1 5353"]
+
+[[translation]]
+proto = "udp"
+real = "fd00::1"
+port = 53
+backends = ["->fd20:0::1 5353"]
+
 # vips inside the clients' own link prefix: the clients ask ARP / ND for them
 [[translation]]
 proto = "tcp"
@@ -227,6 +240,42 @@ def test_udp_request_response_through_vip_both_families(live):
     assert peer == "30.0.0.2" and text.split()[1:] == ["10.0.0.2", "hello"]
     peer6, text6 = live.udp(live.topo.ns_client, "fd30::2", 53).split(" ", 1)
     assert peer6 == "fd30::2" and text6.split()[1:] == ["fd00::2", "hello"]
+
+
+BIG_UDP = r'''
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"x" * 4000, (sys.argv[1], int(sys.argv[2])))
+data, peer = s.recvfrom(65535)
+print(peer[0], len(data), data.split()[0].decode())
+'''
+
+
+@pytest.mark.parametrize("ns, addr, port, want", [
+    ("client", "10.0.0.1", 53, "backend0"),      # `real` on a host address
+    ("client", "fd00::1", 53, "backend0"),
+    ("pod", "40.0.0.1", 5353, "outside"),        # SNAT to a host address: fragmented replies
+    ("pod", "fd40::1", 5353, "outside"),
+    ("client", "30.0.0.2", 53, None),            # vip
+])
+def test_fragmented_datagrams_through_real_snat_and_vip(live, ns, addr, port, want):
+    """A fragment's ports are in its datagram's first fragment only: those
+    addressed to the host's own addresses (a `real` translation, replies to
+    SNAT from a host address) once went to the kernel past the first and
+    were lost. 4000 bytes each way: three fragments in, three out."""
+    t = live.topo
+    live.procs.append(start_server(t, t.ns_out, "udp", 5353, "outside", "::"))
+    time.sleep(0.2)
+    r = live.run(t.ns_client if ns == "client" else t.ns_pod, sys.executable, "-c", BIG_UDP, addr, str(port))
+    assert r.returncode == 0, r.stderr + live.log.read_text()
+    peer, size, name = r.stdout.split()
+    assert peer == addr and int(size) > 4000
+    assert want is None or name == want, name
+    # the host's own fragmented traffic still reaches it (through the appliance)
+    r = live.run(t.ns_client, "ping", "-c", "1", "-W", "2", "-s", "3000", "10.0.0.1")
+    assert r.returncode == 0, r.stdout
 
 
 def test_a_vip_on_the_clients_link_is_answered_for_by_arp_and_nd(live):

@@ -7,7 +7,7 @@
  * time-exceeded), and traffic addressed to the host itself -- except the
  * ports of `real` translations and the return traffic of flows whose source
  * the appliance rewrote to a host address, which are listed in the `ports`
- * map.
+ * map, and fragments (their ports are in the first fragment only).
  * To the appliance: everything else (vips, transit, SNAT), and frames to a
  * vip or SNAT address at any TTL: the kernel has no route for those, so
  * the appliance answers time-exceeded itself, quoting the frame as sent.
@@ -153,7 +153,7 @@ int appliance_steer(struct xdp_md *ctx)
     struct ethhdr *eth = data;
     struct steer_addr ak = {};
     struct steer_port pk = {};
-    __u8 proto, ttl;
+    __u8 proto, ttl, frag = 0;
     void *l4;
 
     if ((void *)(eth + 1) > end)
@@ -171,8 +171,7 @@ int appliance_steer(struct xdp_md *ctx)
         __builtin_memcpy(ak.addr, &ip->daddr, 4);
         proto = ip->protocol;
         l4 = (void *)ip + ip->ihl * 4;
-        if (ip->frag_off & bpf_htons(0x1fff))
-            l4 = 0;   /* later fragment: no ports */
+        frag = (ip->frag_off & bpf_htons(0x3fff)) != 0;   /* more fragments, or an offset */
     } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = (void *)(eth + 1);
         if ((void *)(ip6 + 1) > end)
@@ -184,6 +183,7 @@ int appliance_steer(struct xdp_md *ctx)
         __builtin_memcpy(ak.addr, &ip6->daddr, 16);
         proto = ip6->nexthdr;
         l4 = ip6 + 1;
+        frag = proto == 44;   /* a fragment header first: the common case */
         if (proto == IPPROTO_ICMPV6) {
             __u8 *t = l4;
             if ((void *)(t + 1) > end)
@@ -202,9 +202,13 @@ int appliance_steer(struct xdp_md *ctx)
         return to_appliance(ctx);   /* vip, SNAT address that is not the host's, transit */
     }
 
-    /* Addressed to the host: only listed ports go to the appliance. */
-    if (!l4)
-        return count(STEER_C_PASS_HOST, XDP_PASS);
+    /* Addressed to the host: only listed ports go to the appliance. A
+     * fragment's ports are in its datagram's first fragment only, so every
+     * fragment goes to the appliance, whose NAT follows a translated
+     * datagram's fragments and hands the kernel the others, all by one
+     * path (io.to_kernel_local). */
+    if (frag)
+        return to_appliance(ctx);
     pk.family = ak.family;
     pk.proto = proto;
     __builtin_memcpy(pk.addr, ak.addr, 16);

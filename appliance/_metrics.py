@@ -52,6 +52,9 @@ def render(stats: dict) -> str:
                [({}, nat["sessions_created"])])
     out.family("appliance_sessions_expired_total", "counter", "sessions ended (timeout or removed)",
                [({}, nat["sessions_expired"])])
+    out.family("appliance_hairpin_flows_total", "counter",
+               "translated flows whose client and backend share a link: source rewritten to the interface's address",
+               [({}, nat.get("hairpin_flows", 0))])
     for name, value in nat["counters"].items():
         out.family(f"appliance_nat_{name}_total", "counter", _NAT_HELP.get(name, name), [({}, value)])
     out.family("appliance_translation_new_flows_total", "counter", "new flows per translation id",

@@ -92,6 +92,24 @@ def _iface_info(name: str) -> tuple[int, bytes, int, int]:
     return ifindex, mac, mtu, queues
 
 
+def _links(snap: _kernel.Snapshot, data: set) -> dict[str, tuple]:
+    """NatCore.links: for each data interface, its on-link prefixes (routes
+    through it without a gateway; not the default route, not link-local)
+    with its own address inside each."""
+    links: dict[str, list] = {}
+    for r in snap.routes:
+        net = r.network
+        if r.dev not in data or r.gateway is not None or r.local or net.prefixlen == 0 or net.is_link_local:
+            continue
+        own = next((a for dev, a in snap.interface_addresses if dev == r.dev and a in net), None)
+        if own is None:
+            continue
+        bits = net.max_prefixlen
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - net.prefixlen)) - 1)
+        links.setdefault(r.dev, []).append((net.version, int(net.network_address), mask, own.packed))
+    return {dev: tuple(v) for dev, v in links.items()}
+
+
 class _IdleWait:
     """Sleep until one of the AF_XDP sockets has frames, registered on their
     wait queues only while asleep.
@@ -269,6 +287,7 @@ class Appliance:
             port = self.core.port(n.dev) if n.dev in data else -1
             io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port,
                             n.mac if n.mac is not None else io_ffi.NULL)
+        self.core.links = _links(snap, data)
         host = snap.addresses
         self.steering.set_addresses(set(host), self._nat_addresses())
         self.core.host_sources = frozenset(a.packed for a in host)

@@ -296,6 +296,20 @@ def test_a_vip_on_the_clients_link_is_answered_for_by_arp_and_nd(live):
     assert live.final_stats()["io"]["neigh_answered"] >= 2
 
 
+def test_a_backend_reaching_its_own_vip(live):
+    """Picked itself, a backend would get its own packet back with its own
+    address as source, and drop it: hairpin flows come from the appliance's
+    address on that link (20.0.0.254, fd20::fe). Picked the other backend,
+    the flow is an ordinary one."""
+    b0 = live.topo.ns_backends[0]
+    seen = {live.curl(b0, "http://30.0.0.2/") for _ in range(12)}
+    assert seen == {"backend0 20.0.0.254", "backend1 20.0.0.1"}, seen
+    seen6 = {live.curl(b0, "http://[fd30::2]/") for _ in range(12)}
+    assert seen6 == {"backend0 fd20::fe", "backend1 fd20::1"}, seen6
+    assert live.stop() == 0
+    assert live.final_stats()["nat"]["hairpin_flows"] >= 2
+
+
 def test_snat_excluded_prefixes_and_ping(live):
     pod = live.topo.ns_pod
     assert live.curl(pod, "http://40.0.0.1:8080/") == "outside 40.0.0.254"

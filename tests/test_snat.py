@@ -136,3 +136,64 @@ def test_a_restored_snat_session_is_steered_back_when_its_address_is_the_hosts()
     assert new.core.import_sessions(saved, new.now) == (1, 0, 0)
     assert steered == [(True, "30.0.0.1", 17, 33333)]
     new.send(udp("9.9.9.9", 53, "30.0.0.1", 33333)).expect(udp("9.9.9.9", 53, "10.1.0.5", 33333))
+
+
+HAIRPIN = """
+[[translation]]
+proto = "udp"
+vip = "30.0.0.2"
+port = 53
+backends = ["->20.0.0.5 5353"]
+[[translation]]
+proto = "udp"
+vip = "30.0.0.3"
+port = 53
+backends = ["->40.0.0.1 5353"]
+[[translation]]
+proto = "udp"
+vip = "30::2"
+port = 53
+backends = ["->20::5 5353"]
+"""
+
+
+def _link(net: str, own: str) -> tuple:
+    n = ipaddress.ip_network(net)
+    mask = int(n.netmask)
+    return (n.version, int(n.network_address), mask, ipaddress.ip_address(own).packed)
+
+
+# (what, in on, client's frame, out as, backend's reply, back as)
+HAIRPIN_TABLE = [
+    ("client and backend share eth0's link", "eth0",
+     udp("20.0.0.7", 4000, "30.0.0.2", 53), udp("20.0.0.254", 4000, "20.0.0.5", 5353),
+     udp("20.0.0.5", 5353, "20.0.0.254", 4000), udp("30.0.0.2", 53, "20.0.0.7", 4000)),
+    ("a backend reaching itself", "eth0",
+     udp("20.0.0.5", 4000, "30.0.0.2", 53), udp("20.0.0.254", 4000, "20.0.0.5", 5353),
+     udp("20.0.0.5", 5353, "20.0.0.254", 4000), udp("30.0.0.2", 53, "20.0.0.5", 4000)),
+    ("ipv6", "eth0",
+     udp("20::7", 4000, "30::2", 53), udp("20::fe", 4000, "20::5", 5353),
+     udp("20::5", 5353, "20::fe", 4000), udp("30::2", 53, "20::7", 4000)),
+]
+
+
+@pytest.mark.parametrize("what,iface,fwd,fwd_out,ret,ret_out", HAIRPIN_TABLE, ids=[t[0] for t in HAIRPIN_TABLE])
+def test_hairpin_flows_come_from_the_interfaces_address(what, iface, fwd, fwd_out, ret, ret_out):
+    """A backend on the client's own link would answer the client directly,
+    past the appliance, and the client would drop a reply from the backend's
+    address: such flows get the link's own address of the appliance as
+    source (the VPP k8s policy's hairpin SNAT, for any shared link)."""
+    h = Harness(HAIRPIN)
+    h.core.links = {"eth0": (_link("20.0.0.0/24", "20.0.0.254"), _link("20::/64", "20::fe"))}
+    h.send(fwd, iface).expect(fwd_out)
+    h.send(ret, iface).expect(ret_out)
+    assert h.core.statistics().hairpin_flows == 1
+
+
+def test_no_hairpin_when_the_backend_or_client_is_elsewhere():
+    h = Harness(HAIRPIN)
+    h.core.links = {"eth0": (_link("20.0.0.0/24", "20.0.0.254"),), "eth1": (_link("10.0.0.0/24", "10.0.0.1"),)}
+    h.send(udp("20.0.0.7", 4000, "30.0.0.3", 53), "eth0").expect(udp("20.0.0.7", 4000, "40.0.0.1", 5353))
+    h.send(udp("10.0.0.7", 4000, "30.0.0.2", 53), "eth1").expect(udp("10.0.0.7", 4000, "20.0.0.5", 5353))
+    h.send(udp("9.9.9.9", 4000, "30.0.0.2", 53), "eth0").expect(udp("9.9.9.9", 4000, "20.0.0.5", 5353))
+    assert h.core.statistics().hairpin_flows == 0

@@ -104,6 +104,7 @@ class Statistics:
     plugin_errors: dict[str, int]
     sessions_created: int
     sessions_expired: int
+    hairpin_flows: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -112,6 +113,7 @@ class Statistics:
             "capacity": self.capacity,
             "sessions_created": self.sessions_created,
             "sessions_expired": self.sessions_expired,
+            "hairpin_flows": self.hairpin_flows,
             "new_flows_per_translation": {str(k): v for k, v in self.new_flows_per_translation.items()},
             "plugin_errors": self.plugin_errors,
         }
@@ -181,6 +183,11 @@ class NatCore:
         # live runtime steers their replies to itself (XDP `ports` map).
         self.host_sources: frozenset[bytes] = frozenset()
         self.on_host_source = None
+        # Hairpin: per interface name, (family, network int, mask int,
+        # packed address of that interface) for each of its on-link
+        # prefixes; set by the live runtime from the kernel's tables.
+        self.links: dict[str, tuple] = {}
+        self.hairpin_flows = 0
         self._info = ffi.new("struct nat_session_info *")
         self._stale_from: Optional[int] = None   # next session index of a pending sweep
         self.config = config
@@ -342,6 +349,13 @@ class NatCore:
                     src_pref = b.sport
             sflags = lib.NAT_SF_TRANSLATED
 
+        if translation is not None and not src_rewritten and iface in self.links:
+            hairpin = self._hairpin_source(iface, family, src, new_dst)
+            if hairpin is not None:
+                new_src, src_rewritten = hairpin, True
+                sflags |= lib.NAT_SF_SNAT
+                self.hairpin_flows += 1
+
         snat = self.config.snat
         if snat is not None and not src_rewritten and iface in snat.interfaces \
                 and snat.address(family) is not None:
@@ -379,6 +393,27 @@ class NatCore:
             self._new_flows[translation.id] = self._new_flows.get(translation.id, 0) + 1
         if plugins.wants_created:
             plugins.notify("appliance_session_created", session=self.session(f.session))
+
+    def _hairpin_source(self, iface: str, family: int, src: bytes, dst: bytes) -> Optional[bytes]:
+        """The source for a translated flow whose client and backend are both
+        on a link of the interface the flow came in on (or are one host): the
+        backend would answer the client directly, past the appliance, unless
+        the flow comes from the appliance. That interface's own address on
+        the link, as Linux's masquerade would pick; None when not a hairpin."""
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        via = None
+        for fam, net, mask, addr in self.links[iface]:
+            if fam == family and s & mask == net:
+                via = addr
+                break
+        if via is None:
+            return None
+        if s == d:
+            return via
+        for fam, net, mask, addr in self.links[iface]:
+            if fam == family and d & mask == net:
+                return via
+        return None
 
     def _profile(self, t: Timeouts) -> int:
         idx = self._profiles.get(t)
@@ -611,7 +646,8 @@ class NatCore:
                           new_flows_per_translation=dict(self._new_flows),
                           plugin_errors=dict(self.plugins.errors),
                           sessions_created=self.sessions_created,
-                          sessions_expired=self.sessions_expired)
+                          sessions_expired=self.sessions_expired,
+                          hairpin_flows=self.hairpin_flows)
 
     @staticmethod
     def counter_help() -> dict[str, str]:

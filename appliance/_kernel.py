@@ -5,8 +5,10 @@ The kernel stays the control plane: operators configure addresses and
 routes with `ip`, the kernel resolves neighbours, and the appliance copies
 the tables into its C forwarding step (io_route_add / io_neigh_set) and its
 XDP maps. :class:`Monitor` listens to the kernel's rtnetlink multicast
-groups (links, addresses, routes, neighbours); a change triggers a new
-snapshot, dumped with iproute2's JSON output. Nothing is polled.
+groups (links, addresses, routes, neighbours). A neighbour added or given a
+new MAC is applied from its notification at once (the first frames towards
+a new backend wait for it); any other change triggers a new snapshot,
+dumped with iproute2's JSON output. Nothing is polled.
 """
 
 from __future__ import annotations
@@ -102,6 +104,106 @@ GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | 
           | RTMGRP_IPV6_ROUTE)
 
 
+RTM_NEWNEIGH = 28
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
+
+
+@dataclasses.dataclass
+class Changes:
+    """What a batch of netlink notifications says. ``neighbours``: neighbours
+    resolved or given a new MAC, as (ifindex, address, MAC), in order;
+    ``other``: anything else (links, addresses, routes, neighbours failed or
+    deleted, or notifications lost), which takes a new snapshot."""
+
+    neighbours: list = dataclasses.field(default_factory=list)
+    other: bool = False
+
+
+def parse_notifications(data: bytes, out: Changes) -> None:
+    """Add one recv()'s worth of rtnetlink messages to ``out``."""
+    import struct
+
+    off = 0
+    while off + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, off)
+        if length < 16 or off + length > len(data):
+            out.other = True
+            return
+        if kind != RTM_NEWNEIGH:
+            out.other = True
+        elif length >= 28:
+            family, ifindex, state = struct.unpack_from("=B3xiH", data, off + 16)
+            addr = mac = None
+            a = off + 28
+            while a + 4 <= off + length:
+                alen, atype = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if atype == NDA_DST:
+                    addr = data[a + 4:a + alen]
+                elif atype == NDA_LLADDR:
+                    mac = data[a + 4:a + alen]
+                a += (alen + 3) & ~3
+            if state & NUD_FAILED:
+                # `ip neigh flush` says FAILED, then deleted: not a failure
+                # to answer "host unreachable" for; a snapshot tells them apart
+                out.other = True
+            elif addr is not None and len(addr) in (4, 16) and family in (2, 10) and mac is not None \
+                    and len(mac) == 6 and not state & NUD_INCOMPLETE:
+                out.neighbours.append((ifindex, ipaddress.ip_address(addr), mac))
+        off += (length + 3) & ~3
+
+
+NTF_USE = 0x01
+NLM_F_REQUEST, NLM_F_REPLACE = 0x1, 0x100
+
+
+def neighbour_use_messages(items) -> bytes:
+    """RTM_NEWNEIGH requests with NTF_USE for (ifindex, address) pairs: the
+    kernel treats each entry as if it had sent a packet through it (a STALE
+    one goes to DELAY, then PROBE: confirmed, or FAILED), and changes no
+    state itself. An entry gone since gets ENOENT, which nobody needs."""
+    import struct
+
+    out = []
+    for seq, (ifindex, addr) in enumerate(items, 1):
+        raw = addr.packed
+        attr = struct.pack("=HH", 4 + len(raw), NDA_DST) + raw
+        body = struct.pack("=BxxxiHBB", 2 if addr.version == 4 else 10, ifindex, 0, NTF_USE, 0) + attr
+        out.append(struct.pack("=IHHII", 16 + len(body), RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_REPLACE, seq, 0)
+                   + body)
+    return b"".join(out)
+
+
+class Requests:
+    """A netlink socket for requests whose answers do not matter."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.sock.setblocking(False)
+
+    def send(self, messages: bytes) -> None:
+        """Send, then drop whatever answers are queued (errors included)."""
+        try:
+            self.sock.send(messages)
+        except (BlockingIOError, InterruptedError):
+            pass
+        while True:
+            try:
+                self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Monitor:
     """A netlink socket subscribed to the kernel's table changes."""
 
@@ -115,17 +217,18 @@ class Monitor:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> int:
-        """Read every pending notification; returns how many bytes."""
-        n = 0
+    def drain(self) -> Changes:
+        """Read every pending notification."""
+        out = Changes()
         while True:
             try:
                 data = self.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
-                return n
+                return out
             except OSError:   # ENOBUFS: we missed some; a snapshot covers it
-                return n + 1
-            n += len(data)
+                out.other = True
+                return out
+            parse_notifications(data, out)
 
     def close(self) -> None:
         self.sock.close()

@@ -73,6 +73,9 @@ def render(stats: dict) -> str:
                [({"interface": i}, int(state == "up")) for i, state in sorted(stats["interfaces"].items())])
     out.family("appliance_kernel_snapshots_total", "counter", "times the kernel's tables were read",
                [({}, stats["kernel"]["snapshots"])])
+    out.family("appliance_kernel_neighbour_updates_total", "counter",
+               "neighbours added or changed from netlink notifications, without a snapshot",
+               [({}, stats["kernel"].get("neighbour_updates", 0))])
     config = stats["config"]
     out.family("appliance_config_reloads_total", "counter", "valid configuration versions applied",
                [({}, config["reloads"])])

@@ -416,6 +416,33 @@ def test_a_vip_whose_backend_is_down_gets_host_unreachable_quoting_the_client(li
     assert stats["io"]["to_kernel_no_neigh"] >= 2, stats["io"]   # and the kernel kept trying
 
 
+def test_a_backend_back_with_a_new_mac_is_reached_again(live):
+    """The kernel never sees the frames the appliance forwards, so its entry
+    for a backend aged to STALE and stayed there with the old MAC: a backend
+    recreated on the same address (a new pod) was sent frames forever that
+    it never got. Told the entry is in use (NTF_USE), the kernel probes it,
+    fails it and resolves the new MAC, as for its own traffic. (Neighbour
+    timers shortened here from their 15-45 s defaults.)"""
+    t = live.topo
+    for key, value in (("base_reachable_time_ms", "1000"), ("delay_first_probe_time", "1"),
+                       ("retrans_time_ms", "200")):
+        live.run(t.ns_app, "sysctl", "-qw", f"net.ipv4.neigh.a1.{key}={value}")
+    cli = t.ns_client
+    assert live.udp(cli, "10.0.0.1", 53).split()[1] == "backend0"       # `real` UDP: backend0 only
+    r = live.run(t.ns_backends[0], "ip", "link", "set", "b0", "address", "02:00:00:00:be:01")
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 20
+    while True:
+        r = live.run(cli, sys.executable, "-c", UDP_CLIENT, "10.0.0.1", "53")
+        if r.returncode == 0:
+            break
+        assert time.time() < deadline, "backend0 not reached again within 20 s\n" + live.log.read_text()
+    neigh = json.loads(live.run(t.ns_app, "ip", "-j", "neigh", "show", "20.0.0.1").stdout)
+    assert neigh[0]["lladdr"] == "02:00:00:00:be:01", neigh
+    assert live.stop() == 0
+    assert live.final_stats()["kernel"]["neighbour_use"] > 0
+
+
 def test_a_data_interface_deleted_at_run_time_is_reported_and_the_rest_keep_serving(live):
     app = live.topo.ns_app
     live.run(app, "ip", "link", "del", "ax")              # the outside link (and its peer) vanish

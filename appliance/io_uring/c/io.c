@@ -63,13 +63,14 @@ struct neigh {
     uint8_t family, used;
     uint8_t failed;          /* the kernel's resolution failed: no MAC */
     int port_id;
+    uint32_t epoch;          /* io_ctx.epoch when last forwarded to (io_neigh_used) */
 };
 
 struct hop {
     uint32_t gen;            /* io_ctx.gen when filled; 0 = empty */
     uint32_t serial;         /* the session's serial: its slot's next session must look up again */
     int16_t port_id;
-    uint8_t mac[6];
+    uint16_t nslot;          /* the next hop's neighbour slot: its MAC, as it is now */
 };
 
 struct io_ctx {
@@ -77,6 +78,7 @@ struct io_ctx {
     struct hop *hops;                        /* [session * 2 + dir] */
     uint32_t max_sessions;
     uint32_t gen;
+    uint32_t epoch;          /* advanced by io_neigh_used() */
     struct route routes[IO_MAX_ROUTES];
     uint32_t n_routes;
     struct neigh neigh[IO_NEIGH_SLOTS];
@@ -109,6 +111,7 @@ struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_se
     }
     c->max_sessions = max_sessions;
     c->gen = 1;
+    c->epoch = 1;
     c->tap_fd = tap_fd;
     memcpy(c->tap_mac, tap_mac, 6);
     return c;
@@ -400,10 +403,17 @@ static struct neigh *neigh_slot(struct io_ctx *ctx, uint8_t family, const uint8_
     return NULL;
 }
 
+/* Every cached next hop is stale. 0 is an empty hop's gen: never current. */
+static void hops_stale(struct io_ctx *ctx)
+{
+    if (++ctx->gen == 0)
+        ctx->gen = 1;
+}
+
 void io_routes_clear(struct io_ctx *ctx)
 {
     ctx->n_routes = 0;
-    ctx->gen++;   /* every cached next hop is stale */
+    hops_stale(ctx);
 }
 
 int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
@@ -434,7 +444,7 @@ int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint
 void io_neigh_clear(struct io_ctx *ctx)
 {
     memset(ctx->neigh, 0, sizeof ctx->neigh);
-    ctx->gen++;
+    hops_stale(ctx);
 }
 
 int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
@@ -445,6 +455,11 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
     struct neigh *n = neigh_slot(ctx, family, a, 1);
     if (!n)
         return -1;
+    /* a known neighbour failed or came back: hops hold its slot only while
+     * it has a MAC (a new MAC they read from the slot); a new neighbour is
+     * in no hop yet */
+    if (n->used && n->failed != !mac)
+        hops_stale(ctx);
     memcpy(n->addr, a, 16);
     if (mac)
         memcpy(n->mac, mac, 6);
@@ -455,6 +470,23 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
     n->port_id = port_id;
     n->used = 1;
     return 0;
+}
+
+uint32_t io_neigh_used(struct io_ctx *ctx, struct io_neigh_use *out, uint32_t max)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < IO_NEIGH_SLOTS && n < max; i++) {
+        const struct neigh *e = &ctx->neigh[i];
+        if (e->used && !e->failed && e->epoch == ctx->epoch) {
+            out[n].family = e->family;
+            memcpy(out[n].addr, e->addr, 16);
+            out[n].port_id = e->port_id;
+            n++;
+        }
+    }
+    if (++ctx->epoch == 0)
+        ctx->epoch = 1;
+    return n;
 }
 
 static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
@@ -489,7 +521,10 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
         h = &ctx->hops[(size_t)f->session * 2 + f->dir];
         if (h->gen == ctx->gen && h->serial == f->serial) {
             ctx->counters[IO_C_FWD_CACHE_HIT]++;
-            *mac = h->mac;
+            struct neigh *n = &ctx->neigh[h->nslot];
+            if (n->epoch != ctx->epoch)   /* a store only once per epoch: the line stays shared */
+                n->epoch = ctx->epoch;
+            *mac = n->mac;
             return h->port_id;
         }
     }
@@ -505,21 +540,20 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
     *egress = r->port_id;   /* known even when the neighbour is not */
     uint8_t nh[16] = {0};
     memcpy(nh, r->has_gw ? r->gw : dst, 16);
-    const struct neigh *n = neigh_slot(ctx, family, nh, 0);
+    struct neigh *n = neigh_slot(ctx, family, nh, 0);
     if (!n || n->failed) {
         if (n)
             *unreach = ICMP_ERR_HOST_UNREACH;
         return -IO_C_TO_KERNEL_NO_NEIGH;
     }
+    n->epoch = ctx->epoch;
     if (h) {
         h->gen = ctx->gen;
         h->serial = f->serial;
         h->port_id = (int16_t)r->port_id;
-        memcpy(h->mac, n->mac, 6);
-        *mac = h->mac;
-    } else {
-        *mac = n->mac;
+        h->nslot = (uint16_t)(n - ctx->neigh);
     }
+    *mac = n->mac;
     return r->port_id;
 }
 

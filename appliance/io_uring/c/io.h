@@ -130,9 +130,22 @@ int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint
                  const uint8_t *gateway, int port_id, int local);
 void io_neigh_clear(struct io_ctx *ctx);
 /* mac NULL: a neighbour the kernel failed to resolve (FAILED): translated
- * frames towards it get ICMP host unreachable from us, and go to the kernel. */
+ * frames towards it get ICMP host unreachable from us, and go to the kernel.
+ * Adds or changes one neighbour (the netlink follower's neighbour events;
+ * a changed MAC makes every cached next hop stale). */
 int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
                  const uint8_t *mac);
+/* The neighbours frames were forwarded to since the last call (at most
+ * max), then a new period starts. The kernel never sees that traffic, so
+ * its entries for them would age to STALE and stay there, however their
+ * MACs change: the runtime tells it they are in use (NTF_USE), and it
+ * probes them as it would for its own traffic. */
+struct io_neigh_use {
+    uint8_t family;
+    uint8_t addr[16];
+    int port_id;
+};
+uint32_t io_neigh_used(struct io_ctx *ctx, struct io_neigh_use *out, uint32_t max);
 
 /* libbpf/libxdp pieces the runtime uses directly. */
 int io_xdp_load(const char *path, int *prog_fd);

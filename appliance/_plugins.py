@@ -12,6 +12,8 @@ import importlib
 import ipaddress
 import importlib.metadata
 import logging
+import os
+import sys
 from typing import Any, Callable, Iterable, Optional
 
 import pluggy
@@ -36,6 +38,13 @@ class Plugins:
         self.defaults = DefaultPolicies()
         self.pm.register(self.defaults, name=DEFAULTS_NAME)
         self.errors: collections.Counter[str] = collections.Counter()
+        if modules and os.path.isfile(config_path):
+            # plugin modules may sit beside the configuration file (a mounted
+            # directory in the container); installed modules of the same
+            # name come first
+            here = os.path.dirname(os.path.abspath(config_path))
+            if here not in sys.path:
+                sys.path.append(here)
         for name in modules:
             try:
                 module = importlib.import_module(name)

@@ -5,7 +5,7 @@ import ipaddress
 import dpkt
 import pytest
 
-from appliance import ConfigError
+from appliance import ConfigError, parse_config
 from appliance._plugins import Plugins
 from appliance.hooks import DROP, NO_SNAT, hookimpl
 from appliance.nat import Timeouts
@@ -173,6 +173,26 @@ def test_plugin_modules_from_config(tmp_path, monkeypatch):
     h = Harness(CONF + '\n[plugins]\nmodules = ["myplug"]\n')
     h.send(tcp("10.0.0.9", 40000, "30.0.0.2", 80))
     assert dst_of(h.out) == "20.0.0.1"
+
+
+def test_plugin_modules_beside_the_config_file(tmp_path, monkeypatch):
+    """As the docs' example: `myplugins/sticky.py` next to the configuration,
+    nothing installed, the appliance started from another directory."""
+    (tmp_path / "besideplugs").mkdir()
+    (tmp_path / "besideplugs" / "__init__.py").write_text("")
+    (tmp_path / "besideplugs" / "third.py").write_text(
+        "from appliance.hooks import hookimpl\n"
+        "@hookimpl\n"
+        "def appliance_select_backend(flow, translation):\n"
+        "    return 2\n")
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(CONF + '\n[plugins]\nmodules = ["besideplugs.third"]\n')
+    monkeypatch.chdir("/")
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    config = parse_config(cfg.read_text(), str(cfg))
+    h = Harness(CONF, plugins=Plugins(config.plugin_modules, entry_points=False, config_path=str(cfg)))
+    h.send(tcp("10.0.0.9", 40000, "30.0.0.2", 80))
+    assert dst_of(h.out) == "20.0.0.3"
 
 
 def test_missing_plugin_module_is_a_config_error():

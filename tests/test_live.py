@@ -740,6 +740,17 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     lines = dict(line.split() for line in r.stdout.splitlines())
     assert int(lines["nat.sessions_created"]) == 1
     assert int(lines["sockets.a0.q0.rx"]) >= 5 and "sockets.ax.q0.rx" in lines   # every socket, idle ones too
+    live.curl(live.topo.ns_pod, "http://40.0.0.1:8080/")          # a second session (SNAT)
+    show = lambda *a: live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "sessions",
+                               "--control", control, *a)
+    r = show("--limit", "1")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r.stdout + r.stderr
+    assert r.stdout.splitlines()[1].startswith("(1 of 2 sessions shown"), r.stdout
+    r = show("--match", "40.0.0.254")                                  # the SNAT address, after NAT
+    (line,) = r.stdout.splitlines()
+    assert line.split()[2].startswith("10.1.0.2:") and line.split()[6].startswith("40.0.0.254:"), line
+    r = show("--match", "not-an-address")
+    assert r.returncode != 0 and "match" in r.stderr, r.stderr
 
 
 def test_live_demo_runs_and_removes_everything(tmp_path):

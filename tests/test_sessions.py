@@ -257,3 +257,66 @@ def test_sessions_saved_by_one_run_are_restored_by_the_next():
         Harness(SAVED).core.import_sessions(saved[:-1], new.now)
     with pytest.raises(ValueError, match="not a session state"):
         Harness(SAVED).core.import_sessions(b"garbage\n", new.now)
+
+
+async def _listing(core, args, other_turns):
+    """The control socket's session listing over an in-memory stream, with
+    another task counting the turns it gets meanwhile (the datapath's)."""
+    import json
+    import types
+
+    import trio
+    import trio.testing
+
+    from appliance._runtime import Appliance
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    app = types.SimpleNamespace(core=core)
+    data = b""
+
+    async def other():
+        while True:
+            other_turns.append(1)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await Appliance.send_sessions(app, ours, args)
+        await ours.aclose()
+        while True:
+            chunk = await theirs.receive_some(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        nursery.cancel_scope.cancel()
+    return json.loads(data)
+
+
+@pytest.mark.parametrize("args, shown", [
+    ([], 1000),                        # the default limit
+    (["limit=0"], 1500),               # all
+    (["limit=7"], 7),
+    (["match=10.0.3.4"], 1),           # a client address
+    (["match=20.0.0.1"], None),        # a backend: the flows hashed to it
+    (["limit=0", "match=10.9.9.9"], 0),
+])
+async def test_show_sessions_is_limited_filtered_and_sliced(args, shown):
+    h = harness(max=5000)
+    for i in range(1500):
+        h.send(udp(f"10.0.{i // 250}.{i % 250 + 1}", 5000 + i % 2, "30.0.0.2", 53))
+    if shown is None:
+        shown = sum(str(s.new_dst) == "20.0.0.1" for s in h.core.sessions())
+        assert 0 < shown < 1000
+    turns = []
+    got = await _listing(h.core, args, turns)
+    assert got["total"] == 1500 and got["shown"] == shown == len(got["sessions"])
+    assert len({s["index"] for s in got["sessions"]}) == shown
+    if shown > 64:
+        assert len(turns) >= shown // 64, "the datapath had no turn between slices"
+
+
+async def test_show_sessions_rejects_bad_arguments():
+    got = await _listing(harness().core, ["limit=x"], [])
+    assert "error" in got and "limit" in got["error"]
+    got = await _listing(harness().core, ["match=nope"], [])
+    assert "error" in got

@@ -572,6 +572,11 @@ class NatCore:
             return None
         return self._session_info(self._info)
 
+    def next_session_index(self, index: int) -> Optional[int]:
+        """The first session index at or after ``index`` in use, or None."""
+        i = lib.nat_session_next(self._nat, index)
+        return None if i == lib.NAT_NONE else i
+
     def sessions(self) -> Iterator[SessionInfo]:
         i = lib.nat_session_next(self._nat, 0)
         while i != lib.NAT_NONE:

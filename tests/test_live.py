@@ -751,6 +751,17 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     assert line.split()[2].startswith("10.1.0.2:") and line.split()[6].startswith("40.0.0.254:"), line
     r = show("--match", "not-an-address")
     assert r.returncode != 0 and "match" in r.stderr, r.stderr
+    # askers that hang up before the answer are their own business
+    rude = ("import socket, struct, sys\n"
+            "for _ in range(20):\n"
+            "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+            "    s.sendall(b'sessions limit=0\\n'); s.close()\n")
+    r = live.run(live.topo.ns_app, sys.executable, "-c", rude, control)
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.5)
+    assert live.app.poll() is None, live.log.read_text()
+    assert show().returncode == 0
 
 
 def test_live_demo_runs_and_removes_everything(tmp_path):

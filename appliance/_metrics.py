@@ -102,6 +102,13 @@ async def serve(stats: Callable[[], dict], sock: socket.socket) -> None:
 
 
 async def _answer(stream, stats: Callable[[], dict]) -> None:
+    try:
+        await _answer_one(stream, stats)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass   # the scraper hung up: its business, not the appliance's
+
+
+async def _answer_one(stream, stats: Callable[[], dict]) -> None:
     async with stream:
         with trio.move_on_after(5):
             data = b""

@@ -129,6 +129,17 @@ def test_a_running_appliance_answers_a_scrape(tmp_path):
             assert 'appliance_interface_up{interface="a0"} 1' in scrape
             other = topo.run(topo.ns_app, "curl", "-s", "-i", "-m", "5", "http://127.0.0.1:9468/").stdout
             assert other.startswith("HTTP/1.0 404"), other
+            # scrapers that reset the connection, before or after asking, are their own business
+            rude = ("import socket, struct\n"
+                    "for ask in (b'', b'GET /metrics HTTP/1.0\\r\\n\\r\\n') * 10:\n"
+                    "    s = socket.create_connection(('127.0.0.1', 9468))\n"
+                    "    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+                    "    s.sendall(ask); s.close()\n")
+            topo.run(topo.ns_app, sys.executable, "-c", rude)
+            time.sleep(0.5)
+            assert app.poll() is None, (tmp_path / "appliance.log").read_text()
+            again = topo.run(topo.ns_app, "curl", "-s", "-i", "-m", "5", "http://127.0.0.1:9468/metrics").stdout
+            assert again.startswith("HTTP/1.0 200 OK")
         finally:
             app.terminate()
             app.wait(15)

@@ -164,13 +164,28 @@ class Plugins:
                 self._contain("appliance_configure", exc, culprit=impl.plugin_name)
 
     def background_tasks(self) -> list[Any]:
+        """The plugins' async callables, each wrapped so that its exception
+        ends that task only: counted and logged against its plugin, while
+        the appliance (whose nursery it runs in) goes on."""
         tasks: list[Any] = []
         for impl in reversed(self.pm.hook.appliance_background_tasks.get_hookimpls()):
             try:
-                tasks.extend(impl.function() or ())
+                for fn in impl.function() or ():
+                    tasks.append(self._contained_task(fn, impl.plugin_name))
             except Exception as exc:
                 self._contain("appliance_background_tasks", exc, culprit=impl.plugin_name)
         return tasks
+
+    def _contained_task(self, fn: Callable[[], Any], culprit: str) -> Callable[[], Any]:
+        async def contained() -> None:
+            try:
+                await fn()
+            except Exception as exc:   # cancellation is a BaseException: it passes
+                self._contain("appliance_background_tasks", exc, culprit=culprit)
+                log.error("background task %s of plugin %s ended with an error; the appliance goes on "
+                          "without it", getattr(fn, "__name__", fn), culprit)
+
+        return contained
 
 
 # What a decision hook may answer (anything else is the plugin's bug).

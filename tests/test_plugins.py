@@ -239,3 +239,34 @@ def test_plugins_load_from_the_entry_point_group(tmp_path, monkeypatch):
     h = Harness(CONF, plugins=plugins)
     h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
     assert dst_of(h.out) == "20.0.0.3"
+
+
+async def test_a_crashing_background_task_ends_alone():
+    """Background tasks run in the appliance's own nursery: one that raises
+    must end by itself, counted against its plugin, not stop the appliance."""
+    import trio
+
+    ran = []
+
+    class Background:
+        name = "bg-plugin"
+
+        @hookimpl
+        def appliance_background_tasks(self):
+            async def crashes():
+                await trio.sleep(0.01)
+                raise RuntimeError("plugin bug")
+
+            async def keeps_going():
+                for _ in range(5):
+                    await trio.sleep(0.01)
+                    ran.append(1)
+
+            return [crashes, keeps_going]
+
+    plugins = Plugins(objects=[Background()], entry_points=False)
+    async with trio.open_nursery() as nursery:
+        for task in plugins.background_tasks():
+            nursery.start_soon(task)
+    assert plugins.errors["bg-plugin"] == 1
+    assert len(ran) == 5

@@ -49,8 +49,10 @@ class Snapshot:
 
 
 def _ip_json(*args: str) -> list:
-    out = subprocess.run(["ip", "-j", *args], check=True, capture_output=True, text=True).stdout
-    return json.loads(out or "[]")
+    r = subprocess.run(["ip", "-j", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise OSError(f"ip -j {' '.join(args)}: {r.stderr.strip() or f'exit status {r.returncode}'}")
+    return json.loads(r.stdout or "[]")
 
 
 def snapshot() -> Snapshot:
@@ -190,7 +192,7 @@ class Requests:
         """Send, then drop whatever answers are queued (errors included)."""
         try:
             self.sock.send(messages)
-        except (BlockingIOError, InterruptedError):
+        except OSError:   # a full buffer (or ENOBUFS): the next period asks again
             pass
         while True:
             try:

@@ -26,6 +26,7 @@ import resource
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -94,6 +95,10 @@ def _iface_info(name: str) -> tuple[int, bytes, int, int]:
                          f"lower it (ip link set {name} mtu 1500)")
     queues = len([q for q in (base / "queues").iterdir() if q.name.startswith("rx-")]) or 1
     return ifindex, mac, mtu, queues
+
+
+# What reading the kernel's tables (`ip -j`) or writing our maps may raise.
+_KERNEL_ERRORS = (OSError, subprocess.SubprocessError, ValueError, KeyError, SteeringError)
 
 
 def _links(snap: _kernel.Snapshot, data: set) -> dict[str, tuple]:
@@ -422,9 +427,15 @@ class Appliance:
                 await trio.sleep(KERNEL_DEBOUNCE)   # let a burst of changes settle
                 mon.drain()
                 before = self._snapshot
-                snap = await trio.to_thread.run_sync(_kernel.snapshot)  # the ip calls block
-                self.kernel_status["snapshots"] += 1
-                self.sync_kernel(snap)
+                try:
+                    snap = await trio.to_thread.run_sync(_kernel.snapshot)  # the ip calls block
+                    self.kernel_status["snapshots"] += 1
+                    self.sync_kernel(snap)
+                except _KERNEL_ERRORS as exc:
+                    # the datapath keeps the tables it has; try again later
+                    self._kernel_error(exc)
+                    snap = before
+                    changed = False
                 if changed or snap != before:
                     wait, not_before = KERNEL_NEIGH_CHECK, 0.0
                 else:
@@ -432,6 +443,12 @@ class Appliance:
                     not_before = trio.current_time() + wait
         finally:
             mon.close()
+
+    def _kernel_error(self, exc: BaseException) -> None:
+        self.kernel_status["errors"] = self.kernel_status.get("errors", 0) + 1
+        self.kernel_status["last_error"] = f"{type(exc).__name__}: {exc}"
+        log.error("reading or applying the kernel's tables failed (the datapath keeps the last ones): %s: %s",
+                  type(exc).__name__, exc)
 
     async def neighbour_use_loop(self) -> None:
         """Tell the kernel, once a period, which neighbours the datapath
@@ -498,7 +515,10 @@ class Appliance:
                                   max_sessions=self.config.max_sessions)
         self.config = new
         self.core.apply_config(new)
-        self.sync_kernel(force=True)   # real-translation ports in the XDP map
+        try:
+            self.sync_kernel(force=True)   # real-translation ports in the XDP map
+        except _KERNEL_ERRORS as exc:
+            self._kernel_error(exc)
         self.config_status["reloads"] += 1
         self.config_status["last_error"] = None
         print(f"appliance: configuration reloaded from {path}: {len(new.translations)} translations", flush=True)

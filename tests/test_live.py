@@ -443,6 +443,44 @@ def test_a_backend_back_with_a_new_mac_is_reached_again(live):
     assert live.final_stats()["kernel"]["neighbour_use"] > 0
 
 
+def test_a_failure_to_read_the_kernels_tables_is_reported_and_survived(tmp_path, monkeypatch):
+    """`ip -j` failing (here: an `ip` in front of the real one, the one
+    stand-in in these tests, since nothing makes the real one fail on
+    demand) is logged and counted; the datapath keeps the tables it has,
+    and the next change is read again once `ip` works."""
+    import shutil
+
+    real = shutil.which("ip")
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    flag = tmp_path / "ip-broken"
+    (wrap / "ip").write_text(f'#!/bin/sh\nif [ -e {flag} ] && [ "$1" = "-j" ]; then echo "ip: broken" >&2; exit 1; fi\n'
+                             f'exec {real} "$@"\n')
+    (wrap / "ip").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrap}:{os.environ['PATH']}")
+    control = str(tmp_path / "control.sock")
+    lv = Live(tmp_path)
+    try:
+        lv.stop()
+        lv.start(control=control)
+        stats = lambda: json.loads(lv.run(lv.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats",
+                                          "--json", "--control", control).stdout)
+        flag.write_text("")
+        lv.run(lv.topo.ns_app, real, "addr", "add", "10.0.0.55/24", "dev", "a0")   # a change to read
+        time.sleep(1)
+        kernel = stats()["kernel"]
+        assert kernel.get("errors", 0) >= 1 and "broken" in kernel["last_error"], kernel
+        assert lv.curl(lv.topo.ns_client, "http://30.0.0.2/").startswith("backend")   # still serving
+        flag.unlink()
+        before = kernel["snapshots"]
+        lv.run(lv.topo.ns_app, real, "addr", "del", "10.0.0.55/24", "dev", "a0")
+        time.sleep(1)
+        assert stats()["kernel"]["snapshots"] > before
+        assert lv.stop() == 0
+    finally:
+        lv.close()
+
+
 def test_a_data_interface_deleted_at_run_time_is_reported_and_the_rest_keep_serving(live):
     app = live.topo.ns_app
     live.run(app, "ip", "link", "del", "ax")              # the outside link (and its peer) vanish

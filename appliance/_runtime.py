@@ -236,12 +236,17 @@ class Appliance:
         # a session's source was rewritten to an address of this host: its
         # replies are addressed to the host and must be steered to us
         entry = (address, proto, port)
-        if added:
-            self._session_ports.add(entry)
-            self.steering.add_port(entry)
-        else:
-            self._session_ports.discard(entry)
-            self.steering.remove_port(entry)
+        try:
+            if added:
+                self._session_ports.add(entry)
+                self.steering.add_port(entry)
+            else:
+                self._session_ports.discard(entry)
+                self.steering.remove_port(entry)
+        except SteeringError as exc:
+            # the XDP ports map is full (STEER_MAX_PORTS): this session's
+            # replies reach the kernel, not us; the appliance goes on
+            self._kernel_error(exc)
 
     # -- kernel tables ---------------------------------------------------------
 
@@ -447,8 +452,10 @@ class Appliance:
     def _kernel_error(self, exc: BaseException) -> None:
         self.kernel_status["errors"] = self.kernel_status.get("errors", 0) + 1
         self.kernel_status["last_error"] = f"{type(exc).__name__}: {exc}"
-        log.error("reading or applying the kernel's tables failed (the datapath keeps the last ones): %s: %s",
-                  type(exc).__name__, exc)
+        n = self.kernel_status["errors"]
+        if n == 1 or n % 1000 == 0:
+            log.error("reading the kernel's tables or writing the XDP maps failed (%d so far; the datapath "
+                      "keeps what it has): %s: %s", n, type(exc).__name__, exc)
 
     async def neighbour_use_loop(self) -> None:
         """Tell the kernel, once a period, which neighbours the datapath

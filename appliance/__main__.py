@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="run the appliance on the configured data interfaces (root)",
                         description="Attach the steering XDP program and AF_XDP sockets to every "
                         "[[interface]] of the configuration and NAT/forward live traffic until "
-                        "SIGTERM or SIGINT. Addresses, routes and neighbours come from the kernel.")
+                        "SIGTERM or SIGINT. The configuration file is watched (SIGHUP: read it "
+                        "now). Addresses, routes and neighbours come from the kernel.")
     rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     rn.add_argument("--ready-file", metavar="PATH", help="write 'ready' to PATH once serving")
     rn.add_argument("--control", metavar="PATH", help="serve the control socket (appliance show) at PATH")

@@ -487,15 +487,20 @@ class Appliance:
     async def config_loop(self) -> None:
         """Watch the configuration file; apply a valid new version, keep
         serving the last good one when the new one is invalid."""
-        path = pathlib.Path(self.config.path)
-        seen = self._digest(path)
+        self._config_seen = self._digest(pathlib.Path(self.config.path))
         while True:
             await trio.sleep(CONFIG_POLL)
-            digest = self._digest(path)
-            if digest is None or digest == seen:
-                continue
-            seen = digest
-            self.reload(path)
+            self.check_config()
+
+    def check_config(self, force: bool = False) -> None:
+        """Reload the configuration file if it changed (force: SIGHUP, also
+        when it did not)."""
+        path = pathlib.Path(self.config.path)
+        digest = self._digest(path)
+        if digest is None or (digest == getattr(self, "_config_seen", None) and not force):
+            return
+        self._config_seen = digest
+        self.reload(path)
 
     @staticmethod
     def _digest(path: pathlib.Path) -> Optional[bytes]:
@@ -774,8 +779,12 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                     pathlib.Path(ready_file).write_text("ready\n")
                 except OSError as exc:   # serving anyway: the file is for whoever waits on it
                     log.error("--ready-file %s: %s", ready_file, exc)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for sig in signals:
+                    if sig == signal.SIGHUP:   # reload now, as daemons do
+                        if config.path and pathlib.Path(config.path).is_file():
+                            app.check_config(force=True)
+                        continue
                     log.info("signal %s: stopping", sig)
                     nursery.cancel_scope.cancel()
                     break

@@ -875,3 +875,21 @@ def test_config_file_is_watched_bad_versions_are_rejected(live):
     log = live.log.read_text()
     assert f"{live.config}:" in log and "translation[0].port: expected an integer" in log, log
     assert {live.curl(cli, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}
+
+
+def test_sighup_reloads_at_once_and_does_not_stop(live):
+    """Daemons reload on SIGHUP: the file is read now, not at the next poll,
+    and the appliance keeps running (SIGHUP's default action would kill it
+    and leave its XDP program behind)."""
+    live.config.write_text(live.config.read_text().replace(
+        'backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]', 'backends = ["->20.0.1.1 8080"]', 1))
+    live.app.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert live.app.poll() is None, live.log.read_text()
+    reloads = live.log.read_text().count("configuration reloaded")
+    assert reloads >= 1        # by the signal (or by the 1 s poll, had it come first)
+    assert {live.curl(live.topo.ns_client, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}
+    live.app.send_signal(signal.SIGHUP)   # unchanged: only the signal can make it read the file again
+    time.sleep(0.3)
+    assert live.log.read_text().count("configuration reloaded") == reloads + 1
+    assert live.stop() == 0

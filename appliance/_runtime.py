@@ -85,7 +85,8 @@ MAX_MTU = MAX_RX_FRAME - 14
 def _iface_info(name: str) -> tuple[int, bytes, int, int]:
     base = pathlib.Path("/sys/class/net") / name
     if not base.exists():
-        raise SystemExit(f"appliance: error: interface '{name}' does not exist")
+        raise SystemExit(f"appliance: error: interface '{name}' does not exist in this network namespace "
+                         f"(ip link show: a [[interface]] name must be one of its interfaces)")
     ifindex = socket.if_nametoindex(name)
     mac = bytes.fromhex((base / "address").read_text().strip().replace(":", ""))
     mtu = int((base / "mtu").read_text())

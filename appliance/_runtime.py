@@ -307,7 +307,8 @@ class Appliance:
             self._neigh[n.address] = n.mac
         self.core.links = _links(snap, data)
         host = snap.addresses
-        self.steering.set_addresses(set(host), self._nat_addresses())
+        echo = frozenset(t.address for t in self.config.translations if t.kind == "real" and t.proto == "icmp")
+        self.steering.set_addresses(set(host), self._nat_addresses(), echo)
         self.core.host_sources = frozenset(a.packed for a in host)
         ports = {p for p in self._session_ports if p[0] in host}
         for t in self.config.translations:

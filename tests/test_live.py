@@ -877,6 +877,22 @@ def test_config_file_is_watched_bad_versions_are_rejected(live):
     assert {live.curl(cli, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}
 
 
+def test_a_real_icmp_translation_sends_echo_requests_to_its_backend(live):
+    """`real` icmp on a host address: its echo requests are the backend's
+    to answer (once, the kernel answered them itself, translation or not)."""
+    with open(live.config, "a") as f:
+        f.write('\n[[translation]]\nproto = "icmp"\nreal = "20.0.0.254"\nbackends = ["->20.0.1.1"]\n')
+    live.app.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    echos = lambda: int(live.run(live.topo.ns_backends[1], "nstat", "-az", "IcmpInEchos").stdout.split()[-2])
+    before = echos()
+    r = live.run(live.topo.ns_client, "ping", "-c", "2", "-i", "0.2", "-W", "2", "20.0.0.254")
+    assert r.returncode == 0, r.stdout + r.stderr + live.log.read_text()
+    assert echos() - before == 2
+    r = live.run(live.topo.ns_client, "ping", "-c", "1", "-W", "2", "20.0.1.254")   # another host address: the host's
+    assert r.returncode == 0 and echos() - before == 2
+
+
 def test_sighup_reloads_at_once_and_does_not_stop(live):
     """Daemons reload on SIGHUP: the file is read now, not at the next poll,
     and the appliance keeps running (SIGHUP's default action would kill it

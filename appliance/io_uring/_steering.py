@@ -22,6 +22,7 @@ OBJ = pathlib.Path(__file__).resolve().parent / "steer.bpf.o"
 
 ADDR_HOST = 1   # STEER_ADDR_HOST in bpf/steer.h
 ADDR_NAT = 2    # STEER_ADDR_NAT
+ADDR_ECHO = 4   # STEER_ADDR_ECHO
 MAX_IFINDEX = 65536   # STEER_MAX_IFINDEX in bpf/steer.h
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
@@ -121,12 +122,17 @@ class Steering:
             raise SteeringError(f"ifindex {ifindex} is above {MAX_IFINDEX}: not supported")
         self._update("ifbase", ifindex.to_bytes(4, "little"), base + 1)
 
-    def set_addresses(self, host: set, nat: set) -> None:
+    def set_addresses(self, host: set, nat: set, echo: frozenset = frozenset()) -> None:
         """host: the host's own addresses; nat: vips and SNAT addresses (the
-        appliance's at any TTL: the kernel has no route for them)."""
+        appliance's at any TTL: the kernel has no route for them); echo:
+        host addresses of `real` icmp translations, whose echo requests are
+        the appliance's."""
         flags = {a: ADDR_HOST for a in host}
         for a in nat:
             flags[a] = flags.get(a, 0) | ADDR_NAT
+        for a in echo:
+            if a in flags:
+                flags[a] |= ADDR_ECHO
         for a in self.addr_flags.keys() - flags.keys():
             self._delete("addrs", _key_addr(a))
         done, left_out = {}, []

@@ -7,7 +7,8 @@
  * time-exceeded), and traffic addressed to the host itself -- except the
  * ports of `real` translations and the return traffic of flows whose source
  * the appliance rewrote to a host address, which are listed in the `ports`
- * map, and fragments (their ports are in the first fragment only).
+ * map, echo requests to a host address of a `real` icmp translation, and
+ * fragments (their ports are in the first fragment only).
  * To the appliance: everything else (vips, transit, SNAT), and frames to a
  * vip or SNAT address at any TTL: the kernel has no route for those, so
  * the appliance answers time-exceeded itself, quoting the frame as sent.
@@ -224,6 +225,8 @@ int appliance_steer(struct xdp_md *ctx)
         __u8 type = icmp[0];
         if (type == 0 || type == 129)      /* echo reply: identifier */
             pk.port = *(__u16 *)(icmp + 4);
+        else if ((type == 8 || type == 128) && (*flags & STEER_ADDR_ECHO))
+            return to_appliance(ctx);      /* echo request to a `real` icmp translation */
         else if (type == 3 || type == 11 || type == 12 || (type >= 1 && type <= 4 && proto == IPPROTO_ICMPV6))
             return to_appliance(ctx);      /* errors: the NAT matches the quoted flow */
         else

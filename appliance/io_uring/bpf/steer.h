@@ -8,6 +8,7 @@
 #define STEER_MAX_ADDRS 65536    /* host addresses + vips + SNAT addresses */
 #define STEER_ADDR_HOST 1        /* an address of this host */
 #define STEER_ADDR_NAT 2         /* a vip or SNAT address: the appliance's even at TTL 1 */
+#define STEER_ADDR_ECHO 4        /* a host address of a `real` icmp translation: its echo requests */
 
 struct steer_addr {
     __u8 family;

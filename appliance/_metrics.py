@@ -73,6 +73,9 @@ def render(stats: dict) -> str:
                [({"interface": i}, int(state == "up")) for i, state in sorted(stats["interfaces"].items())])
     out.family("appliance_kernel_snapshots_total", "counter", "times the kernel's tables were read",
                [({}, stats["kernel"]["snapshots"])])
+    out.family("appliance_kernel_errors_total", "counter",
+               "failures reading the kernel's tables or writing the XDP maps (the datapath keeps what it has)",
+               [({}, stats["kernel"].get("errors", 0))])
     out.family("appliance_kernel_neighbour_updates_total", "counter",
                "neighbours added or changed from netlink notifications, without a snapshot",
                [({}, stats["kernel"].get("neighbour_updates", 0))])

@@ -166,7 +166,9 @@ class Appliance:
         self._snapshot = None
         self._session_ports: set = set()   # (host address, proto, port) of live sessions
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
-        self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0}
+        self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0, "errors": 0,
+                              "last_error": None}
+        self._config_seen: Optional[bytes] = None   # digest of the configuration file last applied
         self._neigh: dict = {}   # address -> MAC (None: FAILED), as the datapath has it
         self._ifindex: dict[str, int] = {}        # data interface -> ifindex its sockets are bound to
         self.interface_state: dict[str, str] = {}  # "up", "gone" or "recreated"
@@ -452,7 +454,7 @@ class Appliance:
             mon.close()
 
     def _kernel_error(self, exc: BaseException) -> None:
-        self.kernel_status["errors"] = self.kernel_status.get("errors", 0) + 1
+        self.kernel_status["errors"] += 1
         self.kernel_status["last_error"] = f"{type(exc).__name__}: {exc}"
         n = self.kernel_status["errors"]
         if n == 1 or n % 1000 == 0:
@@ -499,7 +501,7 @@ class Appliance:
         when it did not)."""
         path = pathlib.Path(self.config.path)
         digest = self._digest(path)
-        if digest is None or (digest == getattr(self, "_config_seen", None) and not force):
+        if digest is None or (digest == self._config_seen and not force):
             return
         self._config_seen = digest
         self.reload(path)

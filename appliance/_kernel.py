@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import socket
+import struct
 import subprocess
 
 
@@ -124,8 +126,6 @@ class Changes:
 
 def parse_notifications(data: bytes, out: Changes) -> None:
     """Add one recv()'s worth of rtnetlink messages to ``out``."""
-    import struct
-
     off = 0
     while off + 16 <= len(data):
         length, kind = struct.unpack_from("=IH", data, off)
@@ -166,8 +166,6 @@ def neighbour_use_messages(items) -> bytes:
     kernel treats each entry as if it had sent a packet through it (a STALE
     one goes to DELAY, then PROBE: confirmed, or FAILED), and changes no
     state itself. An entry gone since gets ENOENT, which nobody needs."""
-    import struct
-
     out = []
     for seq, (ifindex, addr) in enumerate(items, 1):
         raw = addr.packed
@@ -182,8 +180,6 @@ class Requests:
     """A netlink socket for requests whose answers do not matter."""
 
     def __init__(self) -> None:
-        import socket
-
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self.sock.bind((0, 0))
         self.sock.setblocking(False)
@@ -197,9 +193,7 @@ class Requests:
         while True:
             try:
                 self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:   # nothing left (EAGAIN), or an error nobody needs
                 return
 
     def close(self) -> None:
@@ -210,8 +204,6 @@ class Monitor:
     """A netlink socket subscribed to the kernel's table changes."""
 
     def __init__(self) -> None:
-        import socket
-
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self.sock.bind((0, GROUPS))
         self.sock.setblocking(False)

@@ -349,12 +349,12 @@ class NatCore:
                     src_pref = b.sport
             sflags = lib.NAT_SF_TRANSLATED
 
+        hairpin = None
         if translation is not None and not src_rewritten and iface in self.links:
             hairpin = self._hairpin_source(iface, family, src, new_dst)
             if hairpin is not None:
                 new_src, src_rewritten = hairpin, True
                 sflags |= lib.NAT_SF_SNAT
-                self.hairpin_flows += 1
 
         snat = self.config.snat
         if snat is not None and not src_rewritten and iface in snat.interfaces \
@@ -386,6 +386,8 @@ class NatCore:
                 self._slow_verdict(f, DROP, "drop_policy")
             return
         self.sessions_created += 1
+        if hairpin is not None:
+            self.hairpin_flows += 1
         if new_src in self.host_sources and self.on_host_source is not None:
             s = self.session(f.session)
             self.on_host_source(True, s.new_src, proto, s.new_sport)
@@ -401,19 +403,13 @@ class NatCore:
         the flow comes from the appliance. That interface's own address on
         the link, as Linux's masquerade would pick; None when not a hairpin."""
         s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
-        via = None
+        via, backend_on_link = None, s == d
         for fam, net, mask, addr in self.links[iface]:
-            if fam == family and s & mask == net:
-                via = addr
-                break
-        if via is None:
-            return None
-        if s == d:
-            return via
-        for fam, net, mask, addr in self.links[iface]:
-            if fam == family and d & mask == net:
-                return via
-        return None
+            if fam == family:
+                if via is None and s & mask == net:
+                    via = addr
+                backend_on_link = backend_on_link or d & mask == net
+        return via if backend_on_link else None
 
     def _profile(self, t: Timeouts) -> int:
         idx = self._profiles.get(t)

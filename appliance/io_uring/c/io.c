@@ -592,6 +592,16 @@ static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (ui
 
 static void put_csum(uint8_t *field, uint32_t sum) { st16(field, (uint16_t)~csum_fold(sum)); }
 
+/* The checksum of an ICMPv6 message of len bytes at icmp, inside the IPv6
+ * header at ip6: over the pseudo header (addresses, length, next header). */
+static void put_icmp6_csum(const uint8_t *ip6, uint8_t *icmp, uint32_t len)
+{
+    uint8_t pseudo[4];
+    put16(pseudo, (uint16_t)len);
+    put16(pseudo + 2, 58);
+    put_csum(icmp + 2, csum_sum(ip6 + 8, 32) + csum_sum(pseudo, 4) + csum_sum(icmp, len));
+}
+
 /* Our ICMP errors are rate-limited as Linux limits its own
  * (net.ipv4.icmp_msgs_per_sec 1000, icmp_msgs_burst 50): beyond that the
  * frame goes to the kernel, which applies its own limit. */
@@ -708,10 +718,7 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
         } else {
             icmp[0] = 3;                              /* time exceeded: hop limit */
         }
-        uint8_t pseudo[4];                            /* pseudo header: addresses, length, next header */
-        put16(pseudo, (uint16_t)icmplen);
-        put16(pseudo + 2, 58);
-        put_csum(icmp + 2, csum_sum(o_ip + 8, 32) + csum_sum(pseudo, 4) + csum_sum(icmp, icmplen));
+        put_icmp6_csum(o_ip, icmp, icmplen);
     }
     if (tx_enqueue(ctx, in, out, 14 + outer + icmplen))
         return -1;
@@ -787,10 +794,7 @@ static int answer_neighbour(struct io_ctx *ctx, const struct nat_frame *f)
         na[24] = 2;                               /* target link-layer address option */
         na[25] = 1;
         memcpy(na + 26, in->mac, 6);
-        uint8_t pseudo[4];
-        put16(pseudo, 32);
-        put16(pseudo + 2, 58);
-        put_csum(na + 2, csum_sum(o_ip + 8, 32) + csum_sum(pseudo, 4) + csum_sum(na, 32));
+        put_icmp6_csum(o_ip, na, 32);
         olen = 14 + 40 + 32;
     } else {
         return 0;

@@ -22,11 +22,47 @@ import subprocess
 
 
 @dataclasses.dataclass(frozen=True)
-class Route:
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+class Nexthop:
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-    dev: str | None
-    local: bool = False
+    dev: str | None             # None: the kernel's to follow (a gateway of the other family)
+    weight: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A route of the main table (or a local one). ``kind`` is the kernel's
+    route type: "unicast" (through ``nexthops``; several: multipath),
+    "local", "blackhole", "unreachable", "prohibit", "throw"; any other type
+    is left to the kernel."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    kind: str = "unicast"
+    nexthops: tuple = ()
+    metric: int = 0
+
+
+def _route(r: dict, family: str) -> Route | None:
+    dst = r.get("dst")
+    if dst is None:
+        return None
+    if dst == "default":
+        dst = "0.0.0.0/0" if family == "-4" else "::/0"
+    try:
+        net = ipaddress.ip_network(dst, strict=False)
+    except ValueError:
+        return None
+    kind = r.get("type", "unicast")
+    hops = []
+    for h in r.get("nexthops", [r]) if kind == "unicast" else []:
+        if "dead" in h.get("flags", ()):       # its interface is down: the kernel skips it
+            continue
+        gw, dev = h.get("gateway"), h.get("dev")
+        if "via" in h:                         # a gateway of the other family (RFC 5549)
+            gw, dev = None, None
+        hops.append(Nexthop(ipaddress.ip_address(gw) if gw else None, dev, int(h.get("weight", 1))))
+    if kind == "unicast" and not hops:
+        kind = "dead"                          # every next hop is down: the kernel's
+    return Route(net, kind, tuple(hops), int(r.get("metric", 0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,20 +106,15 @@ def snapshot() -> Snapshot:
     addrs = {a for _, a in by_dev}
     routes = []
     for fam in ("-4", "-6"):
-        for r in _ip_json(fam, "route", "show", "table", "main"):
-            dst = r.get("dst")
-            if dst is None or r.get("type", "unicast") not in ("unicast",):
-                continue
-            if dst == "default":
-                dst = "0.0.0.0/0" if fam == "-4" else "::/0"
-            try:
-                net = ipaddress.ip_network(dst, strict=False)
-            except ValueError:
-                continue
-            gw = r.get("gateway")
-            routes.append(Route(net, ipaddress.ip_address(gw) if gw else None, r.get("dev")))
+        # local-table routes of type local (AnyIP prefixes; host addresses
+        # are added below), then the main table, lowest metric first
+        got = [_route(r, fam) for r in _ip_json(fam, "route", "show", "table", "local", "type", "local")]
+        got += sorted((_route(r, fam) for r in _ip_json(fam, "route", "show", "table", "main")),
+                      key=lambda r: r.metric if r else 0)
+        # link-local destinations are never forwarded: the kernel's
+        routes += [r for r in got if r is not None and not r.network.is_link_local]
     for a in addrs:
-        routes.append(Route(ipaddress.ip_network(a), None, None, local=True))
+        routes.append(Route(ipaddress.ip_network(a), "local"))
     neigh = []
     for n in _ip_json("neigh", "show"):
         mac = n.get("lladdr")

@@ -109,14 +109,17 @@ def _links(snap: _kernel.Snapshot, data: set) -> dict[str, tuple]:
     links: dict[str, list] = {}
     for r in snap.routes:
         net = r.network
-        if r.dev not in data or r.gateway is not None or r.local or net.prefixlen == 0 or net.is_link_local:
+        if r.kind != "unicast" or net.prefixlen == 0 or net.is_link_local:
             continue
-        own = next((a for dev, a in snap.interface_addresses if dev == r.dev and a in net), None)
-        if own is None:
-            continue
-        bits = net.max_prefixlen
-        mask = ((1 << bits) - 1) ^ ((1 << (bits - net.prefixlen)) - 1)
-        links.setdefault(r.dev, []).append((net.version, int(net.network_address), mask, own.packed))
+        for hop in r.nexthops:
+            if hop.dev not in data or hop.gateway is not None:
+                continue
+            own = next((a for dev, a in snap.interface_addresses if dev == hop.dev and a in net), None)
+            if own is None:
+                continue
+            bits = net.max_prefixlen
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - net.prefixlen)) - 1)
+            links.setdefault(hop.dev, []).append((net.version, int(net.network_address), mask, own.packed))
     return {dev: tuple(v) for dev, v in links.items()}
 
 
@@ -169,7 +172,7 @@ class Appliance:
         self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0, "errors": 0,
                               "last_error": None}
         self._config_seen: Optional[bytes] = None   # digest of the configuration file last applied
-        self._neigh: dict = {}   # address -> MAC (None: FAILED), as the datapath has it
+        self._neigh: dict = {}   # (port, address) -> MAC (None: FAILED), as the datapath has it
         self._ifindex: dict[str, int] = {}        # data interface -> ifindex its sockets are bound to
         self.interface_state: dict[str, str] = {}  # "up", "gone" or "recreated"
         self._mtu_warned: set = set()             # (interface, MTU) pairs already warned about
@@ -285,10 +288,7 @@ class Appliance:
         data = set(self.config.interface_names)
         io.io_routes_clear(self.ctx)
         for r in snap.routes:
-            port = self.core.port(r.dev) if r.dev in data else -1
-            gw = r.gateway.packed if r.gateway is not None else io_ffi.NULL
-            io.io_route_add(self.ctx, r.network.version, r.network.network_address.packed,
-                            r.network.prefixlen, gw, port, int(r.local))
+            self._route_add(r, data)
         io.io_port_addresses_clear(self.ctx)
         for dev, addr in snap.interface_addresses:      # global ones last: they win
             if dev in data:
@@ -303,10 +303,8 @@ class Appliance:
         io.io_neigh_clear(self.ctx)
         self._neigh = {}
         for n in snap.neighbours:
-            port = self.core.port(n.dev) if n.dev in data else -1
-            io.io_neigh_set(self.ctx, n.address.version, n.address.packed, port,
-                            n.mac if n.mac is not None else io_ffi.NULL)
-            self._neigh[n.address] = n.mac
+            if n.dev in data:   # the others' routes are the kernel's to follow
+                self._neigh_set(self.core.port(n.dev), n.address, n.mac)
         self.core.links = _links(snap, data)
         host = snap.addresses
         echo = frozenset(t.address for t in self.config.translations if t.kind == "real" and t.proto == "icmp")
@@ -325,14 +323,39 @@ class Appliance:
         names = {i: n for n, i in self._ifindex.items()}
         done = 0
         for ifindex, addr, mac in changes:
-            if addr in self._neigh and self._neigh[addr] == mac:
+            if ifindex not in names:
                 continue
-            port = self.core.port(names[ifindex]) if ifindex in names else -1
-            io.io_neigh_set(self.ctx, addr.version, addr.packed, port, mac)
-            self._neigh[addr] = mac
+            port = self.core.port(names[ifindex])
+            if self._neigh.get((port, addr), False) == mac:
+                continue
+            self._neigh_set(port, addr, mac)
             done += 1
         self.kernel_status["neighbour_updates"] += done
         return done
+
+    _ROUTE_KINDS = {"unicast": io.IO_ROUTE_FORWARD, "local": io.IO_ROUTE_LOCAL,
+                    "blackhole": io.IO_ROUTE_BLACKHOLE, "unreachable": io.IO_ROUTE_UNREACHABLE,
+                    "prohibit": io.IO_ROUTE_PROHIBIT}
+
+    def _route_add(self, r: _kernel.Route, data: set) -> None:
+        hops = r.nexthops
+        gws = io_ffi.new("uint8_t[]", 16 * max(len(hops), 1))
+        for i, h in enumerate(hops):
+            if h.gateway is not None:
+                gws[16 * i:16 * i + len(h.gateway.packed)] = h.gateway.packed
+        ports = io_ffi.new("int[]", [self.core.port(h.dev) if h.dev in data else -1 for h in hops] or [0])
+        weights = io_ffi.new("uint32_t[]", [h.weight for h in hops] or [0])
+        rc = io.io_route_add(self.ctx, r.network.version, r.network.network_address.packed, r.network.prefixlen,
+                             self._ROUTE_KINDS.get(r.kind, io.IO_ROUTE_KERNEL), gws, ports, weights, len(hops))
+        if rc < 0:   # counted; the other routes still go in
+            self._kernel_error(OSError(-rc, f"route {r.network}: {os.strerror(-rc)}"))
+
+    def _neigh_set(self, port: int, addr, mac: Optional[bytes]) -> None:
+        rc = io.io_neigh_set(self.ctx, addr.version, addr.packed, port, mac if mac is not None else io_ffi.NULL)
+        if rc < 0:   # counted; frames towards it go to the kernel
+            self._kernel_error(OSError(-rc, f"neighbour {addr}: {os.strerror(-rc)} (more than 32768)"))
+            return
+        self._neigh[(port, addr)] = mac
 
     def _nat_addresses(self) -> set:
         nat = {t.address for t in self.config.translations if t.kind == "vip"}

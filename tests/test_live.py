@@ -416,6 +416,49 @@ def test_a_vip_whose_backend_is_down_gets_host_unreachable_quoting_the_client(li
     assert stats["io"]["to_kernel_no_neigh"] >= 2, stats["io"]   # and the kernel kept trying
 
 
+ROUTED = """
+[[translation]]
+proto = "tcp"
+vip = "fd31::1"
+port = 80
+backends = ["->fd21:0::1 8080", "->fd21:1::1 8080"]
+{more}"""
+ROUTE_TYPES = [  # (route, a vip, its backend behind the route, what connect() says)
+    ("blackhole 21.9.0.0/16", "31.0.0.9", "21.9.0.1", "TimeoutError"),
+    ("unreachable 21.8.0.0/16", "31.0.0.8", "21.8.0.1", "EHOSTUNREACH"),
+    ("prohibit fd21:7::/64", "fd31::7", "fd21:7::1", "EACCES"),
+]
+
+
+def test_routes_through_link_local_gateways_and_of_every_type(live):
+    """The kernel's table has more than connected routes. IPv6 routes often
+    go through link-local gateways, and routers on different links may all
+    be fe80::1: the neighbour is per link. (Keyed by address alone, one
+    router's MAC served both links and half the flows were lost.) Blackhole
+    routes drop, unreachable and prohibit ones are answered, for translated
+    frames with an error quoting the client's flow, as Linux answers."""
+    t = live.topo
+    for k, ns in enumerate(t.ns_backends):
+        t.run(ns, "ip", "addr", "add", "fe80::1/64", "dev", "b0", "nodad")
+        t.run(ns, "ip", "addr", "add", f"fd21:{k}::1/128", "dev", "lo")
+        t.run(t.ns_app, "ip", "-6", "route", "add", f"fd21:{k}::/64", "via", "fe80::1", "dev", f"a{k + 1}")
+    more = ""
+    for route, vip, backend, _ in ROUTE_TYPES:
+        t.run(t.ns_app, "ip", "route", "add", *route.split())
+        more += f'\n[[translation]]\nproto = "tcp"\nvip = "{vip}"\nport = 80\nbackends = ["->{backend} 8080"]\n'
+    live.config.write_text(live.config.read_text() + ROUTED.format(more=more))
+    live.app.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    seen = {live.curl(t.ns_client, "http://[fd31::1]/") for _ in range(12)}
+    assert seen == {"backend0 fd00::2", "backend1 fd00::2"}
+    for _, vip, _, want in ROUTE_TYPES:
+        r = live.run(t.ns_client, sys.executable, "-c", CONNECT, vip, "1.5")
+        assert r.stdout.split()[0] == want, (vip, r.stdout, r.stderr)
+    assert live.stop() == 0
+    io_stats = live.final_stats()["io"]
+    assert io_stats["drop_blackhole"] >= 1 and io_stats["icmp_no_route"] >= 2, io_stats
+
+
 def test_a_backend_back_with_a_new_mac_is_reached_again(live):
     """The kernel never sees the frames the appliance forwards, so its entry
     for a backend aged to STALE and stayed there with the old MAC: a backend

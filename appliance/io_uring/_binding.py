@@ -19,6 +19,6 @@ COUNTER_NAMES = (
     "rx", "tx", "to_kernel_local", "to_kernel_no_route", "to_kernel_no_neigh", "to_kernel_ttl",
     "to_kernel_mtu", "drop_nat", "drop_tx_full", "drop_kernel_write", "rx_batches", "fwd_cache_hit", "naps",
     "icmp_too_big", "icmp_time_exceeded", "drop_new_flow_busy",
-    "icmp_no_route", "icmp_host_unreachable", "neigh_answered",
+    "icmp_no_route", "icmp_host_unreachable", "neigh_answered", "drop_blackhole",
 )
 assert len(COUNTER_NAMES) == lib.IO_C__COUNT, "io.h counters and COUNTER_NAMES disagree"

@@ -29,7 +29,7 @@
 #endif
 
 #define IO_BATCH_MAX 256
-#define IO_NEIGH_SLOTS 4096   /* neighbours per appliance; open addressing, <= half full */
+#define IO_NEIGH_SLOTS 65536  /* open addressing, kept at most half full (hop.nslot is 16 bits) */
 
 struct io_port {
     struct io_ctx *ctx;
@@ -50,11 +50,19 @@ struct io_port {
     uint8_t mac[6];
 };
 
-struct route {
-    uint8_t prefix[16];
+struct nexthop {
     uint8_t gw[16];
-    uint8_t family, plen, has_gw, local;
-    int port_id;
+    uint8_t has_gw;
+    int port_id;             /* < 0: through an interface that is not ours */
+    uint32_t weight;
+};
+
+struct route {
+    uint8_t prefix[16];      /* masked to plen */
+    uint8_t family, plen, kind;   /* IO_ROUTE_* */
+    uint8_t n_nh;
+    uint32_t nh;             /* first of n_nh in io_ctx.nhs */
+    uint32_t total_weight;
 };
 
 struct neigh {
@@ -62,7 +70,7 @@ struct neigh {
     uint8_t mac[6];
     uint8_t family, used;
     uint8_t failed;          /* the kernel's resolution failed: no MAC */
-    int port_id;
+    int port_id;             /* with family and addr, the key: link-local addresses repeat across links */
     uint32_t epoch;          /* io_ctx.epoch when last forwarded to (io_neigh_used) */
 };
 
@@ -79,9 +87,19 @@ struct io_ctx {
     uint32_t max_sessions;
     uint32_t gen;
     uint32_t epoch;          /* advanced by io_neigh_used() */
-    struct route routes[IO_MAX_ROUTES];
-    uint32_t n_routes;
-    struct neigh neigh[IO_NEIGH_SLOTS];
+    /* The kernel's main table: routes and their next hops in arrays, found
+     * by a hash of (family, prefix length, prefix), one probe per prefix
+     * length in use (longest first), as a per-length LPM. */
+    struct route *routes;
+    uint32_t n_routes, cap_routes;
+    struct nexthop *nhs;
+    uint32_t n_nhs, cap_nhs;
+    uint32_t *route_index;                   /* route + 1 per slot; 0 = empty */
+    uint32_t route_slots;                    /* a power of two, > 2 * n_routes */
+    uint8_t plens[2][129];                   /* [v4, v6]: the prefix lengths in use, longest first */
+    uint8_t n_plens[2];
+    struct neigh *neigh;                     /* IO_NEIGH_SLOTS */
+    uint32_t n_neigh;
     int tap_fd;
     uint8_t tap_mac[6];
     uint64_t counters[IO_C__COUNT];
@@ -105,8 +123,9 @@ struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_se
         return NULL;
     /* calloc'd: pages are only touched by sessions that forward */
     c->hops = calloc((size_t)max_sessions * 2, sizeof *c->hops);
-    if (!c->hops) {
-        free(c);
+    c->neigh = calloc(IO_NEIGH_SLOTS, sizeof *c->neigh);
+    if (!c->hops || !c->neigh) {
+        io_ctx_destroy(c);
         return NULL;
     }
     c->max_sessions = max_sessions;
@@ -121,6 +140,10 @@ void io_ctx_destroy(struct io_ctx *ctx)
 {
     if (ctx) {
         free(ctx->hops);
+        free(ctx->neigh);
+        free(ctx->routes);
+        free(ctx->nhs);
+        free(ctx->route_index);
         free(ctx);
     }
 }
@@ -365,39 +388,105 @@ static int tx_enqueue(struct io_ctx *ctx, struct io_port *o, const uint8_t *data
 /* ---------------------------------------------------------------------------
  * Forwarding
  */
+static inline uint32_t mix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    return h ^ (h >> 16);
+}
+
+static uint32_t route_hash(uint8_t family, uint8_t plen, const uint8_t *prefix)
+{
+    uint32_t h = (uint32_t)family << 8 | plen;
+    for (int i = 0; i < (family == 4 ? 4 : 16); i += 4)
+        h = mix32(h ^ ((uint32_t)prefix[i] << 24 | (uint32_t)prefix[i + 1] << 16 |
+                       (uint32_t)prefix[i + 2] << 8 | prefix[i + 3]));
+    return h;
+}
+
+static void mask_prefix(uint8_t *out, const uint8_t *a, uint8_t family, uint8_t plen)
+{
+    unsigned len = family == 4 ? 4 : 16, full = plen / 8, rest = plen % 8;
+    memset(out, 0, 16);
+    memcpy(out, a, full < len ? full : len);
+    if (rest && full < len)
+        out[full] = a[full] & (uint8_t)(0xff << (8 - rest));
+}
+
+static const struct route *route_find(const struct io_ctx *ctx, uint8_t family, uint8_t plen,
+                                      const uint8_t *prefix)
+{
+    if (!ctx->route_slots)
+        return NULL;
+    uint32_t m = ctx->route_slots - 1;
+    for (uint32_t i = route_hash(family, plen, prefix) & m;; i = (i + 1) & m) {
+        uint32_t v = ctx->route_index[i];
+        if (!v)
+            return NULL;
+        const struct route *r = &ctx->routes[v - 1];
+        if (r->family == family && r->plen == plen && memcmp(r->prefix, prefix, 16) == 0)
+            return r;
+    }
+}
+
+/* Longest prefix match: one hash probe per prefix length in use. */
 static const struct route *route_lookup(const struct io_ctx *ctx, uint8_t family, const uint8_t *a)
 {
-    /* routes are kept sorted by prefix length, longest first */
-    for (uint32_t i = 0; i < ctx->n_routes; i++) {
-        const struct route *r = &ctx->routes[i];
-        if (r->family != family)
-            continue;
-        unsigned full = r->plen / 8, rest = r->plen % 8;
-        if (memcmp(r->prefix, a, full))
-            continue;
-        if (rest && ((r->prefix[full] ^ a[full]) & (uint8_t)(0xff << (8 - rest))))
-            continue;
-        return r;
+    int f = family == 6;
+    uint8_t key[16];
+    for (uint32_t i = 0; i < ctx->n_plens[f]; i++) {
+        uint8_t plen = ctx->plens[f][i];
+        mask_prefix(key, a, family, plen);
+        const struct route *r = route_find(ctx, family, plen, key);
+        if (r)
+            return r;
     }
     return NULL;
 }
 
-static inline uint32_t neigh_hash(uint8_t family, const uint8_t *a)
+/* A multipath route's next hop for a flow: by a hash of its addresses
+ * (as the kernel's default L3 policy), weighted; stable for the flow. */
+static const struct nexthop *route_nexthop(const struct io_ctx *ctx, const struct route *r,
+                                           const uint8_t *src, const uint8_t *dst)
 {
-    uint32_t h = family * 0x9e3779b1u;
+    if (r->n_nh == 1)
+        return &ctx->nhs[r->nh];
+    uint32_t len = r->family == 4 ? 4 : 16, h = r->family;
+    for (uint32_t i = 0; i < len; i += 4) {
+        uint32_t s, d;
+        memcpy(&s, src + i, 4);
+        memcpy(&d, dst + i, 4);
+        h = mix32(h ^ s) + d;
+    }
+    uint32_t pick = mix32(h) % r->total_weight;
+    for (uint32_t i = 0; i < r->n_nh; i++) {
+        const struct nexthop *nh = &ctx->nhs[r->nh + i];
+        if (pick < nh->weight)
+            return nh;
+        pick -= nh->weight;
+    }
+    return &ctx->nhs[r->nh];
+}
+
+static inline uint32_t neigh_hash(uint8_t family, int port_id, const uint8_t *a)
+{
+    uint32_t h = family * 0x9e3779b1u ^ (uint32_t)port_id;
     for (int i = 0; i < 16; i++)
         h = (h ^ a[i]) * 0x01000193u;
     return h;
 }
 
-static struct neigh *neigh_slot(struct io_ctx *ctx, uint8_t family, const uint8_t *a, int insert)
+static struct neigh *neigh_slot(struct io_ctx *ctx, uint8_t family, int port_id, const uint8_t *a,
+                                int insert)
 {
-    for (uint32_t i = neigh_hash(family, a) % IO_NEIGH_SLOTS, k = 0; k < IO_NEIGH_SLOTS;
+    for (uint32_t i = neigh_hash(family, port_id, a) % IO_NEIGH_SLOTS, k = 0; k < IO_NEIGH_SLOTS;
          i = (i + 1) % IO_NEIGH_SLOTS, k++) {
         struct neigh *n = &ctx->neigh[i];
         if (!n->used)
             return insert ? n : NULL;
-        if (n->family == family && memcmp(n->addr, a, 16) == 0)
+        if (n->family == family && n->port_id == port_id && memcmp(n->addr, a, 16) == 0)
             return n;
     }
     return NULL;
@@ -413,37 +502,101 @@ static void hops_stale(struct io_ctx *ctx)
 void io_routes_clear(struct io_ctx *ctx)
 {
     ctx->n_routes = 0;
+    ctx->n_nhs = 0;
+    ctx->n_plens[0] = ctx->n_plens[1] = 0;
+    if (ctx->route_index)
+        memset(ctx->route_index, 0, ctx->route_slots * sizeof *ctx->route_index);
     hops_stale(ctx);
 }
 
-int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
-                 const uint8_t *gateway, int port_id, int local)
+static int grow(void **arr, uint32_t *cap, uint32_t need, size_t size)
 {
-    if (ctx->n_routes >= IO_MAX_ROUTES)
-        return -1;
-    struct route r;
-    memset(&r, 0, sizeof r);
-    r.family = family;
-    r.plen = plen;
-    memcpy(r.prefix, prefix, family == 4 ? 4 : 16);
-    if (gateway) {
-        memcpy(r.gw, gateway, family == 4 ? 4 : 16);
-        r.has_gw = 1;
+    if (need <= *cap)
+        return 0;
+    uint32_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*arr, (size_t)n * size);
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    *cap = n;
+    return 0;
+}
+
+static void route_index_put(struct io_ctx *ctx, uint32_t ri)
+{
+    const struct route *r = &ctx->routes[ri];
+    uint32_t m = ctx->route_slots - 1;
+    uint32_t i = route_hash(r->family, r->plen, r->prefix) & m;
+    while (ctx->route_index[i])
+        i = (i + 1) & m;
+    ctx->route_index[i] = ri + 1;
+}
+
+int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen, uint8_t kind,
+                 const uint8_t *gateways, const int *port_ids, const uint32_t *weights, uint32_t n_nh)
+{
+    if ((family != 4 && family != 6) || plen > (family == 4 ? 32 : 128) || n_nh > 255 ||
+        (kind == IO_ROUTE_FORWARD && n_nh == 0))
+        return -EINVAL;
+    uint8_t key[16];
+    mask_prefix(key, prefix, family, plen);
+    if (route_find(ctx, family, plen, key))
+        return 1;                             /* the first one given wins (the lowest metric) */
+    if (grow((void **)&ctx->routes, &ctx->cap_routes, ctx->n_routes + 1, sizeof *ctx->routes) ||
+        grow((void **)&ctx->nhs, &ctx->cap_nhs, ctx->n_nhs + n_nh, sizeof *ctx->nhs))
+        return -ENOMEM;
+    if (2 * (ctx->n_routes + 1) >= ctx->route_slots) {
+        uint32_t slots = ctx->route_slots ? ctx->route_slots * 2 : 256;
+        uint32_t *idx = calloc(slots, sizeof *idx);
+        if (!idx)
+            return -ENOMEM;
+        free(ctx->route_index);
+        ctx->route_index = idx;
+        ctx->route_slots = slots;
+        for (uint32_t i = 0; i < ctx->n_routes; i++)
+            route_index_put(ctx, i);
     }
-    r.port_id = port_id;
-    r.local = (uint8_t)local;
-    uint32_t i = ctx->n_routes++;
-    while (i > 0 && ctx->routes[i - 1].plen < plen) {
-        ctx->routes[i] = ctx->routes[i - 1];
-        i--;
+    struct route *r = &ctx->routes[ctx->n_routes];
+    memset(r, 0, sizeof *r);
+    memcpy(r->prefix, key, 16);
+    r->family = family;
+    r->plen = plen;
+    r->kind = kind;
+    r->nh = ctx->n_nhs;
+    for (uint32_t i = 0; i < n_nh; i++) {
+        struct nexthop *nh = &ctx->nhs[ctx->n_nhs];
+        memset(nh, 0, sizeof *nh);
+        if (gateways) {
+            memcpy(nh->gw, gateways + 16 * i, family == 4 ? 4 : 16);
+            nh->has_gw = memcmp(nh->gw, (const uint8_t[16]){0}, 16) != 0;
+        }
+        nh->port_id = port_ids[i];
+        nh->weight = weights && weights[i] ? weights[i] : 1;
+        r->total_weight += nh->weight;
+        ctx->n_nhs++;
+        r->n_nh++;
     }
-    ctx->routes[i] = r;
+    route_index_put(ctx, ctx->n_routes++);
+    /* the prefix length, in its family's list, longest first */
+    int f = family == 6;
+    uint32_t i = 0;
+    while (i < ctx->n_plens[f] && ctx->plens[f][i] > plen)
+        i++;
+    if (i == ctx->n_plens[f] || ctx->plens[f][i] != plen) {
+        memmove(&ctx->plens[f][i + 1], &ctx->plens[f][i], ctx->n_plens[f] - i);
+        ctx->plens[f][i] = plen;
+        ctx->n_plens[f]++;
+    }
+    hops_stale(ctx);
     return 0;
 }
 
 void io_neigh_clear(struct io_ctx *ctx)
 {
-    memset(ctx->neigh, 0, sizeof ctx->neigh);
+    memset(ctx->neigh, 0, IO_NEIGH_SLOTS * sizeof *ctx->neigh);
+    ctx->n_neigh = 0;
     hops_stale(ctx);
 }
 
@@ -452,9 +605,11 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
 {
     uint8_t a[16] = {0};
     memcpy(a, addr, family == 4 ? 4 : 16);
-    struct neigh *n = neigh_slot(ctx, family, a, 1);
-    if (!n)
-        return -1;
+    struct neigh *n = neigh_slot(ctx, family, port_id, a, 1);
+    if (!n || (!n->used && 2 * (ctx->n_neigh + 1) > IO_NEIGH_SLOTS))
+        return -ENOSPC;
+    if (!n->used)
+        ctx->n_neigh++;
     /* a known neighbour failed or came back: hops hold its slot only while
      * it has a MAC (a new MAC they read from the slot); a new neighbour is
      * in no hop yet */
@@ -501,19 +656,62 @@ static void to_kernel(struct io_ctx *ctx, uint8_t *data, uint32_t len, int why)
         ctx->counters[IO_C_DROP_KERNEL_WRITE]++;
 }
 
-/* The ICMP errors the datapath sends itself, for translated frames: the
- * kernel would quote the translated frame, which its sender cannot match to
- * its flow (a vip's client never learns the path MTU, and traceroute to a
- * vip gets "network unreachable" from a kernel without a route to it). */
-enum icmp_error { ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED, ICMP_ERR_NO_ROUTE, ICMP_ERR_HOST_UNREACH };
+/* The kernel's answer for dst (and src, for a multipath route's choice):
+ * 0 with the next hop's port (*port, < 0 for an interface that is not ours)
+ * and, when the kernel has it, its neighbour (*neigh); else a negative io
+ * counter telling why the kernel must take the frame (or, for
+ * -IO_C_DROP_BLACKHOLE, why it is dropped). *unreach is then the error
+ * Linux would answer a frame it cannot forward at all with: no route at all
+ * (ICMP_ERR_NO_ROUTE), an unreachable or prohibit route
+ * (ICMP_ERR_ROUTE_UNREACH, ICMP_ERR_PROHIBITED), or a neighbour the kernel
+ * failed to resolve (ICMP_ERR_HOST_UNREACH); else -1. */
+static int route_resolve(struct io_ctx *ctx, uint8_t family, const uint8_t *src, const uint8_t *dst,
+                         int *port, struct neigh **neigh, int *unreach)
+{
+    *neigh = NULL;
+    *port = -1;
+    const struct route *r = route_lookup(ctx, family, dst);
+    if (!r) {
+        *unreach = ICMP_ERR_NO_ROUTE;
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    }
+    switch (r->kind) {
+    case IO_ROUTE_FORWARD:
+        break;
+    case IO_ROUTE_LOCAL:
+        return -IO_C_TO_KERNEL_LOCAL;
+    case IO_ROUTE_BLACKHOLE:
+        return -IO_C_DROP_BLACKHOLE;
+    case IO_ROUTE_UNREACHABLE:
+        *unreach = ICMP_ERR_ROUTE_UNREACH;
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    case IO_ROUTE_PROHIBIT:
+        *unreach = ICMP_ERR_PROHIBITED;
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    default:                               /* throw, and what we do not know: the kernel's */
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    }
+    const struct nexthop *nh = route_nexthop(ctx, r, src, dst);
+    *port = nh->port_id;
+    if (nh->port_id < 0)
+        return -IO_C_TO_KERNEL_NO_ROUTE;
+    uint8_t a[16] = {0};
+    memcpy(a, nh->has_gw ? nh->gw : dst, family == 4 ? 4 : 16);
+    struct neigh *n = neigh_slot(ctx, family, nh->port_id, a, 0);
+    *neigh = n;
+    if (!n || n->failed) {
+        if (n)
+            *unreach = ICMP_ERR_HOST_UNREACH;
+        return -IO_C_TO_KERNEL_NO_NEIGH;
+    }
+    return 0;
+}
 
 /* Next hop for a frame: from the session's cache when it is current, else
- * route + neighbour lookup (and fill the cache). Returns the egress port, or
- * a negative io counter telling why the kernel must take the frame; then
- * *unreach is the error Linux would answer a frame it cannot forward at all
- * with (no route at all: ICMP_ERR_NO_ROUTE; a neighbour the kernel failed to
- * resolve: ICMP_ERR_HOST_UNREACH), else -1. */
-static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family,
+ * route_resolve() (and fill the cache). Returns the egress port, or what
+ * route_resolve() returned; *egress is the port even when the neighbour is
+ * not known. */
+static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, const uint8_t *src,
                     const uint8_t *dst, const uint8_t **mac, int *egress, int *unreach)
 {
     struct hop *h = NULL;
@@ -528,33 +726,38 @@ static int next_hop(struct io_ctx *ctx, const struct nat_frame *f, uint8_t famil
             return h->port_id;
         }
     }
-    const struct route *r = route_lookup(ctx, family, dst);
-    if (!r) {
-        *unreach = ICMP_ERR_NO_ROUTE;
+    int port;
+    struct neigh *n;
+    int rc = route_resolve(ctx, family, src, dst, &port, &n, unreach);
+    if (port >= IO_MAX_PORTS || (port >= 0 && !ctx->tx_port[port]))
         return -IO_C_TO_KERNEL_NO_ROUTE;
-    }
-    if (r->local)
-        return -IO_C_TO_KERNEL_LOCAL;
-    if (r->port_id < 0 || r->port_id >= IO_MAX_PORTS || !ctx->tx_port[r->port_id])
-        return -IO_C_TO_KERNEL_NO_ROUTE;
-    *egress = r->port_id;   /* known even when the neighbour is not */
-    uint8_t nh[16] = {0};
-    memcpy(nh, r->has_gw ? r->gw : dst, 16);
-    struct neigh *n = neigh_slot(ctx, family, nh, 0);
-    if (!n || n->failed) {
-        if (n)
-            *unreach = ICMP_ERR_HOST_UNREACH;
-        return -IO_C_TO_KERNEL_NO_NEIGH;
-    }
+    *egress = port;
+    if (rc < 0)
+        return rc;
     n->epoch = ctx->epoch;
     if (h) {
         h->gen = ctx->gen;
         h->serial = f->serial;
-        h->port_id = (int16_t)r->port_id;
+        h->port_id = (int16_t)port;
         h->nslot = (uint16_t)(n - ctx->neigh);
     }
     *mac = n->mac;
-    return r->port_id;
+    return port;
+}
+
+int io_route_resolve(struct io_ctx *ctx, uint8_t family, const uint8_t *src, const uint8_t *dst,
+                     int *port_out, uint8_t *mac_out, int *unreach_out)
+{
+    uint8_t s[16] = {0}, d[16] = {0};
+    memcpy(s, src, family == 4 ? 4 : 16);
+    memcpy(d, dst, family == 4 ? 4 : 16);
+    struct neigh *n;
+    int unreach = -1;
+    int rc = route_resolve(ctx, family, s, d, port_out, &n, &unreach);
+    if (n && !n->failed)
+        memcpy(mac_out, n->mac, 6);
+    *unreach_out = unreach;
+    return rc;
 }
 
 void io_set_nat(struct io_ctx *ctx, struct nat *nat, void *session_get_fn)
@@ -625,8 +828,8 @@ static int icmp_allowed(struct io_ctx *ctx)
 
 /* Answer a translated frame's sender with ICMP "fragmentation needed" /
  * "packet too big" (mtu), "time exceeded in transit", "network
- * unreachable" / "no route to destination" or "host unreachable" / "address
- * unreachable", from the ingress
+ * unreachable" / "no route to destination", "host unreachable" / "address
+ * unreachable" or "administratively prohibited", from the ingress
  * interface's address, quoting the frame as the sender sent it, before
  * translation. Returns 0 if sent. */
 static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_t family, uint8_t *ip,
@@ -689,9 +892,12 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
             put16(icmp + 6, (uint16_t)mtu);
         } else if (kind == ICMP_ERR_NO_ROUTE) {
             icmp[0] = 3;                              /* destination unreachable: network */
-        } else if (kind == ICMP_ERR_HOST_UNREACH) {
+        } else if (kind == ICMP_ERR_HOST_UNREACH || kind == ICMP_ERR_ROUTE_UNREACH) {
             icmp[0] = 3;                              /* destination unreachable: host */
             icmp[1] = 1;
+        } else if (kind == ICMP_ERR_PROHIBITED) {
+            icmp[0] = 3;                              /* destination unreachable: */
+            icmp[1] = 13;                             /* communication administratively prohibited */
         } else {
             icmp[0] = 11;                             /* time exceeded in transit */
         }
@@ -710,8 +916,11 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
             icmp[5] = (uint8_t)(mtu >> 16);
             icmp[6] = (uint8_t)(mtu >> 8);
             icmp[7] = (uint8_t)mtu;
-        } else if (kind == ICMP_ERR_NO_ROUTE) {
+        } else if (kind == ICMP_ERR_NO_ROUTE || kind == ICMP_ERR_ROUTE_UNREACH) {
             icmp[0] = 1;                              /* destination unreachable: no route */
+        } else if (kind == ICMP_ERR_PROHIBITED) {
+            icmp[0] = 1;                              /* destination unreachable: */
+            icmp[1] = 1;                              /* administratively prohibited */
         } else if (kind == ICMP_ERR_HOST_UNREACH) {
             icmp[0] = 1;                              /* destination unreachable: address */
             icmp[1] = 3;
@@ -725,6 +934,7 @@ static int send_icmp_error(struct io_ctx *ctx, const struct nat_frame *f, uint8_
     static const int counter[] = {
         [ICMP_ERR_TOO_BIG] = IO_C_ICMP_TOO_BIG, [ICMP_ERR_TIME_EXCEEDED] = IO_C_ICMP_TIME_EXCEEDED,
         [ICMP_ERR_NO_ROUTE] = IO_C_ICMP_NO_ROUTE, [ICMP_ERR_HOST_UNREACH] = IO_C_ICMP_HOST_UNREACHABLE,
+        [ICMP_ERR_ROUTE_UNREACH] = IO_C_ICMP_NO_ROUTE, [ICMP_ERR_PROHIBITED] = IO_C_ICMP_NO_ROUTE,
     };
     ctx->counters[counter[kind]]++;
     return 0;
@@ -813,14 +1023,16 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
     uint16_t et = (uint16_t)(d[12] << 8 | d[13]);
     uint8_t *ip = d + 14;
     uint8_t family;
-    uint8_t dst[16] = {0};
+    uint8_t src[16] = {0}, dst[16] = {0};
     uint32_t iplen;
     if (et == 0x0800) {
         family = 4;
+        memcpy(src, ip + 12, 4);
         memcpy(dst, ip + 16, 4);
         iplen = (uint32_t)ip[2] << 8 | ip[3];
     } else if (et == 0x86dd && len >= 14 + 40) {
         family = 6;
+        memcpy(src, ip + 8, 16);
         memcpy(dst, ip + 24, 16);
         iplen = 40 + ((uint32_t)ip[4] << 8 | ip[5]);
     } else {
@@ -834,13 +1046,18 @@ static void forward_one(struct io_ctx *ctx, const struct nat_frame *f)
     const uint8_t *mac;
     int egress = -1;
     int unreach = -1;
-    int port = next_hop(ctx, f, family, dst, &mac, &egress, &unreach);
+    int port = next_hop(ctx, f, family, src, dst, &mac, &egress, &unreach);
     if (port == -IO_C_TO_KERNEL_LOCAL)
         return to_kernel(ctx, d, len, IO_C_TO_KERNEL_LOCAL);   /* delivered at any TTL */
-    /* No route at all (not one through an interface that is not ours,
-     * which the kernel forwards): Linux answers before any TTL check. */
-    if (unreach == ICMP_ERR_NO_ROUTE && translated &&
-        send_icmp_error(ctx, f, family, ip, iplen, ICMP_ERR_NO_ROUTE, 0) == 0)
+    if (port == -IO_C_DROP_BLACKHOLE) {                        /* as the kernel: silently */
+        ctx->counters[IO_C_DROP_BLACKHOLE]++;
+        return;
+    }
+    /* No route at all, or an unreachable or prohibit route (not one through
+     * an interface that is not ours, which the kernel forwards): Linux
+     * answers before any TTL check. */
+    if ((unreach == ICMP_ERR_NO_ROUTE || unreach == ICMP_ERR_ROUTE_UNREACH || unreach == ICMP_ERR_PROHIBITED) &&
+        translated && send_icmp_error(ctx, f, family, ip, iplen, (enum icmp_error)unreach, 0) == 0)
         return;
     if (port >= 0)
         egress = port;

@@ -20,14 +20,13 @@
 /* CFFI-BEGIN */
 #define IO_FRAME_SIZE 2048     /* UMEM chunk: a 1500-byte MTU frame and headroom */
 #define IO_MAX_PORTS 64
-#define IO_MAX_ROUTES 256
 
 /* Why a frame went to the kernel or was dropped by the forwarding step. */
 enum io_counter {
     IO_C_RX,
     IO_C_TX,
     IO_C_TO_KERNEL_LOCAL,      /* addressed to the host after NAT */
-    IO_C_TO_KERNEL_NO_ROUTE,   /* no route, or one through a non-data interface */
+    IO_C_TO_KERNEL_NO_ROUTE,   /* no route, or one the kernel serves: through a non-data interface, unreachable, prohibit, throw */
     IO_C_TO_KERNEL_NO_NEIGH,   /* neighbour not resolved yet: the kernel resolves */
     IO_C_TO_KERNEL_TTL,        /* TTL/hop limit would expire here */
     IO_C_TO_KERNEL_MTU,        /* larger than the egress MTU: the kernel sends the ICMP error */
@@ -43,6 +42,7 @@ enum io_counter {
     IO_C_ICMP_NO_ROUTE,        /* ICMP network unreachable sent for translated frames */
     IO_C_ICMP_HOST_UNREACHABLE, /* ICMP host unreachable sent for translated frames */
     IO_C_NEIGH_ANSWERED,       /* ARP requests / neighbour solicitations answered for vips, SNAT addresses */
+    IO_C_DROP_BLACKHOLE,       /* towards a blackhole route: dropped, as the kernel drops them */
     IO_C__COUNT,
 };
 
@@ -124,12 +124,46 @@ void io_flush(struct io_ctx *ctx);
 
 /* Forwarding tables (replaced wholesale by the netlink follower). */
 void io_routes_clear(struct io_ctx *ctx);
-/* port_id < 0: the route leaves through an interface the appliance does
- * not own (or is local): such frames go to the kernel. */
-int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen,
-                 const uint8_t *gateway, int port_id, int local);
+/* A route's kind: the kernel's route types. */
+#define IO_ROUTE_FORWARD 0      /* unicast: through its next hops */
+#define IO_ROUTE_LOCAL 1        /* to the host itself: the kernel delivers */
+#define IO_ROUTE_BLACKHOLE 2    /* dropped here (drop_blackhole) */
+#define IO_ROUTE_UNREACHABLE 3  /* translated frames: our ICMP error; others: the kernel answers */
+#define IO_ROUTE_PROHIBIT 4     /* as unreachable, "administratively prohibited" */
+#define IO_ROUTE_KERNEL 5       /* throw, or another type: the kernel's */
+/* One route; n_nh next hops for IO_ROUTE_FORWARD (more than one: multipath,
+ * picked per flow by a hash of its addresses, weighted). gateways: n_nh
+ * 16-byte addresses, all zeros for none (on-link), or NULL; port_ids: < 0
+ * for an interface the appliance does not own (the kernel forwards such
+ * frames); weights: NULL for 1 each. The first route given for a prefix
+ * wins (give them lowest metric first). Returns 0, 1 if the prefix was
+ * there already, or -errno. */
+int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint8_t plen, uint8_t kind,
+                 const uint8_t *gateways, const int *port_ids, const uint32_t *weights, uint32_t n_nh);
+/* The ICMP errors the datapath sends itself, for translated frames: the
+ * kernel would quote the translated frame, which its sender cannot match to
+ * its flow (a vip's client never learns the path MTU, and traceroute to a
+ * vip gets "network unreachable" from a kernel without a route to it). */
+enum icmp_error {
+    ICMP_ERR_TOO_BIG, ICMP_ERR_TIME_EXCEEDED,
+    ICMP_ERR_NO_ROUTE,          /* no route at all: network unreachable / no route */
+    ICMP_ERR_HOST_UNREACH,      /* the neighbour failed: host / address unreachable */
+    ICMP_ERR_ROUTE_UNREACH,     /* an `unreachable` route: host unreachable / no route, as Linux */
+    ICMP_ERR_PROHIBITED,        /* a `prohibit` route: administratively prohibited */
+};
+/* What the forwarding step does with a frame from src to dst: 0, the egress
+ * port in *port_out and the next hop's MAC in mac_out (6 bytes); or the
+ * negative io counter of why it goes to the kernel or is dropped, with
+ * *port_out the egress port when a route names one of ours (else -1) and
+ * *unreach_out an enum icmp_error when translated frames get one from us
+ * (else -1).
+ * For the tests; the datapath does this once per new flow. */
+int io_route_resolve(struct io_ctx *ctx, uint8_t family, const uint8_t *src, const uint8_t *dst,
+                     int *port_out, uint8_t *mac_out, int *unreach_out);
 void io_neigh_clear(struct io_ctx *ctx);
-/* mac NULL: a neighbour the kernel failed to resolve (FAILED): translated
+/* A neighbour is keyed by (port, family, address): link-local addresses
+ * repeat across links. Returns 0, or -ENOSPC beyond 32768 neighbours.
+ * mac NULL: a neighbour the kernel failed to resolve (FAILED): translated
  * frames towards it get ICMP host unreachable from us, and go to the kernel.
  * Adds or changes one neighbour (the netlink follower's neighbour events;
  * a changed MAC makes every cached next hop stale). */

@@ -5,6 +5,7 @@
 #include "csum.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1182,9 +1183,22 @@ int io_driver_name(const char *ifname, char *out, uint32_t size)
     return rc;
 }
 
+static int libbpf_silent(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    return 0;
+}
+
 int io_xdp_attach(int ifindex, int prog_fd, int native)
 {
-    return bpf_xdp_attach(ifindex, prog_fd, native ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE, NULL);
+    if (!native)
+        return bpf_xdp_attach(ifindex, prog_fd, XDP_FLAGS_SKB_MODE, NULL);
+    /* A driver without native XDP (a bridge, say) is not an error: the
+     * caller falls back to generic and says so; libbpf would print the
+     * kernel's refusal on stderr. */
+    libbpf_print_fn_t old = libbpf_set_print(libbpf_silent);
+    int rc = bpf_xdp_attach(ifindex, prog_fd, XDP_FLAGS_DRV_MODE, NULL);
+    libbpf_set_print(old);
+    return rc;
 }
 
 int io_xdp_detach(int ifindex)

@@ -75,10 +75,14 @@ class Neighbour:
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     # (interface, address) pairs, global addresses after link-local ones
-    interface_addresses: tuple
-    routes: tuple
-    neighbours: tuple
-    mtus: tuple                 # (interface, mtu) pairs
+    interface_addresses: tuple = dataclasses.field(compare=False)
+    routes: tuple = dataclasses.field(compare=False)
+    neighbours: tuple = dataclasses.field(compare=False)
+    mtus: tuple = dataclasses.field(compare=False)   # (interface, mtu) pairs
+    # Snapshots are equal when their contents are, compared by this hash of
+    # them: it is made where the snapshot is taken, off the datapath's
+    # thread (comparing 20,000 routes field by field took 28 ms).
+    digest: int = 0
 
     @property
     def addresses(self) -> frozenset:
@@ -88,6 +92,8 @@ class Snapshot:
 
 def _ip_json(*args: str) -> list:
     r = subprocess.run(["ip", "-j", *args], capture_output=True, text=True)
+    if r.returncode != 0 and "table" in args and "FIB table does not exist" in r.stderr:
+        return []   # IPv4's local table appears with the first IPv4 address (lo's 127.0.0.1)
     if r.returncode != 0:
         raise OSError(f"ip -j {' '.join(args)}: {r.stderr.strip() or f'exit status {r.returncode}'}")
     return json.loads(r.stdout or "[]")
@@ -125,7 +131,8 @@ def snapshot() -> Snapshot:
         if not mac or "INCOMPLETE" in state:
             continue
         neigh.append(Neighbour(ipaddress.ip_address(n["dst"]), n["dev"], bytes.fromhex(mac.replace(":", ""))))
-    return Snapshot(tuple(by_dev), tuple(routes), tuple(neigh), tuple(mtus))
+    tables = (tuple(by_dev), tuple(routes), tuple(neigh), tuple(mtus))
+    return Snapshot(*tables, digest=hash(tables))
 
 
 # rtnetlink multicast groups (linux/rtnetlink.h)

@@ -188,3 +188,54 @@ def test_a_dead_next_hop_is_skipped_and_a_gateway_of_the_other_family_is_the_ker
 ])
 def test_routes_as_ip_json_gives_them(entry, want):
     assert _kernel._route(entry, "-6" if ":" in str(entry.get("dst")) else "-4") == want
+
+
+def test_routes_packed_off_the_datapath_load_as_given():
+    """The runtime packs the kernel's routes in a worker thread
+    (_pack_tables) and loads them with one C call (io_routes_load)."""
+    from appliance import _runtime
+    assert _runtime._ROUTE_ENTRY.size == ffi.sizeof("struct io_route_entry")
+    assert _runtime._NEXTHOP_ENTRY.size == ffi.sizeof("struct io_nexthop_entry")
+    ip = ipaddress.ip_address
+    routes = (
+        _kernel.Route(ipaddress.ip_network("20.0.0.0/16"), "unicast",
+                      (_kernel.Nexthop(ip("10.0.1.1"), "a1"), _kernel.Nexthop(ip("10.0.2.1"), "a2", 3))),
+        _kernel.Route(ipaddress.ip_network("fd20::/64"), "unicast", (_kernel.Nexthop(ip("fe80::1"), "a2"),)),
+        _kernel.Route(ipaddress.ip_network("30.0.0.0/8"), "unicast", (_kernel.Nexthop(None, "eth9"),)),
+        _kernel.Route(ipaddress.ip_network("40.0.0.0/8"), "blackhole"),
+        _kernel.Route(ipaddress.ip_network("50.0.0.0/8"), "dead"),
+    )
+    snap = _kernel.Snapshot((), routes, (), (), digest=1)
+    packed = _runtime._pack_tables(snap, {"a1": 1, "a2": 2})
+    t = Tables()
+    assert lib.io_routes_load(t.ctx, ffi.from_buffer("struct io_route_entry[]", packed.routes), packed.n_routes,
+                              ffi.from_buffer("struct io_nexthop_entry[]", packed.nexthops), packed.n_nexthops) == 0
+    t.neigh("10.0.1.1", 1, MAC[1])
+    t.neigh("10.0.2.1", 2, MAC[2])
+    t.neigh("fe80::1", 2, MAC[5])
+    ports = {t.resolve(f"20.0.0.{i}", f"192.168.0.{i}")[1] for i in range(1, 60)}
+    assert ports == {1, 2}
+    assert t.resolve("fd20::9")[:3] == (0, 2, MAC[5])
+    assert t.resolve("30.1.1.1")[:2] == (NO_ROUTE, -1)          # not a data interface: the kernel's
+    assert t.resolve("40.1.1.1")[0] == BLACKHOLE
+    assert t.resolve("50.1.1.1") == (NO_ROUTE, -1, None, None)  # every next hop down: the kernel's
+    # snapshots compare by digest
+    assert snap == _kernel.Snapshot((), (), (), (), digest=1) and snap != _kernel.Snapshot((), routes, (), (), 2)
+
+
+def test_a_namespace_without_ipv4_has_a_snapshot(tmp_path):
+    """IPv4's local table exists only once the namespace has an IPv4
+    address (lo down has none); dumping it then fails, which must not fail
+    the snapshot."""
+    import subprocess
+    import sys
+    import uuid
+    ns = "t" + uuid.uuid4().hex[:8]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
+                            "from appliance import _kernel; print(len(_kernel.snapshot().routes))"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])

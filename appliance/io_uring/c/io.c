@@ -594,6 +594,31 @@ int io_route_add(struct io_ctx *ctx, uint8_t family, const uint8_t *prefix, uint
     return 0;
 }
 
+int io_routes_load(struct io_ctx *ctx, const struct io_route_entry *routes, uint32_t n,
+                   const struct io_nexthop_entry *nexthops, uint32_t n_nexthops)
+{
+    io_routes_clear(ctx);
+    uint8_t gws[255 * 16];
+    int ports[255];
+    uint32_t weights[255];
+    uint32_t refused = 0, k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct io_route_entry *r = &routes[i];
+        if (k + r->n_nh > n_nexthops)
+            return -EINVAL;
+        for (uint32_t j = 0; j < r->n_nh; j++, k++) {
+            memcpy(gws + 16 * j, nexthops[k].gw, 16);
+            ports[j] = nexthops[k].port_id;
+            weights[j] = nexthops[k].weight;
+        }
+        int rc = io_route_add(ctx, r->family, r->prefix, r->plen, r->kind, gws, ports, weights, r->n_nh);
+        if (rc == -ENOMEM)
+            return rc;
+        refused += rc < 0;
+    }
+    return (int)refused;
+}
+
 void io_neigh_clear(struct io_ctx *ctx)
 {
     memset(ctx->neigh, 0, IO_NEIGH_SLOTS * sizeof *ctx->neigh);

@@ -151,6 +151,22 @@ enum icmp_error {
     ICMP_ERR_ROUTE_UNREACH,     /* an `unreachable` route: host unreachable / no route, as Linux */
     ICMP_ERR_PROHIBITED,        /* a `prohibit` route: administratively prohibited */
 };
+/* The whole table at once, replacing what was there: the runtime packs
+ * the kernel's routes off the datapath's thread, and loading 20,000 takes
+ * ~1 ms instead of ~55 ms of io_route_add() calls from Python. Route i has
+ * the next n_nh entries of nexthops, in order; a gateway of all zeros is
+ * none. Returns how many routes were refused (see io_route_add), or -errno. */
+struct io_route_entry {
+    uint8_t prefix[16];
+    uint8_t family, plen, kind, n_nh;
+};
+struct io_nexthop_entry {
+    uint8_t gw[16];
+    int32_t port_id;
+    uint32_t weight;
+};
+int io_routes_load(struct io_ctx *ctx, const struct io_route_entry *routes, uint32_t n,
+                   const struct io_nexthop_entry *nexthops, uint32_t n_nexthops);
 /* What the forwarding step does with a frame from src to dst: 0, the egress
  * port in *port_out and the next hop's MAC in mac_out (6 bytes); or the
  * negative io counter of why it goes to the kernel or is dropped, with

@@ -234,7 +234,14 @@ class Appliance:
             resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         except (ValueError, OSError):
             pass   # without CAP_SYS_RESOURCE; CAP_IPC_LOCK or a high enough limit also do
-        self.tap = Tap()
+        try:
+            self.tap = Tap()
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:   # the TAP device is one per namespace: it is our lock
+                raise SystemExit(f"appliance: error: another appliance is running in this network namespace "
+                                 f"(its TAP device {Tap.NAME} is in use); stop it first") from None
+            raise SystemExit(f"appliance: error: cannot create the TAP device {Tap.NAME} "
+                             f"(/dev/net/tun): {exc.strerror or exc}") from None
         self.ctx = io_ffi.gc(io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions),
                               io.io_ctx_destroy)
         io.io_set_nat(self.ctx, *self.core.session_get_pointer())
@@ -738,7 +745,15 @@ def _listening_socket(family: int, address) -> socket.socket:
     before the loop starts so that a taken port or a bad path is a clear
     error at start (OSError), not a failed task."""
     if family == socket.AF_UNIX and os.path.exists(address):
-        os.unlink(address)   # left by a killed run
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+        except OSError:
+            os.unlink(address)   # left by a killed run: nobody answers
+        else:   # not ours to take: the running appliance would lose it
+            raise OSError(errno.EADDRINUSE, "another appliance is serving it")
+        finally:
+            probe.close()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if family != socket.AF_UNIX:

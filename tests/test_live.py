@@ -958,3 +958,23 @@ def test_sighup_reloads_at_once_and_does_not_stop(live):
     time.sleep(0.3)
     assert live.log.read_text().count("configuration reloaded") == reloads + 1
     assert live.stop() == 0
+
+
+def test_a_second_appliance_in_the_namespace_is_refused_and_harms_nothing(live, tmp_path):
+    """Started twice (an overlapping restart, a second container in the
+    pod), the second instance must not take the first one's interfaces,
+    XDP programs or control socket: it says why and exits."""
+    live.stop()
+    control = str(tmp_path / "control.sock")
+    live.start(control=control)
+    t = live.topo
+    for args in (("--control", control), ()):
+        r = live.run(t.ns_app, sys.executable, "-m", "appliance", "run", "--config", str(live.config), *args)
+        assert r.returncode != 0, r.stdout + r.stderr
+        assert "another appliance" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert live.app.poll() is None, live.log.read_text()
+    assert {live.curl(t.ns_client, "http://30.0.0.2/") for _ in range(6)} == {"backend0 10.0.0.2",
+                                                                              "backend1 10.0.0.2"}
+    r = live.run(t.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json", "--control", control)
+    assert r.returncode == 0 and json.loads(r.stdout)["nat"]["sessions_created"] >= 1, r.stderr
+    assert live.stop() == 0

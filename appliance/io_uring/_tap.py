@@ -28,10 +28,16 @@ def _sysctl(key: str, value: str) -> None:
 
 
 class Tap:
-    def __init__(self, name: str = "xnat0") -> None:
+    NAME = "xnat0"
+
+    def __init__(self, name: str = NAME) -> None:
         self.name = name
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-        fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+        try:   # EBUSY: another process has it (another appliance in this namespace)
+            fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+        except OSError:
+            os.close(self.fd)
+            raise
         subprocess.run(["ip", "link", "set", name, "up"], check=True)
         mac = pathlib.Path(f"/sys/class/net/{name}/address").read_text().strip()
         self.mac = bytes.fromhex(mac.replace(":", ""))

@@ -13,6 +13,7 @@ the stale programs.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import gc
@@ -168,6 +169,40 @@ def _read_kernel(ports: dict[str, int]) -> tuple[_kernel.Snapshot, _Tables]:
     return snap, _pack_tables(snap, ports)
 
 
+class _HostPorts:
+    """What the XDP `ports` map steers to us: the (host address, proto,
+    port) of live sessions whose source was rewritten to an address of this
+    host (their replies are addressed to the host), and the ports of `real`
+    translations. Sessions are counted per entry: sessions to different
+    destinations share a port (SNAT allocates per destination), and the
+    first of them to end must not take the entry from the others, whose
+    replies the kernel would then answer with resets."""
+
+    def __init__(self, steering) -> None:
+        self.steering = steering
+        self.count: collections.Counter = collections.Counter()
+        self.real: set = set()   # the ports of `real` translations on host addresses: always steered
+
+    def session(self, added: bool, entry: tuple) -> None:
+        n = self.count[entry] + (1 if added else -1)
+        if n > 0:
+            self.count[entry] = n
+            if n == 1:
+                self.steering.add_port(entry)
+        else:
+            self.count.pop(entry, None)
+            if entry not in self.real:
+                self.steering.remove_port(entry)
+
+    def sync(self, host: frozenset, real: set) -> None:
+        """The host's addresses or the `real` translations changed."""
+        self.real = real
+        self.steering.set_host_ports({p for p in self.count if p[0] in host} | real)
+
+    def __iter__(self):
+        return iter(self.count)
+
+
 class _IdleWait:
     """Sleep until one of the AF_XDP sockets has frames, registered on their
     wait queues only while asleep.
@@ -212,7 +247,7 @@ class Appliance:
         self.ctx = None
         self.ports = []
         self._snapshot = None
-        self._session_ports: set = set()   # (host address, proto, port) of live sessions
+        self._session_ports = _HostPorts(self.steering)
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
         self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0, "errors": 0,
                               "last_error": None}
@@ -291,16 +326,8 @@ class Appliance:
             self.tap = None
 
     def _host_source(self, added: bool, address, proto: int, port: int) -> None:
-        # a session's source was rewritten to an address of this host: its
-        # replies are addressed to the host and must be steered to us
-        entry = (address, proto, port)
         try:
-            if added:
-                self._session_ports.add(entry)
-                self.steering.add_port(entry)
-            else:
-                self._session_ports.discard(entry)
-                self.steering.remove_port(entry)
+            self._session_ports.session(added, (address, proto, port))
         except SteeringError as exc:
             # the XDP ports map is full (STEER_MAX_PORTS): this session's
             # replies reach the kernel, not us; the appliance goes on
@@ -370,11 +397,9 @@ class Appliance:
         echo = frozenset(t.address for t in self.config.translations if t.kind == "real" and t.proto == "icmp")
         self.steering.set_addresses(set(host), self._nat_addresses(), echo)
         self.core.host_sources = frozenset(a.packed for a in host)
-        ports = {p for p in self._session_ports if p[0] in host}
-        for t in self.config.translations:
-            if t.kind == "real" and t.address in host and t.proto in ("tcp", "udp"):
-                ports.add((t.address, 6 if t.proto == "tcp" else 17, t.port))
-        self.steering.set_host_ports(ports)
+        self._session_ports.sync(host, {(t.address, 6 if t.proto == "tcp" else 17, t.port)
+                                        for t in self.config.translations
+                                        if t.kind == "real" and t.address in host and t.proto in ("tcp", "udp")})
 
     def apply_neighbours(self, changes: list) -> int:
         """Neighbours from netlink notifications, (ifindex, address, MAC),

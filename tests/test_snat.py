@@ -197,3 +197,92 @@ def test_no_hairpin_when_the_backend_or_client_is_elsewhere():
     h.send(udp("10.0.0.7", 4000, "30.0.0.2", 53), "eth1").expect(udp("10.0.0.7", 4000, "20.0.0.5", 5353))
     h.send(udp("9.9.9.9", 4000, "30.0.0.2", 53), "eth0").expect(udp("9.9.9.9", 4000, "20.0.0.5", 5353))
     assert h.core.statistics().hairpin_flows == 0
+
+
+def _steered(h: Harness) -> list:
+    h.core.host_sources = frozenset({ipaddress.ip_address("30.0.0.1").packed})
+    events = []
+    h.core.on_host_source = lambda added, addr, proto, port: events.append((added, str(addr), proto, port))
+    return events
+
+
+def test_a_flow_that_finds_its_old_session_expired_hears_of_it_first():
+    """The lookup frees the expired session and queues its event; the new
+    session, on the same SNAT port, must be reported after that removal, or
+    a runtime keeping one XDP entry per port drops the new flow's replies
+    to the kernel (seen live: ab through a vip stalled on SYN-SENT)."""
+    h = Harness(CONF)
+    steered = _steered(h)
+    flow = udp("10.1.0.5", 33333, "9.9.9.9", 53)
+    h.send(flow, "tap0").expect(udp("30.0.0.1", 33333, "9.9.9.9", 53))
+    h.advance(31)                                       # past the UDP timeout, before any scan
+    h.send(flow, "tap0").expect(udp("30.0.0.1", 33333, "9.9.9.9", 53))
+    assert h.counter("session_expired_lazy") == 1
+    entry = ("30.0.0.1", 17, 33333)
+    assert steered == [(True, *entry), (False, *entry), (True, *entry)]
+
+
+def test_sessions_to_different_destinations_share_a_snat_port_and_its_steering():
+    """Per-destination allocation keeps the source port for both flows, so
+    both are steered by one (address, proto, port) entry: the runtime counts
+    sessions per entry (_HostPorts) and removes it with the last one."""
+    from appliance._runtime import _HostPorts
+
+    class Steering:
+        def __init__(self):
+            self.ports = set()
+
+        def add_port(self, p):
+            self.ports.add(p)
+
+        def remove_port(self, p):
+            self.ports.discard(p)
+
+    h = Harness(CONF)
+    steering = Steering()
+    host_ports = _HostPorts(steering)
+    h.core.host_sources = frozenset({ipaddress.ip_address("30.0.0.1").packed})
+    h.core.on_host_source = lambda added, addr, proto, port: host_ports.session(added, (str(addr), proto, port))
+    h.send(udp("10.1.0.5", 33333, "9.9.9.9", 53), "tap0").expect(udp("30.0.0.1", 33333, "9.9.9.9", 53))
+    h.advance(20)
+    h.send(udp("10.1.0.5", 33333, "8.9.9.9", 53), "tap0").expect(udp("30.0.0.1", 33333, "8.9.9.9", 53))
+    entry = ("30.0.0.1", 17, 33333)
+    assert steering.ports == {entry} and list(host_ports) == [entry]
+    h.advance(15)                                       # the first flow's session expires, the second's not
+    h.core.expire(h.now, budget=1 << 20)
+    assert h.counter("session_expired_scan") == 1
+    assert steering.ports == {entry}, "the second flow's replies must still come to the appliance"
+    h.send(udp("8.9.9.9", 53, "30.0.0.1", 33333), "eth1").expect(udp("8.9.9.9", 53, "10.1.0.5", 33333))
+    h.advance(31)
+    h.core.expire(h.now, budget=1 << 20)
+    assert steering.ports == set() and list(host_ports) == []
+
+
+def test_a_session_ending_on_a_real_translations_port_leaves_it_steered():
+    from appliance._runtime import _HostPorts
+
+    class Steering:
+        def __init__(self):
+            self.ports = set()
+
+        def add_port(self, p):
+            self.ports.add(p)
+
+        def remove_port(self, p):
+            self.ports.discard(p)
+
+        def set_host_ports(self, ports):
+            self.ports = set(ports)
+
+    steering = Steering()
+    host_ports = _HostPorts(steering)
+    real = ("10.0.0.1", 17, 53)                       # a `real` udp translation on a host address
+    host_ports.sync(frozenset({"10.0.0.1"}), {real})
+    host_ports.session(True, real)                    # a SNAT session kept source port 53
+    host_ports.session(True, ("10.0.0.1", 17, 4000))
+    host_ports.session(False, real)
+    host_ports.session(False, ("10.0.0.1", 17, 4000))
+    assert steering.ports == {real}
+    host_ports.session(True, ("10.0.0.1", 6, 5000))
+    host_ports.sync(frozenset({"10.0.0.2"}), set())   # the address is no longer the host's
+    assert steering.ports == set()

@@ -385,6 +385,10 @@ class NatCore:
             else:  # pragma: no cover - the frame's own key was just looked up
                 self._slow_verdict(f, DROP, "drop_policy")
             return
+        # Sessions that ended first are reported first: the lookup that sent
+        # this frame here may have found its own flow's old session expired
+        # (and freed it), whose source port this one may now reuse.
+        self._drain_events()
         self.sessions_created += 1
         if hairpin is not None:
             self.hairpin_flows += 1

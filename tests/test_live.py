@@ -978,3 +978,26 @@ def test_a_second_appliance_in_the_namespace_is_refused_and_harms_nothing(live, 
     r = live.run(t.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json", "--control", control)
     assert r.returncode == 0 and json.loads(r.stdout)["nat"]["sessions_created"] >= 1, r.stderr
     assert live.stop() == 0
+
+
+def test_snat_flows_sharing_a_port_keep_their_replies_when_one_ends(tmp_path):
+    """Two flows from one pod source port to two destinations both keep
+    that port on the host's SNAT address (SNAT allocates per destination),
+    so one XDP entry steers both flows' replies to the appliance. The first
+    flow to end once took the entry with it, and the kernel got the other
+    flow's replies (a TCP flow then gets a reset: ab through a vip stalled)."""
+    lv = Live(tmp_path, session=2)
+    try:
+        t = lv.topo
+        for port in (5353, 5354):
+            lv.procs.append(start_server(t, t.ns_out, "udp", port, f"out{port}", "0.0.0.0"))
+        time.sleep(0.3)
+        assert lv.udp(t.ns_pod, "40.0.0.1", 5353, 40000).split()[1:3] == ["out5353", "40.0.0.254"]
+        deadline = time.time() + 4.5      # meanwhile the first flow's session expires (2 s) and is swept
+        while time.time() < deadline:
+            assert lv.udp(t.ns_pod, "40.0.0.1", 5354, 40000).split()[1:3] == ["out5354", "40.0.0.254"]
+            time.sleep(0.3)
+        assert lv.stop() == 0
+        assert lv.final_stats()["nat"]["sessions_expired"] >= 1
+    finally:
+        lv.close()

@@ -388,6 +388,11 @@ class Appliance:
                     self._mtu_warned.add((dev, mtu))
                     log.warning("data interface %s now has MTU %d: frames over %d bytes are lost "
                                 "(io.xsk_rx_dropped); set it to %d or less", dev, mtu, MAX_RX_FRAME, MAX_MTU)
+        for dev, mac in snap.macs:   # changed at run time: our frames and ARP/ND answers follow
+            if dev in data:
+                for name, _, p in self.ports:
+                    if name == dev:
+                        io.io_port_set_mac(p, mac)
         io.io_neigh_clear(self.ctx)
         self._neigh = {}
         for n in snap.neighbours:

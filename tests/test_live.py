@@ -296,6 +296,23 @@ def test_a_vip_on_the_clients_link_is_answered_for_by_arp_and_nd(live):
     assert live.final_stats()["io"]["neigh_answered"] >= 2
 
 
+def test_a_data_interface_given_a_new_mac_at_run_time(live):
+    """Our frames and our ARP / neighbour answers carry the interface's MAC
+    as it is now: one set at start would have clients send vip traffic to
+    an address the interface no longer has (dropped by a real NIC)."""
+    t, cli = live.topo, live.topo.ns_client
+    new = "02:aa:bb:cc:dd:01"
+    t.run(t.ns_app, "ip", "link", "set", "a0", "address", new)
+    time.sleep(0.5)                                   # netlink, then the kernel's tables read again
+    t.run(cli, "ip", "neigh", "flush", "dev", "c0")
+    assert live.curl(cli, "http://10.0.0.100/") == "backend0 10.0.0.2"
+    assert live.curl(cli, "http://[fd00::100]/") == "backend1 fd00::2"
+    assert live.curl(cli, "http://30.0.0.2/").endswith("10.0.0.2")
+    neigh = {n["dst"]: n for n in json.loads(live.run(cli, "ip", "-j", "neigh", "show", "dev", "c0").stdout)}
+    for vip in ("10.0.0.100", "fd00::100", "10.0.0.1"):
+        assert neigh[vip].get("lladdr") == new, neigh[vip]
+
+
 def test_a_backend_reaching_its_own_vip(live):
     """Picked itself, a backend would get its own packet back with its own
     address as source, and drop it: hairpin flows come from the appliance's

@@ -205,7 +205,7 @@ def test_routes_packed_off_the_datapath_load_as_given():
         _kernel.Route(ipaddress.ip_network("40.0.0.0/8"), "blackhole"),
         _kernel.Route(ipaddress.ip_network("50.0.0.0/8"), "dead"),
     )
-    snap = _kernel.Snapshot((), routes, (), (), digest=1)
+    snap = _kernel.Snapshot((), routes, (), (), (), digest=1)
     packed = _runtime._pack_tables(snap, {"a1": 1, "a2": 2})
     t = Tables()
     assert lib.io_routes_load(t.ctx, ffi.from_buffer("struct io_route_entry[]", packed.routes), packed.n_routes,
@@ -220,7 +220,7 @@ def test_routes_packed_off_the_datapath_load_as_given():
     assert t.resolve("40.1.1.1")[0] == BLACKHOLE
     assert t.resolve("50.1.1.1") == (NO_ROUTE, -1, None, None)  # every next hop down: the kernel's
     # snapshots compare by digest
-    assert snap == _kernel.Snapshot((), (), (), (), digest=1) and snap != _kernel.Snapshot((), routes, (), (), 2)
+    assert snap == _kernel.Snapshot((), (), (), (), (), digest=1) and snap != _kernel.Snapshot((), routes, (), (), (), 2)
 
 
 def test_a_namespace_without_ipv4_has_a_snapshot(tmp_path):

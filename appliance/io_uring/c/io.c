@@ -800,6 +800,8 @@ int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu)
     return 0;
 }
 
+void io_port_set_mac(struct io_port *p, const uint8_t *mac) { memcpy(p->mac, mac, 6); }
+
 void io_port_addresses_clear(struct io_ctx *ctx)
 {
     memset(ctx->port_has_addr, 0, sizeof ctx->port_has_addr);

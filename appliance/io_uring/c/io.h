@@ -113,6 +113,9 @@ void io_set_nat(struct io_ctx *ctx, struct nat *nat, void *session_get_fn);
 void io_port_addresses_clear(struct io_ctx *ctx);
 /* The port's MTU changed in the kernel (frames longer go to the kernel). */
 int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu);
+/* The interface's MAC changed in the kernel: the source of what this socket
+ * sends, and of our ARP / neighbour answers on its interface. */
+void io_port_set_mac(struct io_port *p, const uint8_t *mac);
 int io_port_address(struct io_ctx *ctx, int port_id, uint8_t family, const uint8_t *addr);
 /* The calling thread's timer slack (how late a nap may end; Linux's default
  * is 50 us). Returns 0 or -errno. */

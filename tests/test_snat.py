@@ -6,6 +6,7 @@ import ipaddress
 import dpkt
 import pytest
 
+from appliance._runtime import _HostPorts
 from packets import Harness, icmp_echo, tcp, udp
 
 CONF = """
@@ -199,6 +200,22 @@ def test_no_hairpin_when_the_backend_or_client_is_elsewhere():
     assert h.core.statistics().hairpin_flows == 0
 
 
+class Steering:
+    """The XDP `ports` map as _HostPorts drives it."""
+
+    def __init__(self):
+        self.ports = set()
+
+    def add_port(self, p):
+        self.ports.add(p)
+
+    def remove_port(self, p):
+        self.ports.discard(p)
+
+    def set_host_ports(self, ports):
+        self.ports = set(ports)
+
+
 def _steered(h: Harness) -> list:
     h.core.host_sources = frozenset({ipaddress.ip_address("30.0.0.1").packed})
     events = []
@@ -226,18 +243,6 @@ def test_sessions_to_different_destinations_share_a_snat_port_and_its_steering()
     """Per-destination allocation keeps the source port for both flows, so
     both are steered by one (address, proto, port) entry: the runtime counts
     sessions per entry (_HostPorts) and removes it with the last one."""
-    from appliance._runtime import _HostPorts
-
-    class Steering:
-        def __init__(self):
-            self.ports = set()
-
-        def add_port(self, p):
-            self.ports.add(p)
-
-        def remove_port(self, p):
-            self.ports.discard(p)
-
     h = Harness(CONF)
     steering = Steering()
     host_ports = _HostPorts(steering)
@@ -259,21 +264,6 @@ def test_sessions_to_different_destinations_share_a_snat_port_and_its_steering()
 
 
 def test_a_session_ending_on_a_real_translations_port_leaves_it_steered():
-    from appliance._runtime import _HostPorts
-
-    class Steering:
-        def __init__(self):
-            self.ports = set()
-
-        def add_port(self, p):
-            self.ports.add(p)
-
-        def remove_port(self, p):
-            self.ports.discard(p)
-
-        def set_host_ports(self, ports):
-            self.ports = set(ports)
-
     steering = Steering()
     host_ports = _HostPorts(steering)
     real = ("10.0.0.1", 17, 53)                       # a `real` udp translation on a host address

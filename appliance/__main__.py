@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"({answer['shown']} of {answer['total']} sessions shown: --limit N, --limit 0 for all, "
                       f"--match ADDRESS)")
         elif args.what == "translations":
-            print("\n".join(answer["translations"]))
+            flows = answer.get("new_flows", {})
+            for line in answer["translations"]:
+                tid = line[1:line.index("]")]
+                print(f"{line}  new flows {flows.get(tid, 0)}")
         else:
             for section, values in answer.items():
                 if not isinstance(values, dict):

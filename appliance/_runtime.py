@@ -654,8 +654,9 @@ class Appliance:
                     "sockets": self.socket_counters(), "xdp": self.steering.counters(),
                     "interfaces": dict(self.interface_state), "kernel": dict(self.kernel_status),
                     "config": dict(self.config_status)}
-        if command == "translations":
-            return {"translations": [str(t) for t in self.config.translations]}
+        if command == "translations":   # and how many flows each has taken (the stats' per-id counts)
+            return {"translations": [str(t) for t in self.config.translations],
+                    "new_flows": {str(t.id): self.core.new_flows(t.id) for t in self.config.translations}}
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
 
     async def send_sessions(self, stream, args: list[str]) -> None:

@@ -831,6 +831,10 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
                  "--control", control)
     sessions = json.loads(r.stdout)["sessions"]
     assert [(s["dst"], s["dport"], s["kind"]) for s in sessions] == [("30.0.0.2", 80, "translation")]
+    r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "translations", "--control", control)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "[0] tcp vip 30.0.0.2 80 to ->20.0.0.1 8080, ->20.0.1.1 8080  new flows 1", r.stdout
+    assert all(line.endswith("new flows 0") for line in lines[1:]), r.stdout
     assert sessions[0]["new_dst"] in ("20.0.0.1", "20.0.1.1") and sessions[0]["new_dport"] == 8080
     r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json",
                  "--control", control)

@@ -567,6 +567,10 @@ class NatCore:
     # ------------------------------------------------------------------
     # introspection
 
+    def new_flows(self, translation_id: int) -> int:
+        """New flows the translation with this id has taken since the start."""
+        return self._new_flows.get(translation_id, 0)
+
     def session(self, index: int) -> Optional[SessionInfo]:
         if lib.nat_session_get(self._nat, index, self._info) != 0:
             return None

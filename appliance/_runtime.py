@@ -137,12 +137,15 @@ class _Tables:
     nexthops: bytes
     n_nexthops: int
     links: dict
+    neighbours: bytes          # struct io_neigh_entry[] of the data interfaces' neighbours
+    neighbour_macs: dict       # (port, address) -> MAC (None: FAILED), as those entries have them
 
 
 _ROUTE_KINDS = {"unicast": io.IO_ROUTE_FORWARD, "local": io.IO_ROUTE_LOCAL, "blackhole": io.IO_ROUTE_BLACKHOLE,
                 "unreachable": io.IO_ROUTE_UNREACHABLE, "prohibit": io.IO_ROUTE_PROHIBIT}
 _ROUTE_ENTRY = struct.Struct("=16sBBBB")      # struct io_route_entry
 _NEXTHOP_ENTRY = struct.Struct("=16siI")      # struct io_nexthop_entry
+_NEIGH_ENTRY = struct.Struct("=16s6sBBi")     # struct io_neigh_entry
 
 
 def _pack_tables(snap: _kernel.Snapshot, ports: dict[str, int]) -> _Tables:
@@ -161,7 +164,13 @@ def _pack_tables(snap: _kernel.Snapshot, ports: dict[str, int]) -> _Tables:
             hops += _NEXTHOP_ENTRY.pack(h.gateway.packed if h.gateway is not None else b"",
                                         ports.get(h.dev, -1), h.weight)
             n_hops += 1
-    return _Tables(bytes(routes), n_routes, bytes(hops), n_hops, _links(snap, set(ports)))
+    neighbours, macs = bytearray(), {}
+    for n in snap.neighbours:
+        if n.dev in ports:   # the others' routes are the kernel's to follow
+            neighbours += _NEIGH_ENTRY.pack(n.address.packed, n.mac or b"", n.address.version, n.mac is None,
+                                            ports[n.dev])
+            macs[(ports[n.dev], n.address)] = n.mac
+    return _Tables(bytes(routes), n_routes, bytes(hops), n_hops, _links(snap, set(ports)), bytes(neighbours), macs)
 
 
 def _read_kernel(ports: dict[str, int]) -> tuple[_kernel.Snapshot, _Tables]:
@@ -394,11 +403,12 @@ class Appliance:
                 for name, _, p in self.ports:
                     if name == dev:
                         io.io_port_set_mac(p, mac)
-        io.io_neigh_clear(self.ctx)
-        self._neigh = {}
-        for n in snap.neighbours:
-            if n.dev in data:   # the others' routes are the kernel's to follow
-                self._neigh_set(self.core.port(n.dev), n.address, n.mac)
+        entries = len(tables.neighbours) // _NEIGH_ENTRY.size
+        refused = io.io_neigh_load(self.ctx, io_ffi.from_buffer("struct io_neigh_entry[]", tables.neighbours),
+                                   entries)
+        self._neigh = dict(tables.neighbour_macs)
+        if refused:   # counted; frames towards them go to the kernel
+            self._kernel_error(OSError(errno.ENOSPC, f"{refused} neighbours refused (more than 32768)"))
         self.core.links = tables.links
         host = snap.addresses
         echo = frozenset(t.address for t in self.config.translations if t.kind == "real" and t.proto == "icmp")

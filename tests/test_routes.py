@@ -205,14 +205,22 @@ def test_routes_packed_off_the_datapath_load_as_given():
         _kernel.Route(ipaddress.ip_network("40.0.0.0/8"), "blackhole"),
         _kernel.Route(ipaddress.ip_network("50.0.0.0/8"), "dead"),
     )
-    snap = _kernel.Snapshot((), routes, (), (), (), digest=1)
+    neighbours = tuple(_kernel.Neighbour(ip(a), dev, mac) for a, dev, mac in (
+        ("10.0.1.1", "a1", MAC[1]), ("10.0.2.1", "a2", MAC[2]), ("fe80::1", "a2", MAC[5]),
+        ("fe80::1", "eth9", MAC[6]),                          # not a data interface: not loaded
+        ("10.0.1.9", "a1", None)))                            # FAILED
+    snap = _kernel.Snapshot((), routes, neighbours, (), (), digest=1)
     packed = _runtime._pack_tables(snap, {"a1": 1, "a2": 2})
+    assert _runtime._NEIGH_ENTRY.size == ffi.sizeof("struct io_neigh_entry")
     t = Tables()
     assert lib.io_routes_load(t.ctx, ffi.from_buffer("struct io_route_entry[]", packed.routes), packed.n_routes,
                               ffi.from_buffer("struct io_nexthop_entry[]", packed.nexthops), packed.n_nexthops) == 0
-    t.neigh("10.0.1.1", 1, MAC[1])
-    t.neigh("10.0.2.1", 2, MAC[2])
-    t.neigh("fe80::1", 2, MAC[5])
+    assert lib.io_neigh_load(t.ctx, ffi.from_buffer("struct io_neigh_entry[]", packed.neighbours),
+                             len(packed.neighbours) // _runtime._NEIGH_ENTRY.size) == 0
+    assert packed.neighbour_macs == {(1, ip("10.0.1.1")): MAC[1], (2, ip("10.0.2.1")): MAC[2],
+                                     (2, ip("fe80::1")): MAC[5], (1, ip("10.0.1.9")): None}
+    t.route("10.0.1.0/24", [(None, 1, 1)])
+    assert t.resolve("10.0.1.9") == (NO_NEIGH, 1, None, ICMP_HOST)
     ports = {t.resolve(f"20.0.0.{i}", f"192.168.0.{i}")[1] for i in range(1, 60)}
     assert ports == {1, 2}
     assert t.resolve("fd20::9")[:3] == (0, 2, MAC[5])

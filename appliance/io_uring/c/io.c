@@ -653,6 +653,17 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
     return 0;
 }
 
+int io_neigh_load(struct io_ctx *ctx, const struct io_neigh_entry *entries, uint32_t n)
+{
+    io_neigh_clear(ctx);
+    int refused = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct io_neigh_entry *e = &entries[i];
+        refused += io_neigh_set(ctx, e->family, e->addr, e->port_id, e->failed ? NULL : e->mac) != 0;
+    }
+    return refused;
+}
+
 uint32_t io_neigh_used(struct io_ctx *ctx, struct io_neigh_use *out, uint32_t max)
 {
     uint32_t n = 0;

@@ -188,6 +188,16 @@ void io_neigh_clear(struct io_ctx *ctx);
  * a changed MAC makes every cached next hop stale). */
 int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int port_id,
                  const uint8_t *mac);
+/* The whole neighbour table at once, replacing what was there (packed off
+ * the datapath's thread, as the routes). mac is ignored when failed is set.
+ * Returns how many did not fit (see io_neigh_set). */
+struct io_neigh_entry {
+    uint8_t addr[16];
+    uint8_t mac[6];
+    uint8_t family, failed;
+    int32_t port_id;
+};
+int io_neigh_load(struct io_ctx *ctx, const struct io_neigh_entry *entries, uint32_t n);
 /* The neighbours frames were forwarded to since the last call (at most
  * max), then a new period starts. The kernel never sees that traffic, so
  * its entries for them would age to STALE and stay there, however their

@@ -260,7 +260,7 @@ class Appliance:
         self._host_ports = _HostPorts(self.steering)
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
         self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0, "errors": 0,
-                              "last_error": None}
+                              "last_error": None, "routes": 0, "neighbours": 0}
         self._config_seen: Optional[bytes] = None   # digest of the configuration file last applied
         self._reloading = trio.Lock()
         self._neigh: dict = {}   # (port, address) -> MAC (None: FAILED), as the datapath has it
@@ -384,6 +384,7 @@ class Appliance:
         rc = io.io_routes_load(self.ctx, io_ffi.from_buffer("struct io_route_entry[]", tables.routes),
                                tables.n_routes, io_ffi.from_buffer("struct io_nexthop_entry[]", tables.nexthops),
                                tables.n_nexthops)
+        refused_routes = rc if rc > 0 else (tables.n_routes if rc < 0 else 0)
         if rc != 0:   # counted; the other routes are in (ENOMEM: those before it)
             self._kernel_error(OSError(-rc if rc < 0 else errno.EINVAL,
                                        f"{os.strerror(-rc) if rc < 0 else f'{rc} routes refused'}"))
@@ -407,6 +408,8 @@ class Appliance:
         refused = io.io_neigh_load(self.ctx, io_ffi.from_buffer("struct io_neigh_entry[]", tables.neighbours),
                                    entries)
         self._neigh = dict(tables.neighbour_macs)
+        self.kernel_status["routes"] = tables.n_routes - refused_routes
+        self.kernel_status["neighbours"] = entries - refused
         if refused:   # counted; frames towards them go to the kernel
             self._kernel_error(OSError(errno.ENOSPC, f"{refused} neighbours refused (more than 32768)"))
         self.core.links = tables.links

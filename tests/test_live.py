@@ -472,8 +472,11 @@ def test_routes_through_link_local_gateways_and_of_every_type(live):
         r = live.run(t.ns_client, sys.executable, "-c", CONNECT, vip, "1.5")
         assert r.stdout.split()[0] == want, (vip, r.stdout, r.stderr)
     assert live.stop() == 0
-    io_stats = live.final_stats()["io"]
+    stats = live.final_stats()
+    io_stats = stats["io"]
     assert io_stats["drop_blackhole"] >= 1 and io_stats["icmp_no_route"] >= 2, io_stats
+    kernel = stats["kernel"]
+    assert kernel["routes"] >= 15 and kernel["neighbours"] >= 2 and kernel["errors"] == 0, kernel
 
 
 def test_a_backend_back_with_a_new_mac_is_reached_again(live):

@@ -3,9 +3,10 @@ network namespace.
 
 The kernel stays the control plane: operators configure addresses and
 routes with `ip`, the kernel resolves neighbours, and the appliance copies
-the tables into its C forwarding step (io_route_add / io_neigh_set) and its
-XDP maps. :class:`Monitor` listens to the kernel's rtnetlink multicast
-groups (links, addresses, routes, neighbours). A neighbour added or given a
+the tables into its C forwarding step (io_routes_load / io_neigh_load, and
+io_neigh_set for one neighbour's notification) and its XDP maps.
+:class:`Monitor` listens to the kernel's rtnetlink multicast groups (links,
+addresses, routes, neighbours). A neighbour added or given a
 new MAC is applied from its notification at once (the first frames towards
 a new backend wait for it); any other change triggers a new snapshot,
 dumped with iproute2's JSON output. Nothing is polled.
@@ -32,8 +33,9 @@ class Nexthop:
 class Route:
     """A route of the main table (or a local one). ``kind`` is the kernel's
     route type: "unicast" (through ``nexthops``; several: multipath),
-    "local", "blackhole", "unreachable", "prohibit", "throw"; any other type
-    is left to the kernel."""
+    "local", "blackhole", "unreachable", "prohibit", "throw", or "dead" (a
+    unicast route whose next hops are all down); any other type is left to
+    the kernel."""
 
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
     kind: str = "unicast"

@@ -265,7 +265,7 @@ class Appliance:
         self._host_ports = _HostPorts(self.steering)
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
         self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0, "errors": 0,
-                              "last_error": None, "routes": 0, "neighbours": 0}
+                              "last_error": None}
         self._config_seen: Optional[bytes] = None   # digest of the configuration file last applied
         self._reloading = trio.Lock()
         self._neigh: dict = {}   # (port, address) -> MAC (None: FAILED), as the datapath has it
@@ -389,7 +389,6 @@ class Appliance:
         rc = io.io_routes_load(self.ctx, io_ffi.from_buffer("struct io_route_entry[]", tables.routes),
                                tables.n_routes, io_ffi.from_buffer("struct io_nexthop_entry[]", tables.nexthops),
                                tables.n_nexthops)
-        refused_routes = rc if rc > 0 else (tables.n_routes if rc < 0 else 0)
         if rc != 0:   # counted; the other routes are in (ENOMEM: those before it)
             self._kernel_error(OSError(-rc if rc < 0 else errno.EINVAL,
                                        f"{os.strerror(-rc) if rc < 0 else f'{rc} routes refused'}"))
@@ -413,8 +412,6 @@ class Appliance:
         refused = io.io_neigh_load(self.ctx, io_ffi.from_buffer("struct io_neigh_entry[]", tables.neighbours),
                                    entries)
         self._neigh = dict(tables.neighbour_macs)
-        self.kernel_status["routes"] = tables.n_routes - refused_routes
-        self.kernel_status["neighbours"] = len(self._neigh)
         if refused:   # counted; frames towards them go to the kernel
             self._kernel_error(OSError(errno.ENOSPC, f"{refused} neighbours refused (more than 32768)"))
         self.core.links = tables.links
@@ -449,7 +446,6 @@ class Appliance:
             self._kernel_error(OSError(-rc, f"neighbour {addr}: {os.strerror(-rc)} (more than 32768)"))
             return
         self._neigh[(port, addr)] = mac
-        self.kernel_status["neighbours"] = len(self._neigh)
 
     def _nat_addresses(self) -> set:
         nat = {t.address for t in self.config.translations if t.kind == "vip"}
@@ -575,6 +571,12 @@ class Appliance:
         finally:
             mon.close()
 
+    def kernel_figures(self) -> dict:
+        """kernel_status, and how many routes and neighbours the datapath holds."""
+        routes, neighbours = io_ffi.new("uint32_t *"), io_ffi.new("uint32_t *")
+        io.io_table_sizes(self.ctx, routes, neighbours)
+        return dict(self.kernel_status, routes=routes[0], neighbours=neighbours[0])
+
     def _kernel_error(self, exc: BaseException) -> None:
         self.kernel_status["errors"] += 1
         self.kernel_status["last_error"] = f"{type(exc).__name__}: {exc}"
@@ -675,7 +677,7 @@ class Appliance:
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
                     "sockets": self.socket_counters(), "xdp": self.steering.counters(),
-                    "interfaces": dict(self.interface_state), "kernel": dict(self.kernel_status),
+                    "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
                     "config": dict(self.config_status)}
         if command == "translations":   # and how many flows each has taken (the stats' per-id counts)
             return {"translations": [str(t) for t in self.config.translations],
@@ -932,7 +934,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         # read before close: the sockets' own counters go with the sockets
         final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
                  "sockets": app.socket_counters(), "xdp": app.steering.counters(),
-                 "interfaces": dict(app.interface_state), "kernel": dict(app.kernel_status)} if app.ctx else None
+                 "interfaces": dict(app.interface_state), "kernel": app.kernel_figures()} if app.ctx else None
         if state_file and serving:   # a start that failed half-way has nothing to hand over
             _save_sessions(app, state_file)
         app.close()

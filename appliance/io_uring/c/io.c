@@ -619,7 +619,7 @@ int io_routes_load(struct io_ctx *ctx, const struct io_route_entry *routes, uint
     return (int)refused;
 }
 
-void io_neigh_clear(struct io_ctx *ctx)
+static void neigh_clear(struct io_ctx *ctx)
 {
     memset(ctx->neigh, 0, IO_NEIGH_SLOTS * sizeof *ctx->neigh);
     ctx->n_neigh = 0;
@@ -655,13 +655,19 @@ int io_neigh_set(struct io_ctx *ctx, uint8_t family, const uint8_t *addr, int po
 
 int io_neigh_load(struct io_ctx *ctx, const struct io_neigh_entry *entries, uint32_t n)
 {
-    io_neigh_clear(ctx);
+    neigh_clear(ctx);
     int refused = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct io_neigh_entry *e = &entries[i];
         refused += io_neigh_set(ctx, e->family, e->addr, e->port_id, e->failed ? NULL : e->mac) != 0;
     }
     return refused;
+}
+
+void io_table_sizes(const struct io_ctx *ctx, uint32_t *routes, uint32_t *neighbours)
+{
+    *routes = ctx->n_routes;
+    *neighbours = ctx->n_neigh;
 }
 
 uint32_t io_neigh_used(struct io_ctx *ctx, struct io_neigh_use *out, uint32_t max)

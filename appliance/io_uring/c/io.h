@@ -179,7 +179,6 @@ int io_routes_load(struct io_ctx *ctx, const struct io_route_entry *routes, uint
  * For the tests; the datapath does this once per new flow. */
 int io_route_resolve(struct io_ctx *ctx, uint8_t family, const uint8_t *src, const uint8_t *dst,
                      int *port_out, uint8_t *mac_out, int *unreach_out);
-void io_neigh_clear(struct io_ctx *ctx);
 /* A neighbour is keyed by (port, family, address): link-local addresses
  * repeat across links. Returns 0, or -ENOSPC beyond 32768 neighbours.
  * mac NULL: a neighbour the kernel failed to resolve (FAILED): translated
@@ -198,6 +197,8 @@ struct io_neigh_entry {
     int32_t port_id;
 };
 int io_neigh_load(struct io_ctx *ctx, const struct io_neigh_entry *entries, uint32_t n);
+/* How many routes and neighbours the tables hold now. */
+void io_table_sizes(const struct io_ctx *ctx, uint32_t *routes, uint32_t *neighbours);
 /* The neighbours frames were forwarded to since the last call (at most
  * max), then a new period starts. The kernel never sees that traffic, so
  * its entries for them would age to STALE and stay there, however their

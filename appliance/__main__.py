@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--interface", default="replay0", metavar="NAME",
                    help="ingress interface for pcap frames and unnamed pcapng interfaces (default replay0)")
     r.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    r.add_argument("--seed", type=int, metavar="N",
+                   help="session table seed (SNAT port choices; default: the configuration's flow_hash_seed, "
+                        "so every run of the same input gives the same output)")
     r.add_argument("-v", "--verbose", action="store_true", help="print a line per frame")
     r.add_argument("input", metavar="IN")
     r.add_argument("output", metavar="OUT")
@@ -111,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
 def _error(msg: str) -> int:
     print(f"appliance: error: {msg}", file=sys.stderr)
     return 1
+
+
+def _translation_lines(translations: list) -> list[str]:
+    """show translations: a line per translation, one per backend below it."""
+    out = []
+    for t in translations:
+        policies = [f"selector {t['selector']}"]
+        if t["drain"] != "default":
+            policies.append(f"drain {t['drain']}")
+        if t["affinity"] is not None:
+            policies.append(f"affinity {t['affinity']:g} s")
+        if t["allow_from"]:
+            policies.append(f"allow_from {','.join(t['allow_from'])} (denied {t['denied']})")
+        head = f"{t['name']}: removed, sessions remain" if t["removed"] else t["text"]
+        out.append(f"{head}  [{'; '.join(policies)}]  new flows {t['new_flows']}")
+        for b in t["backends"]:
+            by = f" (set by {b['set_by']})" if b["set_by"] else ""
+            labels = "".join(f" {k}={v}" for k, v in sorted(b["labels"].items()))
+            out.append(f"  {b['name']:24} {b['to']:28} weight {b['weight']:<4} {b['state']}{by:10} "
+                       f"sessions {b['sessions']:<7} new flows {b['new_flows']}{labels}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"({answer['shown']} of {answer['total']} sessions shown: --limit N, --limit 0 for all, "
                       f"--match ADDRESS)")
         elif args.what == "translations":
-            flows = answer.get("new_flows", {})
-            for line in answer["translations"]:
-                tid = line[1:line.index("]")]
-                print(f"{line}  new flows {flows.get(tid, 0)}")
+            print("\n".join(_translation_lines(answer["translations"])))
         else:
             for section, values in answer.items():
                 if not isinstance(values, dict):
@@ -218,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             from ._plugins import Plugins
 
             plugins = Plugins(cfg.plugin_modules, config_path=cfg.path)
+            plugins.check(cfg)
         except ConfigError as exc:
             return _error(str(exc))
         print(f"{cfg.path}: ok")
@@ -251,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             report = replay(cfg, args.input, args.output, interface=args.interface,
-                            on_frame=on_frame if args.verbose else None)
+                            on_frame=on_frame if args.verbose else None, seed=args.seed)
         except CaptureError as exc:
             return _error(str(exc))
         except ConfigError as exc:

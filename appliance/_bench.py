@@ -22,6 +22,7 @@ import struct
 import time
 
 from ._config import parse_config
+from ._plugins import Plugins
 from .nat import FORWARD, Batch, NatCore
 from .nat._binding import ffi, lib
 
@@ -98,7 +99,8 @@ def _fastpath(core: NatCore, pristine, chunks: int, now: float, seconds: float) 
 def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float = 3.0,
         seed: int = 1) -> dict:
     rnd = random.Random(seed)
-    core = NatCore(parse_config(CONFIG.format(max=max(sessions, fastpath_flows))), table_seed=seed)
+    core = NatCore(parse_config(CONFIG.format(max=max(sessions, fastpath_flows))), Plugins(entry_points=False),
+                   table_seed=seed)
     batch = Batch(BATCH, FRAME)
     now = 1000.0
 
@@ -124,7 +126,7 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
     # -- established flows through the fast path -------------------------
     # On a table holding exactly the flows (the target's ">= 100k sessions"),
     # and on the million-session table above (more cache misses per lookup).
-    small = NatCore(parse_config(CONFIG.format(max=fastpath_flows)), table_seed=seed)
+    small = NatCore(parse_config(CONFIG.format(max=fastpath_flows)), Plugins(entry_points=False), table_seed=seed)
     for start in range(0, fastpath_flows, BATCH):
         n = min(BATCH, fastpath_flows - start)
         _fill(batch.buf, [_frame(start + k) for k in range(n)])

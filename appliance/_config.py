@@ -19,7 +19,7 @@ import re
 import tomllib
 from typing import Optional
 
-from ._types import Backend, IPAddress, Timeouts, Translation
+from ._types import BACKEND_STATES, Backend, Drain, HealthCheck, IPAddress, Timeouts, Translation
 
 DEFAULT_MAX_SESSIONS = 1 << 20
 
@@ -193,6 +193,119 @@ def _port(text: str, what: str) -> int:
     return int(text)
 
 
+_TIMEOUT_KEYS = ("session", "tcp_established", "tcp_closing", "tcp_half_closed")
+_NAME = re.compile(r"[A-Za-z0-9_.:/\-]{1,64}")
+_DRAIN_MODES = ("keep", "reset")
+
+
+def _take_timeouts(r: "_Reader", t: dict, table: str, index: Optional[int], prefix: str) -> dict:
+    tv = {}
+    for key in _TIMEOUT_KEYS:
+        if key not in t:
+            continue
+        v = t.pop(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise r.error(table, index, prefix + key, f"expected a number, got {type(v).__name__}")
+        if not 0 < v <= 7 * 24 * 3600:
+            raise r.error(table, index, prefix + key, "must be > 0 and at most 604800 seconds (7 days)")
+        tv[key] = float(v)
+    return tv
+
+
+def _parse_backend_entry(r: "_Reader", i: int, j: int, b, family: int) -> Backend:
+    """A backend: the seed's text, or an inline table with ``to`` and its
+    weight, state, name and labels."""
+    where = f"backend {j}"
+    if isinstance(b, str):
+        try:
+            return parse_backend(b, family)
+        except ValueError as exc:
+            raise r.error("translation", i, "backends", f"{where} '{b}': {exc}") from None
+    if not isinstance(b, dict):
+        raise r.error("translation", i, "backends",
+                      f"{where} must be a string or an inline table {{ to = \"->ADDR PORT\", ... }}, got {b!r}")
+    b = dict(b)
+
+    def bad(reason: str) -> ConfigError:
+        return r.error("translation", i, "backends", f"{where}: {reason}")
+
+    to = b.pop("to", None)
+    if not isinstance(to, str):
+        raise bad("'to' (the rewrite, e.g. \"->20.0.0.1 8080\") is required and must be a string")
+    try:
+        base = parse_backend(to, family)
+    except ValueError as exc:
+        raise bad(f"'{to}': {exc}") from None
+    weight = b.pop("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10000:
+        raise bad(f"weight {weight!r} is not an integer between 0 and 10000")
+    state = b.pop("state", "active")
+    if state not in BACKEND_STATES:
+        raise bad(f"state {state!r} is not one of {', '.join(BACKEND_STATES)}")
+    name = b.pop("name", "")
+    if not isinstance(name, str) or (name and not _NAME.fullmatch(name)):
+        raise bad(f"name {name!r} is not a name (letters, digits, '._-/:', up to 64 characters)")
+    labels = b.pop("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in labels.items()):
+        raise bad(f"labels {labels!r} must be a table of strings, e.g. {{ zone = \"a\" }}")
+    for key in b:
+        raise bad(f"unknown key '{key}' (known keys: labels, name, state, to, weight)")
+    return dataclasses.replace(base, weight=weight, state=state, name=name or base.rewrite, labels=labels)
+
+
+def _parse_health(r: "_Reader", tr: dict, i: int, proto: str) -> Optional[HealthCheck]:
+    h = r.take(tr, "translation", i, "health", (dict,), None)
+    if h is None:
+        return None
+    h = dict(h)
+
+    def bad(reason: str) -> ConfigError:
+        return r.error("translation", i, "health", reason)
+
+    v = {}
+    for key, lo, hi in (("interval", 0.1, 3600), ("timeout", 0.05, 600)):
+        if key in h:
+            x = h.pop(key)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi:
+                raise bad(f"{key} must be a number of seconds between {lo:g} and {hi:g}")
+            v[key] = float(x)
+    for key, lo, hi in (("fall", 1, 100), ("rise", 1, 100), ("port", 1, 65535)):
+        if key in h:
+            x = h.pop(key)
+            if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+                raise bad(f"{key} must be an integer between {lo} and {hi}")
+            v[key] = x
+    if "http" in h:
+        x = h.pop("http")
+        if not isinstance(x, str) or not x.startswith("/") or any(c.isspace() for c in x):
+            raise bad("http must be a path such as \"/healthz\"")
+        v["http"] = x
+    for key in h:
+        raise bad(f"unknown key '{key}' (known keys: fall, http, interval, port, rise, timeout)")
+    if proto == "icmp" and "port" not in v:
+        raise bad("icmp translations have no port to probe: give health a port")
+    return HealthCheck(**v)
+
+
+def _parse_drain(r: "_Reader", tr: dict, i: int) -> Drain:
+    d = r.take(tr, "translation", i, "drain", (str, dict), None)
+    if d is None:
+        return Drain()
+    if isinstance(d, str):
+        if d not in _DRAIN_MODES:
+            raise r.error("translation", i, "drain",
+                          f"{d!r} is not one of \"keep\", \"reset\" or {{ deadline = SECONDS }}")
+        return Drain(d)
+    d = dict(d)
+    deadline = d.pop("deadline", None)
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 7 * 24 * 3600:
+        raise r.error("translation", i, "drain", "expected { deadline = SECONDS } (> 0, at most 604800)")
+    for key in d:
+        raise r.error("translation", i, "drain", f"unknown key '{key}' (known keys: deadline)")
+    return Drain("deadline", float(deadline))
+
+
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Parse and validate a configuration; raise ConfigError on any problem."""
     try:
@@ -210,14 +323,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     # [timeouts]
     t = r.take(data, None, None, "timeouts", (dict,), {})
-    tv = {}
-    for key in ("session", "tcp_established", "tcp_closing", "tcp_half_closed"):
-        v = r.take(t, "timeouts", None, key, (int, float), None)
-        if v is not None:
-            if not 0 < v <= 7 * 24 * 3600:
-                raise r.error("timeouts", None, key, "must be > 0 and at most 604800 seconds (7 days)")
-            tv[key] = float(v)
-    r.no_leftovers(t, "timeouts", None, {"session", "tcp_established", "tcp_closing", "tcp_half_closed"})
+    tv = _take_timeouts(r, t, "timeouts", None, "")
+    r.no_leftovers(t, "timeouts", None, _TIMEOUT_KEYS)
     timeouts = Timeouts(**tv)
 
     # [sessions]
@@ -264,6 +371,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     # [[translation]]
     translations = []
     seen: dict[tuple, int] = {}
+    seen_names: dict[str, int] = {}
     for i, tr in enumerate(r.take(data, None, None, "translation", (list,), [])):
         if not isinstance(tr, dict):
             raise r.error("translation", i, None, "must be a table ([[translation]])")
@@ -290,20 +398,63 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         backends = []
         raw = r.take(tr, "translation", i, "backends", (list,), required=True)
         for j, b in enumerate(raw):
-            if not isinstance(b, str):
-                raise r.error("translation", i, "backends", f"backend {j} must be a string, got {b!r}")
+            backends.append(_parse_backend_entry(r, i, j, b, address.version))
+        names = [b.name for b in backends]
+        for j, name in enumerate(names):
+            if names.index(name) != j:
+                raise r.error("translation", i, "backends",
+                              f"backend {j}: name '{name}' is taken by backend {names.index(name)} "
+                              "(give one of them a name = \"...\")")
+        name = r.take(tr, "translation", i, "name", (str,), "")
+        if name and not _NAME.fullmatch(name):
+            raise r.error("translation", i, "name", f"'{name}' is not a name (letters, digits, '._-/:', "
+                          "up to 64 characters)")
+        selector = r.take(tr, "translation", i, "selector", (str,), "hash")
+        if not _NAME.fullmatch(selector):
+            raise r.error("translation", i, "selector", f"'{selector}' is not a selector name")
+        tt = r.take(tr, "translation", i, "timeouts", (dict,), None)
+        t_timeouts = None
+        if tt is not None:
+            tv2 = _take_timeouts(r, tt, "translation", i, "timeouts.")
+            r.no_leftovers(tt, "translation", i, _TIMEOUT_KEYS)
+            t_timeouts = dataclasses.replace(timeouts, **tv2)
+        drain = _parse_drain(r, tr, i)
+        affinity = None
+        af = r.take(tr, "translation", i, "affinity", (dict,), None)
+        if af is not None:
+            affinity = af.pop("timeout", 10800)
+            if isinstance(affinity, bool) or not isinstance(affinity, (int, float)) \
+                    or not 0 < affinity <= 7 * 24 * 3600:
+                raise r.error("translation", i, "affinity",
+                              "timeout must be > 0 and at most 604800 seconds (7 days)")
+            for key in af:
+                raise r.error("translation", i, "affinity", f"unknown key '{key}' (known keys: timeout)")
+            affinity = float(affinity)
+        allow = []
+        for item in r.take(tr, "translation", i, "allow_from", (list,), []):
             try:
-                backends.append(parse_backend(b, address.version))
-            except ValueError as exc:
-                raise r.error("translation", i, "backends", f"backend {j} '{b}': {exc}") from None
-        r.no_leftovers(tr, "translation", i, {"proto", "vip", "real", "port", "backends"})
+                allow.append(ipaddress.ip_network(item, strict=False))
+            except (TypeError, ValueError):
+                raise r.error("translation", i, "allow_from", f"{item!r} is not an IP prefix") from None
+        if allow and not any(n.version == address.version for n in allow):
+            raise r.error("translation", i, "allow_from",
+                          f"no IPv{address.version} prefix: every flow to this translation would be dropped")
+        health = _parse_health(r, tr, i, proto)
+        r.no_leftovers(tr, "translation", i, {"proto", "vip", "real", "port", "backends", "name", "selector",
+                                              "timeouts", "drain", "affinity", "allow_from", "health"})
         ident = (proto, address, port)
         if ident in seen:
             raise r.error("translation", i, kind,
                           f"duplicate translation {proto} {address} {port} (also translation[{seen[ident]}])")
         seen[ident] = i
-        translations.append(Translation(id=i, kind=kind, address=address, port=port, proto=proto,
-                                        backends=tuple(backends)))
+        t = Translation(id=i, kind=kind, address=address, port=port, proto=proto, backends=tuple(backends),
+                        name=name, selector=selector, timeouts=t_timeouts, drain=drain, affinity=affinity,
+                        allow_from=tuple(n for n in allow if n.version == address.version), health=health)
+        if t.name in seen_names:
+            raise r.error("translation", i, "name" if name else None,
+                          f"name '{t.name}' is taken by translation[{seen_names[t.name]}]")
+        seen_names[t.name] = i
+        translations.append(t)
     vips = {t.address for t in translations if t.kind == "vip"}
     for t in translations:
         if t.kind == "real" and t.address in vips:

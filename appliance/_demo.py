@@ -15,6 +15,7 @@ import dpkt
 
 from . import parse_config
 from ._describe import describe
+from ._plugins import Plugins
 from .examples.demo_traffic import steps
 from .nat import DROP, FORWARD, PASS, Batch, NatCore
 from .nat._binding import COUNTER_NAMES
@@ -52,7 +53,7 @@ def _answer(frame: bytes) -> bytes:
 def run(out=sys.stdout) -> int:
     text = importlib.resources.files("appliance.examples").joinpath("demo.toml").read_text()
     config = parse_config(text, "appliance/examples/demo.toml")
-    core = NatCore(config)
+    core = NatCore(config, Plugins(entry_points=False))
     now = 1000.0
     batch = Batch(1)
 

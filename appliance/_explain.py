@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 
 from ._config import Config
+from ._plugins import Plugins
 from ._frames import icmp_echo, tcp, udp
-from ._types import Flow, proto_number
+from ._types import proto_number
 from .nat import DROP, FORWARD, PASS, Batch, NatCore
 from .nat._binding import COUNTER_NAMES
 
@@ -44,7 +45,7 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
     else:
         frame = icmp_echo(saddr, daddr, sport)   # the identifier plays the source port
         dport = 0
-    core = NatCore(config, table_seed=0)
+    core = NatCore(config, Plugins(config.plugin_modules, config_path=config.path), table_seed=0)
     pnum = proto_number(proto, family)
     out = [f"flow: {proto} {src} -> {dst} received on {interface}"]
     h = core.flow_hash(family, pnum, saddr, sport, daddr, dport)
@@ -52,11 +53,13 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
     t = core.translation_for(family, pnum, daddr, dport)
     if t is not None:
         out.append(f"translation: {t}")
-        if t.backends:
-            flow = Flow(family, pnum, ipaddress.ip_address(saddr).packed, ipaddress.ip_address(daddr).packed,
-                        sport, dport, interface, h)
-            builtin = core.plugins.defaults.appliance_select_backend(flow=flow, translation=t)
-            out.append(f"built-in selector would pick backend {builtin} (hash % {len(t.backends)})")
+        bs = core.backend_set(t.id)
+        if bs is not None and bs.eligible:
+            builtin = bs.pick_weighted(h)
+            out.append(f"selector {t.selector}; the weighted hash would pick backend {builtin} "
+                       f"({t.backends[builtin].name}) of {len(bs.eligible)} eligible")
+        elif t.backends:
+            out.append("no backend is eligible (weight 0, down, or draining)")
     else:
         vip = any(x.address == ipaddress.ip_address(daddr) and x.kind == "vip" for x in config.translations)
         out.append("translation: none" + (" (the address is a vip: dropped)" if vip else ""))
@@ -84,8 +87,7 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
         return out
     s = sessions[0]
     if s.backend is not None and match:
-        out.append(f"backend chosen: {s.backend} ({match[0].backends[s.backend]})"
-                   + ("" if s.backend == builtin else " by a plugin"))
+        out.append(f"backend chosen: {s.backend} ({s.backend_name}) by {core.plugins.decider}")
     prof = config.timeouts
     out.append(f"session: {s.kind}, lifetime {s.expires - s.last_seen:g} s in state {s.state} "
                f"(configured: session {prof.session:g} s, established {prof.tcp_established:g} s)")

@@ -57,8 +57,25 @@ def render(stats: dict) -> str:
                [({}, nat.get("hairpin_flows", 0))])
     for name, value in nat["counters"].items():
         out.family(f"appliance_nat_{name}_total", "counter", _NAT_HELP.get(name, name), [({}, value)])
-    out.family("appliance_translation_new_flows_total", "counter", "new flows per translation id",
-               [({"translation": t}, v) for t, v in sorted(nat["new_flows_per_translation"].items())])
+    trs = nat.get("translations", [])
+    out.family("appliance_translation_new_flows_total", "counter", "new flows per translation (by name)",
+               [({"translation": t["name"]}, t["new_flows"]) for t in trs])
+    out.family("appliance_translation_denied_total", "counter",
+               "new flows dropped because their source is outside the translation's allow_from",
+               [({"translation": t["name"]}, t["denied"]) for t in trs])
+    per_backend = [(t, b) for t in trs for b in t["backends"]]
+    out.family("appliance_backend_sessions", "gauge", "active sessions per backend",
+               [({"translation": t["name"], "backend": b["name"]}, b["sessions"]) for t, b in per_backend])
+    out.family("appliance_backend_new_flows_total", "counter", "new flows per backend",
+               [({"translation": t["name"], "backend": b["name"]}, b["new_flows"]) for t, b in per_backend])
+    out.family("appliance_backend_weight", "gauge", "configured (or set) weight per backend",
+               [({"translation": t["name"], "backend": b["name"]}, b["weight"]) for t, b in per_backend])
+    out.family("appliance_backend_state", "gauge",
+               "1 for the state each backend is in (active, draining, down; gone: removed, sessions remain)",
+               [({"translation": t["name"], "backend": b["name"], "state": b["state"]}, 1) for t, b in per_backend])
+    out.family("appliance_plugin_figure", "gauge", "figures plugins report (appliance_statistics)",
+               [({"plugin": p, "figure": k}, v) for p, fig in sorted(nat.get("plugins", {}).items())
+                for k, v in sorted(fig.items())])
     out.family("appliance_plugin_errors_total", "counter", "plugin exceptions, contained, per plugin hook",
                [({"where": w}, v) for w, v in sorted(nat["plugin_errors"].items())])
     for name, value in stats["io"].items():

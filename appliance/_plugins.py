@@ -2,19 +2,26 @@
 
 A plugin's exception is the plugin author's fault, not the operator's and
 not the network's: it is counted per plugin, logged once per plugin with its
-traceback (then every 1000th time), and the flow gets the built-in decision.
+traceback (then every 1000th time), and the *next* plugin decides for that
+flow (the built-ins last, which never fail).
+
+Order (docs/plugins.md): objects handed in (tests, the kit), then
+``[plugins] modules`` as listed, then entry points by name, then the
+first-party plugins, then the built-ins. pluggy calls the last registered
+first, so they are registered in the reverse of that order.
 """
 
 from __future__ import annotations
 
 import collections
 import importlib
-import ipaddress
 import importlib.metadata
+import inspect
+import ipaddress
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 import pluggy
 
@@ -25,19 +32,40 @@ log = logging.getLogger("appliance.plugins")
 
 DEFAULTS_NAME = "appliance_plugins.defaults"
 
+#: Registered in every appliance: they act only where the configuration
+#: asks for them (a translation's selector, affinity, health checks).
+FIRST_PARTY = ("appliance_plugins.affinity", "appliance_plugins.maglev", "appliance_plugins.least_sessions",
+               "appliance_plugins.health")
+
 
 class Plugins:
     """The plugin manager of one appliance, with contained hook calls."""
 
     def __init__(self, modules: Iterable[str] = (), *, entry_points: bool = True,
-                 objects: Iterable[Any] = (), config_path: str = "<config>") -> None:
+                 objects: Iterable[Any] = (), config_path: str = "<config>",
+                 first_party: bool = True) -> None:
         from appliance_plugins.defaults import DefaultPolicies
 
         self.pm = pluggy.PluginManager(hooks.PROJECT)
         self.pm.add_hookspecs(hooks)
         self.defaults = DefaultPolicies()
-        self.pm.register(self.defaults, name=DEFAULTS_NAME)
         self.errors: collections.Counter[str] = collections.Counter()
+        #: who decided the last new flow's backend (for explain)
+        self.decider = ""
+        self._register(self.defaults, DEFAULTS_NAME, config_path)
+        if first_party:
+            for name in FIRST_PARTY:
+                module = importlib.import_module(name)
+                self._register(module.plugin(), "first-party:" + name.rpartition(".")[2], config_path)
+        eps = []
+        if entry_points:
+            for ep in sorted(importlib.metadata.entry_points(group=hooks.ENTRY_POINT_GROUP), key=lambda e: e.name):
+                try:
+                    eps.append((ep.load(), f"entrypoint:{ep.name}"))
+                except Exception as exc:
+                    raise ConfigError(config_path, "", f"cannot load plugin entry point "
+                                      f"'{ep.name}' ({ep.value}): {exc!r}") from None
+        mods = []
         if modules and os.path.isfile(config_path):
             # plugin modules may sit beside the configuration file (a mounted
             # directory in the container); installed modules of the same
@@ -47,50 +75,93 @@ class Plugins:
                 sys.path.append(here)
         for name in modules:
             try:
-                module = importlib.import_module(name)
+                mods.append((importlib.import_module(name), name))
             except Exception as exc:
                 raise ConfigError(config_path, "plugins.modules",
                                   f"cannot import plugin module '{name}': {exc!r}") from None
-            self._register(module, name, config_path)
-        if entry_points:
-            for ep in importlib.metadata.entry_points(group=hooks.ENTRY_POINT_GROUP):
-                try:
-                    plugin = ep.load()
-                except Exception as exc:
-                    raise ConfigError(config_path, "", f"cannot load plugin entry point "
-                                      f"'{ep.name}' ({ep.value}): {exc!r}") from None
-                self._register(plugin, f"entrypoint:{ep.name}", config_path)
-        for obj in objects:
-            self._register(obj, getattr(obj, "name", None) or repr(obj), config_path)
-        self._refresh_fast_paths()
+        objs = [(obj, getattr(obj, "name", None) or repr(obj)) for obj in objects]
+        for plugin, name in [*reversed(eps), *reversed(mods), *reversed(objs)]:
+            self._register(plugin, name, config_path)
+        self.selectors = self._collect_selectors(config_path)
+        self._refresh_calls()
+
+    # -- loading ---------------------------------------------------------
 
     def _register(self, plugin: Any, name: str, config_path: str) -> None:
         if self.pm.is_registered(plugin) or self.pm.get_plugin(name) is not None:
             return
+        problem = self._signature_problem(plugin)
+        if problem:
+            raise ConfigError(config_path, "plugins", f"plugin '{name}' is invalid: {problem}")
         try:
             self.pm.register(plugin, name=name)
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.pm.unregister(plugin)
-            raise ConfigError(config_path, "plugins", f"plugin '{name}' is invalid: {exc}") from None
+        except pluggy.PluginValidationError as exc:   # what the check above does not know of
+            raise ConfigError(config_path, "plugins",
+                              f"plugin '{name}' is invalid: {' '.join(str(exc).split())}") from None
 
-    def _refresh_fast_paths(self) -> None:
-        # With only the built-in implementation of a decision hook, call it
-        # directly: same behaviour, a microsecond less per new flow.
-        def bind(hook_name: str, check: Callable[..., bool]) -> Callable[..., Any]:
-            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-            if len(impls) == 1 and impls[0].plugin is self.defaults:
-                return getattr(self.defaults, hook_name)
-            argnames = impls[0].argnames if impls else ()
+    def _signature_problem(self, plugin: Any) -> str:
+        """Why the plugin's hook implementations cannot be called, or ""."""
+        for attr in dir(plugin):
+            try:
+                opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            except Exception:
+                continue
+            if opts is None:
+                continue
+            fn = getattr(plugin, attr)
+            spec = getattr(self.pm.hook, attr, None)
+            if spec is None or spec.spec is None:
+                known = ", ".join(sorted(n for n in dir(hooks) if n.startswith("appliance_")))
+                return f"hook '{attr}' is not a hook of this appliance (hooks: {known})"
+            if inspect.iscoroutinefunction(fn):
+                return f"hook '{attr}' is async; hooks are called synchronously " \
+                       "(return async callables from appliance_background_tasks instead)"
+            try:
+                params = inspect.signature(fn).parameters.values()
+            except (TypeError, ValueError):
+                return f"hook '{attr}' is not a function"
+            allowed = spec.spec.argnames
+            for p in params:
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    continue
+                if p.name not in allowed and p.default is p.empty:
+                    return (f"hook '{attr}' takes an argument '{p.name}' the hook does not pass "
+                            f"(it passes: {', '.join(allowed) or 'nothing'})")
+        return ""
 
-            def call(*args: Any) -> Any:
-                return self.decide(hook_name, check, **dict(zip(argnames, args)))
+    def _collect_selectors(self, config_path: str) -> dict[str, Callable[..., Any]]:
+        found: dict[str, tuple[Callable[..., Any], str]] = {}
+        for impl in reversed(self.pm.hook.appliance_selectors.get_hookimpls()):
+            try:
+                provided = impl.function() or {}
+                items = list(provided.items())
+            except Exception as exc:
+                raise ConfigError(config_path, "plugins", f"plugin '{impl.plugin_name}': "
+                                  f"appliance_selectors() failed: {exc!r}") from None
+            for name, fn in items:
+                if not isinstance(name, str) or not callable(fn):
+                    raise ConfigError(config_path, "plugins", f"plugin '{impl.plugin_name}': selector "
+                                      f"{name!r} must be a name and a callable select(flow, backends)")
+                if name in found:
+                    raise ConfigError(config_path, "plugins", f"selector '{name}' is provided by both "
+                                      f"'{found[name][1]}' and '{impl.plugin_name}'")
+                found[name] = (fn, impl.plugin_name)
+        self.selector_owner = {name: owner for name, (_, owner) in found.items()}
+        return {name: fn for name, (fn, _) in found.items()}
 
-            return call
+    def _refresh_calls(self) -> None:
+        # Each decision hook as a list of (function, argument names, plugin
+        # name) in call order, built once: a new flow walks it without
+        # pluggy's dispatch, skipping a plugin that fails for that flow.
+        def chain(hook_name: str, with_defaults: bool) -> list[tuple[Callable[..., Any], tuple, str]]:
+            impls = reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
+            return [(i.function, tuple(i.argnames), i.plugin_name) for i in impls
+                    if with_defaults or i.plugin is not self.defaults]
 
-        self.select_backend = bind("appliance_select_backend", _valid_backend)
-        self.session_timeouts = bind("appliance_session_timeouts", _valid_timeouts)
-        self.snat = bind("appliance_snat", _valid_snat)
+        self._select = chain("appliance_select_backend", False)
+        self._timeouts = chain("appliance_session_timeouts", False)
+        self._snat = chain("appliance_snat", False)
+        self._chosen = chain("appliance_backend_chosen", True)
         self.wants_created = bool(self.pm.hook.appliance_session_created.get_hookimpls())
         self.wants_expired = bool(self.pm.hook.appliance_session_expired.get_hookimpls())
 
@@ -98,54 +169,123 @@ class Plugins:
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]
 
-    # ------------------------------------------------------------------
+    def check(self, config: Config) -> None:
+        """What the configuration asks of the plugins exists: ConfigError
+        naming the key otherwise (a reload that fails this keeps the last
+        good configuration)."""
+        from ._config import _find_line
 
-    def _culprit(self, hook: Any, exc: BaseException) -> str:
-        codes = {}
-        for impl in hook.get_hookimpls():
-            fn = getattr(impl.function, "__func__", impl.function)
-            codes[getattr(fn, "__code__", None)] = impl.plugin_name
-        tb = exc.__traceback__
-        culprit = "unknown"
-        while tb is not None:
-            name = codes.get(tb.tb_frame.f_code)
-            if name is not None:
-                culprit = name
-            tb = tb.tb_next
-        return culprit
+        for t in config.translations:
+            if t.selector not in self.selectors:
+                raise ConfigError(config.path, f"translation[{t.id}].selector",
+                                  f"unknown selector '{t.selector}' (registered: "
+                                  f"{', '.join(sorted(self.selectors))})",
+                                  _find_line(_text(config.path), "translation", t.id, "selector"))
 
-    def _contain(self, hook_name: str, exc: BaseException, culprit: Optional[str] = None) -> None:
-        hook = getattr(self.pm.hook, hook_name)
-        name = culprit or self._culprit(hook, exc)
-        self.errors[name] += 1
-        n = self.errors[name]
-        if n == 1 or n % 1000 == 0:
-            log.error("plugin %s raised in %s (%d so far); using the built-in decision",
-                      name, hook_name, n, exc_info=exc)
+    # -- decisions (once per new flow) -----------------------------------
 
-    def decide(self, hook_name: str, check: Callable[..., bool], **kwargs: Any) -> Any:
-        """Call a firstresult decision hook; on exception or an invalid answer,
-        the built-in plugin decides."""
-        try:
-            result = getattr(self.pm.hook, hook_name)(**kwargs)
-        except Exception as exc:
-            self._contain(hook_name, exc)
-            return getattr(self.defaults, hook_name)(**kwargs)
-        if not check(result, **kwargs):
-            err = ValueError(f"{hook_name} returned an invalid value {result!r}")
-            self._contain(hook_name, err, culprit=self._answering_plugin(hook_name, kwargs))
-            return getattr(self.defaults, hook_name)(**kwargs)
-        return result
-
-    def _answering_plugin(self, hook_name: str, kwargs: dict) -> str:
-        # Rare path (an invalid answer): ask each implementation in call order.
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+    def select_backend(self, flow: Any, translation: Any, backends: Any) -> int | str:
+        """The backend index (or hooks.DROP) for a new flow of a translation
+        with at least one eligible backend. Never raises."""
+        env = {"flow": flow, "translation": translation, "backends": backends}
+        for fn, argnames, name in self._select:
             try:
-                if impl.function(**{k: kwargs[k] for k in impl.argnames}) is not None:
-                    return impl.plugin_name
-            except Exception:
-                return impl.plugin_name
-        return "unknown"
+                r = fn(*[env[a] for a in argnames])
+            except Exception as exc:
+                self._contain("appliance_select_backend", exc, name)
+                continue
+            if r is None:
+                continue
+            if r == hooks.DROP or (type(r) is int and r in backends.eligible_set):
+                self.decider = name
+                return r
+            self._invalid("appliance_select_backend", r, name)
+        sel = translation.selector
+        fn = self.selectors.get(sel)
+        if fn is not None:
+            try:
+                r = fn(flow, backends)
+            except Exception as exc:
+                self._contain("appliance_select_backend", exc, self.selector_owner[sel])
+                r = None
+            if type(r) is int and r in backends.eligible_set:
+                self.decider = f"selector {sel}"
+                return r
+            if r is not None:
+                self._invalid(f"selector {sel}", r, self.selector_owner[sel])
+        self.decider = "selector hash"
+        return backends.pick_weighted(flow.hash)
+
+    def backend_chosen(self, flow: Any, translation: Any, backends: Any, index: int) -> None:
+        env = {"flow": flow, "translation": translation, "backends": backends, "index": index}
+        for fn, argnames, name in self._chosen:
+            try:
+                fn(*[env[a] for a in argnames])
+            except Exception as exc:
+                self._contain("appliance_backend_chosen", exc, name)
+
+    def session_timeouts(self, flow: Any, translation: Any) -> Any:
+        from ._types import Timeouts
+
+        env = {"flow": flow, "translation": translation}
+        for fn, argnames, name in self._timeouts:
+            try:
+                r = fn(*[env[a] for a in argnames])
+            except Exception as exc:
+                self._contain("appliance_session_timeouts", exc, name)
+                continue
+            if r is None:
+                continue
+            if isinstance(r, Timeouts):
+                return r
+            self._invalid("appliance_session_timeouts", r, name)
+        return self.defaults.appliance_session_timeouts(flow, translation)
+
+    def snat(self, flow: Any, snat: Any) -> Any:
+        env = {"flow": flow, "snat": snat}
+        for fn, argnames, name in self._snat:
+            try:
+                r = fn(*[env[a] for a in argnames])
+            except Exception as exc:
+                self._contain("appliance_snat", exc, name)
+                continue
+            if r is None:
+                continue
+            if _valid_snat(r, flow):
+                return r
+            self._invalid("appliance_snat", r, name)
+        return self.defaults.appliance_snat(flow, snat)
+
+    # -- containment -----------------------------------------------------
+
+    def _contain(self, hook_name: str, exc: BaseException, culprit: str) -> None:
+        self.errors[culprit] += 1
+        n = self.errors[culprit]
+        if n == 1 or n % 1000 == 0:
+            log.error("plugin %s raised in %s (%d so far); the next plugin decides",
+                      culprit, hook_name, n, exc_info=exc)
+
+    def _invalid(self, hook_name: str, answer: Any, culprit: str) -> None:
+        self.errors[culprit] += 1
+        n = self.errors[culprit]
+        if n == 1 or n % 1000 == 0:
+            log.error("plugin %s answered %s with an invalid value %r (%d so far); the next plugin decides",
+                      culprit, hook_name, answer, n)
+
+    def figures(self) -> dict[str, dict]:
+        """Each plugin's own figures (appliance_statistics), by plugin."""
+        out: dict[str, dict] = {}
+        for impl in reversed(self.pm.hook.appliance_statistics.get_hookimpls()):
+            try:
+                got = impl.function()
+            except Exception as exc:
+                self._contain("appliance_statistics", exc, impl.plugin_name)
+                continue
+            if isinstance(got, dict):
+                out[impl.plugin_name] = {str(k): v for k, v in got.items() if isinstance(v, (int, float))}
+        return out
+
+    # -- notifications ---------------------------------------------------
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call a notification hook; every implementation runs even if one raises."""
@@ -153,15 +293,10 @@ class Plugins:
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
-                self._contain(hook_name, exc, culprit=impl.plugin_name)
+                self._contain(hook_name, exc, impl.plugin_name)
 
-    def configure(self, config: Config) -> None:
-        # historic: plugins registered later receive the latest config too
-        for impl in reversed(self.pm.hook.appliance_configure.get_hookimpls()):
-            try:
-                impl.function(config=config)
-            except Exception as exc:
-                self._contain("appliance_configure", exc, culprit=impl.plugin_name)
+    def configure(self, config: Config, backends: Any = None) -> None:
+        self.notify("appliance_configure", config=config, backends=backends if backends is not None else {})
 
     def background_tasks(self) -> list[Any]:
         """The plugins' async callables, each wrapped so that its exception
@@ -173,7 +308,7 @@ class Plugins:
                 for fn in impl.function() or ():
                     tasks.append(self._contained_task(fn, impl.plugin_name))
             except Exception as exc:
-                self._contain("appliance_background_tasks", exc, culprit=impl.plugin_name)
+                self._contain("appliance_background_tasks", exc, impl.plugin_name)
         return tasks
 
     def _contained_task(self, fn: Callable[[], Any], culprit: str) -> Callable[[], Any]:
@@ -181,29 +316,25 @@ class Plugins:
             try:
                 await fn()
             except Exception as exc:   # cancellation is a BaseException: it passes
-                self._contain("appliance_background_tasks", exc, culprit=culprit)
+                self._contain("appliance_background_tasks", exc, culprit)
                 log.error("background task %s of plugin %s ended with an error; the appliance goes on "
                           "without it", getattr(fn, "__name__", fn), culprit)
 
         return contained
 
 
-# What a decision hook may answer (anything else is the plugin's bug).
-
-def _valid_backend(r: Any, flow: Any, translation: Any) -> bool:
-    return r == hooks.DROP or (type(r) is int and 0 <= r < len(translation.backends))
-
-
-def _valid_timeouts(r: Any, **_: Any) -> bool:
-    from ._types import Timeouts
-
-    return isinstance(r, Timeouts)
-
-
-def _valid_snat(r: Any, flow: Any, snat: Any) -> bool:
+def _valid_snat(r: Any, flow: Any) -> bool:
     if r in (hooks.DROP, hooks.NO_SNAT):
         return True
     try:
         return ipaddress.ip_address(r).version == flow.family
     except (TypeError, ValueError):
         return False
+
+
+def _text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""

@@ -645,6 +645,7 @@ class Appliance:
         reload); applying them takes ~13 ms there."""
         try:
             new = await trio.to_thread.run_sync(parse_config, path.read_text(), str(path))
+            self.plugins.check(new)   # e.g. a selector no plugin provides
         except (ConfigError, OSError, UnicodeDecodeError) as exc:
             self.config_status["rejected"] += 1
             self.config_status["last_error"] = str(exc)
@@ -679,9 +680,8 @@ class Appliance:
                     "sockets": self.socket_counters(), "xdp": self.steering.counters(),
                     "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
                     "config": dict(self.config_status)}
-        if command == "translations":   # and how many flows each has taken (the stats' per-id counts)
-            return {"translations": [str(t) for t in self.config.translations],
-                    "new_flows": {str(t.id): self.core.new_flows(t.id) for t in self.config.translations}}
+        if command == "translations":   # with each backend's state and figures
+            return self.core.describe_translations()
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
 
     async def send_sessions(self, stream, args: list[str]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
-from typing import Optional, Union
+import types
+from typing import Mapping, Optional, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 PROTO_TCP = socket.IPPROTO_TCP
 PROTO_UDP = socket.IPPROTO_UDP
@@ -24,30 +26,102 @@ def proto_number(name: str, family: int) -> int:
     return {"tcp": PROTO_TCP, "udp": PROTO_UDP}[name]
 
 
+#: What a backend may be in: ``active`` takes new flows; ``draining`` takes
+#: them only when no active backend of its translation is left (Kubernetes'
+#: terminating endpoints); ``down`` takes none. Sessions of a backend that
+#: leaves ``active`` follow its translation's drain policy.
+BACKEND_STATES = ("active", "draining", "down")
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
     """One backend of a translation: the seed's ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``.
 
     ``src``/``sport`` None keep the packet's source; ``dport`` None keeps
-    the original destination port.
+    the original destination port. ``weight`` is its share of new flows (0:
+    none), ``state`` one of :data:`BACKEND_STATES` as configured, ``labels``
+    free-form (``zone``, ``node``), ``name`` stable across reloads (default:
+    the rewrite text) and used in ``show`` and metric labels.
     """
 
     dst: IPAddress
     dport: Optional[int] = None
     src: Optional[IPAddress] = None
     sport: Optional[int] = None
+    weight: int = 1
+    state: str = "active"
+    labels: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY, hash=False)
+    name: str = ""
 
-    def __str__(self) -> str:
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.rewrite)
+        if not isinstance(self.labels, types.MappingProxyType):
+            object.__setattr__(self, "labels", types.MappingProxyType(dict(self.labels)))
+
+    @property
+    def rewrite(self) -> str:
+        """The seed's text of the four rewrites."""
         left = ""
         if self.src is not None:
             left = str(self.src) + (f" {self.sport}" if self.sport else "")
         right = str(self.dst) + (f" {self.dport}" if self.dport else "")
         return f"{left}->{right}"
 
+    def __str__(self) -> str:
+        return self.rewrite
+
+
+_EMPTY: Mapping[str, str] = types.MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    """What happens to a translation's sessions when one of its backends is
+    removed, or leaves ``active`` (``draining``, ``down``).
+
+    ``mode``: ``"default"`` (key absent: TCP sessions run to their end,
+    UDP and ICMP sessions of a removed or down backend are removed at once,
+    a draining backend keeps all of them); ``"keep"`` (every session runs to
+    its end); ``"deadline"`` (every session is removed ``deadline`` seconds
+    after its backend left); ``"reset"`` (every session removed at once).
+    """
+
+    mode: str = "default"
+    deadline: float = 0.0
+
+    def __str__(self) -> str:
+        return f"deadline {self.deadline:g} s" if self.mode == "deadline" else self.mode
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthCheck:
+    """``health = { ... }`` on a translation: probe each backend every
+    ``interval`` s (TCP connect to ``port``, default the backend's port, else
+    the translation's; with ``http``, also ``GET`` that path and expect a 2xx
+    or 3xx status), each probe given ``timeout`` s; ``fall`` failures in a
+    row set the backend down, ``rise`` successes set it active again."""
+
+    interval: float = 5.0
+    timeout: float = 2.0
+    fall: int = 3
+    rise: int = 2
+    port: Optional[int] = None
+    http: Optional[str] = None
+
 
 @dataclasses.dataclass(frozen=True)
 class Translation:
-    """(address, port, protocol) -> backends. ``kind`` is "vip" or "real"."""
+    """(address, port, protocol) -> backends. ``kind`` is "vip" or "real".
+
+    ``id`` is its position in the configuration, which a reload may change;
+    ``name`` (default ``proto/address/port``, ``icmp/address``) does not,
+    and names it in logs, ``show`` and metrics. ``selector`` names the
+    registered backend selector; ``timeouts`` (None: the global ones),
+    ``drain``, ``affinity`` (client-address affinity timeout in seconds, or
+    None) and ``allow_from`` (source prefixes; empty: everyone) are its
+    policies.
+    """
 
     id: int
     kind: str
@@ -55,6 +129,17 @@ class Translation:
     port: int
     proto: str
     backends: tuple[Backend, ...]
+    name: str = ""
+    selector: str = "hash"
+    timeouts: Optional["Timeouts"] = None
+    drain: Drain = Drain()
+    affinity: Optional[float] = None
+    allow_from: tuple[IPNetwork, ...] = ()
+    health: Optional[HealthCheck] = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", default_translation_name(self.proto, self.address, self.port))
 
     @property
     def family(self) -> int:
@@ -63,7 +148,11 @@ class Translation:
     def __str__(self) -> str:
         port = f" {self.port}" if self.proto != "icmp" else ""
         backends = ", ".join(str(b) for b in self.backends) or "(no backends)"
-        return f"[{self.id}] {self.proto} {self.kind} {self.address}{port} to {backends}"
+        return f"{self.name}: {self.proto} {self.kind} {self.address}{port} to {backends}"
+
+
+def default_translation_name(proto: str, address: IPAddress, port: int) -> str:
+    return f"{proto}/{address}" if proto == "icmp" else f"{proto}/{address}/{port}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +187,10 @@ class Flow:
     """
 
     __slots__ = ("family", "proto", "_src", "_dst", "sport", "dport", "interface", "hash",
-                 "tcp_flags", "_src_ip", "_dst_ip")
+                 "tcp_flags", "time", "_src_ip", "_dst_ip")
 
     def __init__(self, family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int,
-                 interface: str, hash: int, tcp_flags: int = 0) -> None:
+                 interface: str, hash: int, tcp_flags: int = 0, time: float = 0.0) -> None:
         self.family = family
         self.proto = proto
         self._src = src
@@ -111,6 +200,7 @@ class Flow:
         self.interface = interface
         self.hash = hash
         self.tcp_flags = tcp_flags
+        self.time = time          # the first packet's time (the core's clock, seconds)
         self._src_ip: Optional[IPAddress] = None
         self._dst_ip: Optional[IPAddress] = None
 
@@ -132,7 +222,12 @@ class Flow:
 
     def replace(self, *, dst: bytes, dport: int) -> "Flow":
         return Flow(self.family, self.proto, self._src, dst, self.sport, dport, self.interface,
-                    self.hash, self.tcp_flags)
+                    self.hash, self.tcp_flags, self.time)
+
+    @property
+    def src_packed(self) -> bytes:
+        """The source address as 4 or 16 bytes (no object built)."""
+        return self._src
 
     def __repr__(self) -> str:
         return (f"Flow({self.proto_name} {fmt_endpoint(self.src, self.sport)} -> "
@@ -167,6 +262,8 @@ class SessionInfo:
     expires: float
     packets: tuple[int, int]
     reason: str = ""       # for expiry notifications: "timeout" or "removed"
+    translation_name: str = ""   # names of the translation and backend ("" for none)
+    backend_name: str = ""
 
     def __str__(self) -> str:
         return (f"[{self.index}] {self.proto} {fmt_endpoint(self.src, self.sport)} -> "

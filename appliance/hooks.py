@@ -8,14 +8,23 @@ plugins loaded, the fast path costs nothing extra.
 Plugins are modules or objects with functions decorated by :data:`hookimpl`
 and named like the specs below. They are loaded from the configuration
 (``[plugins] modules = [...]``) and from the ``appliance.plugins`` entry-point
-group. The built-in behaviour (flow-hash backend selector, configured
-timeouts, interface-and-prefix SNAT policy) is itself a plugin,
-``appliance_plugins.defaults``, registered first; a plugin that returns a
-non-None result from a ``firstresult`` hook overrides it.
+group. The built-in behaviour (weighted flow-hash selector, configured timeouts,
+interface-and-prefix SNAT policy) is itself a plugin,
+``appliance_plugins.defaults``; the first-party policy plugins (affinity,
+the Maglev and least-sessions selectors, health checks) come with it.
 
-A plugin that raises is contained: the flow gets the built-in decision, the
-error is counted per plugin (``plugin_errors`` in the statistics) and logged
-with its traceback, and the datapath keeps running.
+**Order.** Decision hooks ask the plugins one after another and the first
+answer that is not None decides: test objects, then ``[plugins] modules``
+in the order they are listed, then entry points (by name), then the
+first-party plugins, then the built-ins (``tryfirst``/``trylast`` on a
+hookimpl move it to the front or the back). For a new flow of a
+translation, when no plugin answers, the translation's ``selector`` picks.
+
+A plugin that raises, or answers something invalid for the flow (an index
+that is not eligible, an address of the wrong family), is skipped for that
+flow and the *next* one decides; the error is counted per plugin
+(``plugin_errors`` in the statistics) and logged with its traceback (first
+time, then every 1000th), and the datapath keeps running.
 
 pluggy calls hooks synchronously. A plugin that needs background work must
 not start threads or block: it returns async callables from
@@ -25,13 +34,15 @@ so that their errors propagate like any other task's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import pluggy
 
+from ._backends import BackendSet as BackendSet   # the live state plugins are handed
+
 if TYPE_CHECKING:  # pragma: no cover
     from ._config import Config, SnatConfig
-    from .nat import Flow, SessionInfo, Timeouts, Translation
+    from ._types import Flow, SessionInfo, Timeouts, Translation
 
 PROJECT = "appliance"
 ENTRY_POINT_GROUP = "appliance.plugins"
@@ -53,12 +64,32 @@ NO_SNAT = "no-snat"
 
 
 @hookspec
-def appliance_configure(config: "Config") -> None:
+def appliance_configure(config: "Config", backends: "Mapping[str, BackendSet]") -> None:
     """A configuration was loaded: once at start, after every plugin is
     registered, and again at every successful reload.
 
+    :param backends: the live :class:`~appliance.hooks.BackendSet` of each
+        translation, by translation name: keep it to read figures or to set
+        backend states from a background task (health checks).
+
     Raising here rejects nothing; the error is counted and logged.
     """
+
+
+@hookspec
+def appliance_selectors() -> Optional[dict[str, Any]]:
+    """Backend selectors this plugin provides, by the name a translation's
+    ``selector`` key gives: ``{"name": select}`` where
+    ``select(flow, backends)`` returns an index in ``backends.eligible`` or
+    None (the built-in weighted hash decides). Called once at load; two
+    plugins providing one name is a load error."""
+
+
+@hookspec
+def appliance_statistics() -> Optional[dict[str, float]]:
+    """This plugin's own figures (``{"entries": 12, "evictions": 0}``),
+    read when statistics are asked for (``show stats``, metrics): shown
+    under ``plugins`` and as ``appliance_plugin_figure{plugin=,figure=}``."""
 
 
 @hookspec
@@ -73,18 +104,31 @@ def appliance_background_tasks() -> Optional[list[Any]]:
 
 
 @hookspec(firstresult=True)
-def appliance_select_backend(flow: "Flow", translation: "Translation") -> Optional[int | str]:
-    """Pick the backend for a new flow that matched ``translation``.
+def appliance_select_backend(flow: "Flow", translation: "Translation",
+                             backends: "BackendSet") -> Optional[int | str]:
+    """Pick the backend for a new flow that matched ``translation``, before
+    its selector does.
 
     :param flow: the first packet's flow as received; ``flow.hash`` is the
         keyed flow hash (``flow_hash_seed``) of its 5-tuple.
-    :returns: an index into ``translation.backends``, :data:`DROP` to drop
-        the flow, or None for no opinion (the next plugin decides; the
-        built-in returns ``flow.hash % len(backends)``).
+    :param backends: the translation's live backend state; only indexes in
+        ``backends.eligible`` (weight > 0, active, or draining when no
+        backend is active) may take a new flow.
+    :returns: an index in ``backends.eligible``, :data:`DROP` to drop the
+        flow, or None for no opinion (the next plugin decides, then the
+        translation's selector).
 
-    Called only when the translation has at least one backend. An index out
-    of range counts as a plugin error and the built-in decides.
+    Called only when at least one backend is eligible. Any other answer
+    counts as a plugin error and the next plugin decides.
     """
+
+
+@hookspec
+def appliance_backend_chosen(flow: "Flow", translation: "Translation", backends: "BackendSet",
+                             index: int) -> None:
+    """A new flow of ``translation`` was given backend ``index`` (by
+    whichever plugin or selector): what affinity tables learn from. Called
+    before the session is installed; no session may follow (table full)."""
 
 
 @hookspec(firstresult=True)
@@ -93,7 +137,8 @@ def appliance_session_timeouts(flow: "Flow", translation: Optional["Translation"
 
     :param translation: the matched translation, or None for SNAT-only flows.
     :returns: a :class:`appliance.nat.Timeouts`, or None for no opinion (the
-        built-in returns the configured ``[timeouts]``).
+        built-in returns the translation's ``timeouts``, else the configured
+        ``[timeouts]``).
 
     At most 255 distinct Timeouts values are in use at once; beyond that the
     configured timeouts apply (counted as a plugin error).

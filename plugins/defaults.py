@@ -1,19 +1,24 @@
 """The built-in behaviour, as a plugin like any other.
 
-- backend selection: keyed flow hash modulo the number of backends (VPP
-  cnat's default, with a configurable seed so several appliances agree);
-- session timeouts: the configured ``[timeouts]``;
+- the ``hash`` selector: keyed flow hash over the eligible backends,
+  weighted (VPP cnat's default ``hash % N`` when the weights are equal,
+  with a configurable seed so several appliances agree);
+- session timeouts: the translation's ``timeouts``, else ``[timeouts]``;
 - SNAT policy: interface-and-prefix (VPP's ``if-pfx``): SNAT a flow received
   on an SNAT interface unless its destination, after translation, is in an
   excluded prefix (longest match).
 
-The NAT core also calls these methods directly as the fallback when another
-plugin raises, so they must never raise themselves.
+The plugin manager also calls these methods directly as the last word after
+every other plugin passed or failed, so they must never raise.
 """
 
 from __future__ import annotations
 
 from appliance.hooks import NO_SNAT, hookimpl
+
+
+def select_hash(flow, backends):
+    return backends.pick_weighted(flow.hash)
 
 
 class DefaultPolicies:
@@ -29,11 +34,13 @@ class DefaultPolicies:
         self.config = config
 
     @hookimpl(trylast=True)
-    def appliance_select_backend(self, flow, translation):
-        return flow.hash % len(translation.backends)
+    def appliance_selectors(self):
+        return {"hash": select_hash}
 
     @hookimpl(trylast=True)
     def appliance_session_timeouts(self, flow, translation):
+        if translation is not None and translation.timeouts is not None:
+            return translation.timeouts
         return self.config.timeouts
 
     @hookimpl(trylast=True)

@@ -1,17 +1,29 @@
-"""Maglev backend selection (Eisenbud et al., NSDI 2016), as a plugin.
+"""Weighted Maglev backend selection (Eisenbud et al., NSDI 2016).
 
-Load it with ``[plugins] modules = ["appliance_plugins.maglev"]``. Each
-translation gets a lookup table of M = 65537 entries (prime; Katran's and
-Envoy's size: with up to ~650 backends the imbalance stays under 1 %),
-filled from per-backend (offset, skip) permutations. A new flow takes
-``table[flow.hash % M]``. When a backend is added or removed, only about 1/N
-of the flows change backend, where the built-in ``hash % N`` moves almost
-all of them; established flows keep their backend anyway (sessions).
+``selector = "maglev"`` on a translation. Its lookup table of M = 65537
+entries (prime; Katran's and Envoy's size: with up to ~650 backends the
+imbalance stays under 1 %) is filled from per-backend (offset, skip)
+permutations over the eligible backends; a new flow takes
+``table[flow.hash % M]``. When a backend is added, removed, set down or
+re-weighted, only about the share of flows that must move does (1/N for
+one of N), where ``hash % N`` moves almost all of them; established flows
+keep their backend anyway (sessions).
 
-Tables are built when a configuration is loaded (about 50 ms per
-translation in Python), never per flow. Backends are identified by their
-text (``"->20.0.0.1 8080"``), so appliances with the same configuration and
-``flow_hash_seed`` build identical tables and agree on every flow.
+Weights (Katran's way): in each round of the fill, a backend takes a turn
+with probability weight / max weight, decided by its own deterministic
+counter, so a backend of weight 3 fills three times the entries of one of
+weight 1 and a change of one weight leaves the others' entries in place
+as far as it can.
+
+Tables are built in Python (about 60 ms each) when a translation's
+eligible backends or weights change (after a reload, a health check),
+never per flow, and cached by (names, weights). Backends are identified by
+name, so appliances with the same configuration and ``flow_hash_seed``
+build identical tables and agree on every flow.
+
+Listing ``appliance_plugins.maglev`` in ``[plugins] modules`` (the form of
+earlier versions) still works: then Maglev also picks for translations
+that keep the default ``hash`` selector.
 """
 
 from __future__ import annotations
@@ -27,16 +39,23 @@ def _h(text: str, salt: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=salt).digest(), "big")
 
 
-def build_table(names: list[str], m: int = M) -> list[int]:
+def build_table(names: list[str], weights: list[int] | None = None, m: int = M) -> list[int]:
     """The Maglev lookup table: entry -> index into names."""
     n = len(names)
+    weights = weights or [1] * n
+    top = max(weights)
     offsets = [_h(name, b"offset") % m for name in names]
     skips = [_h(name, b"skip") % (m - 1) + 1 for name in names]
     nexts = [0] * n
+    credit = [0] * n
     table = [-1] * m
     filled = 0
     while True:
         for i in range(n):
+            credit[i] += weights[i]
+            if credit[i] < top:
+                continue
+            credit[i] -= top
             c = (offsets[i] + nexts[i] * skips[i]) % m
             while table[c] >= 0:
                 nexts[i] += 1
@@ -50,29 +69,53 @@ def build_table(names: list[str], m: int = M) -> list[int]:
 
 class Maglev:
     def __init__(self) -> None:
-        self.tables: dict[int, list[int]] = {}
+        self._built: dict[int, tuple[int, list[int]]] = {}   # id(backends) -> (version, table)
+        self._cache: dict[tuple, list[int]] = {}
+
+    def table(self, backends) -> list[int]:
+        """Entry -> backend index, for the set's current eligible backends."""
+        key = id(backends)
+        got = self._built.get(key)
+        if got is not None and got[0] == backends.version:
+            return got[1]
+        elig = backends.eligible
+        names = tuple(backends.translation.backends[i].name for i in elig)
+        weights = tuple(backends.weights[i] for i in elig)
+        local = self._cache.get((names, weights))
+        if local is None:
+            local = build_table(list(names), list(weights))
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[(names, weights)] = local
+        table = [elig[j] for j in local]
+        self._built[key] = (backends.version, table)
+        return table
+
+    def select(self, flow, backends):
+        return self.table(backends)[flow.hash % M]
 
     @hookimpl
-    def appliance_configure(self, config):
-        tables = {}
-        cache: dict[tuple, list[int]] = {}
-        for t in config.translations:
-            if not t.backends:
-                continue
-            names = tuple(str(b) for b in t.backends)
-            if names not in cache:
-                cache[names] = build_table(list(names))
-            tables[t.id] = cache[names]
-        self.tables = tables
+    def appliance_configure(self, config, backends):
+        self._built = {}    # the sets are new objects after a reload
+        for b in backends.values():
+            if b.translation.selector == "maglev" and b.eligible:
+                self.table(b)
 
     @hookimpl
-    def appliance_select_backend(self, flow, translation):
-        table = self.tables.get(translation.id)
-        if table is None:
-            return None   # not built (yet): the built-in decides
-        return table[flow.hash % M]
+    def appliance_selectors(self):
+        return {"maglev": self.select}
 
 
-_plugin = Maglev()
-appliance_configure = _plugin.appliance_configure
-appliance_select_backend = _plugin.appliance_select_backend
+def plugin() -> Maglev:
+    return Maglev()
+
+
+# The module form: Maglev for every translation with the default selector.
+_legacy = Maglev()
+
+
+@hookimpl
+def appliance_select_backend(flow, translation, backends):
+    if translation.selector != "hash":
+        return None
+    return _legacy.select(flow, backends)

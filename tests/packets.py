@@ -7,6 +7,7 @@ from typing import Optional
 import dpkt
 
 from appliance import parse_config
+from appliance._plugins import Plugins
 
 from appliance._frames import MAC_A, MAC_B, eth, icmp_echo, icmp_error, ip, l4, strip_eth, tcp, udp  # noqa: F401
 from appliance.nat import DROP, FORWARD, PASS, Batch, NatCore
@@ -19,7 +20,9 @@ class Harness:
 
     def __init__(self, config_text: str = "", now: float = 1000.0, plugins=None, **kw) -> None:
         self.config = parse_config(config_text, "test.toml")
-        self.core = NatCore(self.config, plugins=plugins, **kw)
+        if plugins is None:
+            plugins = Plugins(self.config.plugin_modules, entry_points=False)
+        self.core = NatCore(self.config, plugins, **kw)
         self.now = now
         self.last: Optional[tuple[int, int, bytes]] = None
 

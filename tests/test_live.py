@@ -836,9 +836,16 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     assert [(s["dst"], s["dport"], s["kind"]) for s in sessions] == [("30.0.0.2", 80, "translation")]
     r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "translations", "--control", control)
     lines = r.stdout.splitlines()
-    assert lines[0] == "[0] tcp vip 30.0.0.2 80 to ->20.0.0.1 8080, ->20.0.1.1 8080  new flows 1", r.stdout
-    assert all(line.endswith("new flows 0") for line in lines[1:]), r.stdout
+    assert lines[0] == ("tcp/30.0.0.2/80: tcp vip 30.0.0.2 80 to ->20.0.0.1 8080, ->20.0.1.1 8080  "
+                        "[selector hash]  new flows 1"), r.stdout
     assert sessions[0]["new_dst"] in ("20.0.0.1", "20.0.1.1") and sessions[0]["new_dport"] == 8080
+    # the backend the session went to, with its live figures; the other with none
+    chosen = f"->{sessions[0]['new_dst']} 8080"
+    mine = [line for line in lines[1:3] if line.strip().startswith(chosen)]
+    other = [line for line in lines[1:3] if not line.strip().startswith(chosen)]
+    assert len(mine) == 1 and "sessions 1 " in mine[0] and mine[0].endswith("new flows 1"), r.stdout
+    assert "sessions 0 " in other[0] and other[0].endswith("new flows 0"), r.stdout
+    assert all(line.endswith("new flows 0") for line in lines[3:] if not line.startswith(" ")), r.stdout
     r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json",
                  "--control", control)
     stats = json.loads(r.stdout)

@@ -61,3 +61,37 @@ def test_plugin_selects_through_the_hook():
         seen[dst] += 1
     assert set(seen) == {"20.0.0.1", "20.0.0.2", "20.0.0.3"}
     assert h.core.statistics().plugin_errors == {}
+
+
+def test_weights_share_the_table_and_one_weight_change_moves_few_entries():
+    names = [f"->20.0.0.{i} 8080" for i in range(1, 6)]
+    before = build_table(names, [1, 1, 1, 1, 1])
+    after = build_table(names, [1, 1, 1, 1, 3])          # the last one's weight tripled
+    share = collections.Counter(after)
+    assert abs(share[4] / M - 3 / 7) < 0.01, share
+    # flows that must move are those the heavier backend takes over (~3/7 - 1/5 of
+    # the table); Maglev moves few beyond them
+    moved = sum(1 for a, b in zip(before, after) if a != b)
+    assert moved < (3 / 7 - 1 / 5 + 0.08) * M, moved / M
+
+
+def test_the_selector_follows_backend_state_with_the_kit():
+    from appliance.testing import Nat
+
+    text = CONF.replace('[plugins]\nmodules = ["appliance_plugins.maglev"]\n', "").replace(
+        'port = 80\n', 'port = 80\nname = "web"\nselector = "maglev"\n')
+    nat = Nat(text)
+    flows = [tcp(f"10.0.{i // 200}.{i % 200 + 1}", 1024 + i, "30.0.0.2", 80) for i in range(600)]
+    first = []
+    for f in flows:
+        nat.send(f)
+        first.append(nat.backend())
+    nat.set_state("web", "->20.0.0.2 8080", "down")
+    nat.advance(3600 * 2)    # the old sessions are gone: every flow is placed again
+    moved = 0
+    for f, was in zip(flows, first):
+        nat.send(f)
+        assert nat.backend() != "->20.0.0.2 8080"
+        moved += nat.backend() != was and was != "->20.0.0.2 8080"
+    assert moved < 0.05 * len(flows)          # only the down backend's flows moved
+    assert nat.plugins.decider == "selector maglev"

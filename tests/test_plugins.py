@@ -264,9 +264,92 @@ async def test_a_crashing_background_task_ends_alone():
 
             return [crashes, keeps_going]
 
-    plugins = Plugins(objects=[Background()], entry_points=False)
+    plugins = Plugins(objects=[Background()], entry_points=False, first_party=False)   # health runs forever
     async with trio.open_nursery() as nursery:
         for task in plugins.background_tasks():
             nursery.start_soon(task)
     assert plugins.errors["bg-plugin"] == 1
     assert len(ran) == 5
+
+
+# -- order and composition --------------------------------------------------------
+
+def _answers(value, name):
+    class Answer:
+        @hookimpl
+        def appliance_select_backend(self, flow, translation, backends):
+            return value
+
+    a = Answer()
+    a.name = name
+    return a
+
+
+def test_first_listed_plugin_answers_first():
+    from appliance.testing import Nat
+
+    nat = Nat(CONF, plugins=[_answers(2, "first"), _answers(0, "second")])
+    nat.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert nat.backend() == "->20.0.0.3 8080" and nat.plugins.decider == "first"
+
+
+def test_modules_answer_in_config_order(tmp_path, monkeypatch):
+    for name, idx in (("plug_one", 1), ("plug_two", 2)):
+        (tmp_path / f"{name}.py").write_text(
+            "from appliance.hooks import hookimpl\n@hookimpl\n"
+            f"def appliance_select_backend(flow, translation):\n    return {idx}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for order, want in ((["plug_one", "plug_two"], "20.0.0.2"), (["plug_two", "plug_one"], "20.0.0.3")):
+        h = Harness(CONF + f"\n[plugins]\nmodules = {order!r}\n".replace("'", '"'))
+        h.send(tcp("10.0.0.9", 40000, "30.0.0.2", 80))
+        assert dst_of(h.out) == want
+        assert h.core.plugins.decider == order[0]
+
+
+@pytest.mark.parametrize("bad", [7, -1, "2", 1.0, None])
+def test_an_invalid_or_failing_answer_lets_the_next_plugin_decide(bad):
+    from appliance.testing import Nat
+
+    class Raises:
+        name = "raises"
+
+        @hookimpl
+        def appliance_select_backend(self, flow, translation):
+            raise RuntimeError("boom")
+
+    nat = Nat(CONF, plugins=[Raises(), _answers(bad, "invalid"), _answers(1, "next")])
+    nat.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert nat.backend() == "->20.0.0.2 8080" and nat.plugins.decider == "next"
+    assert nat.plugin_errors == ({"raises": 1} if bad is None else {"raises": 1, "invalid": 1})
+
+
+def test_a_backend_that_is_not_eligible_is_an_invalid_answer():
+    from appliance.testing import Nat
+
+    nat = Nat(CONF.replace('"->20.0.0.3 8080"]', '{ to = "->20.0.0.3 8080", state = "down" }]'),
+              plugins=[_answers(2, "picks-down")])
+    nat.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    assert nat.backend() != "->20.0.0.3 8080" and nat.plugin_errors == {"picks-down": 1}
+    assert nat.plugins.decider == "selector hash"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def appliance_select_backend(flow, translation, client):\n    return 0\n",
+     "plugin 'badsig' is invalid: hook 'appliance_select_backend' takes an argument 'client' the hook "
+     "does not pass (it passes: flow, translation, backends)"),
+    ("async def appliance_snat(flow, snat):\n    return None\n",
+     "plugin 'badsig' is invalid: hook 'appliance_snat' is async"),
+    ("def appliance_select_backends(flow):\n    return 0\n",
+     "plugin 'badsig' is invalid: hook 'appliance_select_backends' is not a hook of this appliance"),
+])
+def test_wrong_signatures_are_refused_with_a_message_not_a_traceback(tmp_path, source, message):
+    import subprocess
+    import sys
+
+    (tmp_path / "badsig.py").write_text("from appliance.hooks import hookimpl\n@hookimpl\n" + source)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONF + '\n[plugins]\nmodules = ["badsig"]\n')
+    r = subprocess.run([sys.executable, "-m", "appliance", "check-config", str(cfg)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and str(cfg) in r.stderr

@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Sequence
 
 from .. import hooks
 from ..__about__ import __version__
+from .._backends import NO_INDEX, BackendSet
 from .._config import Config
-from .._plugins import Plugins
 from ._binding import COUNTER_HELP, COUNTER_INDEX, COUNTER_NAMES, ffi, lib
 from .._types import (
     Backend,
@@ -93,6 +93,26 @@ def _ntohs(v: int) -> int:
     return ((v & 0xFF) << 8) | (v >> 8)
 
 
+class _Drain:
+    """Sessions of one backend that its translation's drain policy removes:
+    ``what`` is "all" or "connectionless" (UDP, ICMP), ``due`` when (None:
+    ``deadline`` seconds from the next tick)."""
+
+    __slots__ = ("what", "due", "deadline", "swept")
+
+    def __init__(self, what: str, due: Optional[float], deadline: float) -> None:
+        self.what, self.due, self.deadline, self.swept = what, due, deadline, due is not None
+
+
+def _allowed(prefixes, src: bytes) -> bool:
+    """Is the packed source address in one of the prefixes (of its family)?"""
+    a = int.from_bytes(src, "big")
+    for net in prefixes:
+        if a & int(net.netmask) == int(net.network_address):
+            return True
+    return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Statistics:
     """A snapshot of the core's counters (see nat_counters.def)."""
@@ -100,11 +120,13 @@ class Statistics:
     counters: dict[str, int]
     sessions: int
     capacity: int
-    new_flows_per_translation: dict[int, int]
+    new_flows_per_translation: dict[str, int]   # by translation name
     plugin_errors: dict[str, int]
     sessions_created: int
     sessions_expired: int
     hairpin_flows: int = 0
+    translations: tuple = ()        # describe_translations()["translations"]
+    plugin_figures: Optional[dict] = None
 
     def as_dict(self) -> dict:
         return {
@@ -116,6 +138,8 @@ class Statistics:
             "hairpin_flows": self.hairpin_flows,
             "new_flows_per_translation": {str(k): v for k, v in self.new_flows_per_translation.items()},
             "plugin_errors": self.plugin_errors,
+            "translations": list(self.translations),
+            "plugins": self.plugin_figures or {},
         }
 
 
@@ -156,25 +180,23 @@ class NatCore:
     """Translations, sessions and SNAT over the C fast path.
 
     :param config: the parsed configuration.
-    :param plugins: a loaded :class:`~appliance._plugins.Plugins`; by default
-        the configuration's plugin modules and the entry-point group.
+    :param plugins: the loaded :class:`~appliance._plugins.Plugins` it asks
+        (the runtime, replay, explain, bench and the test kit build it).
     :param table_seed: seed of the session table's hash (random by default,
         so nobody can aim flows at one hash chain).
     """
 
-    def __init__(self, config: Config, plugins: Optional[Plugins] = None,
+    def __init__(self, config: Config, plugins: "Plugins",
                  table_seed: Optional[int] = None) -> None:
         if table_seed is None:
             table_seed = int.from_bytes(os.urandom(8), "little")
         self._nat = ffi.gc(lib.nat_create(config.max_sessions, table_seed), lib.nat_destroy)
         if self._nat == ffi.NULL:
             raise MemoryError(f"cannot allocate a session table of {config.max_sessions} sessions")
-        self.plugins = plugins if plugins is not None else Plugins(config.plugin_modules,
-                                                                    config_path=config.path)
+        self.plugins = plugins
         self._ports: dict[str, int] = {}
         self._port_names: list[str] = []
         self._profiles: dict[Timeouts, int] = {}
-        self._new_flows: dict[int, int] = {}
         self.sessions_created = 0
         self.sessions_expired = 0
         self._events = ffi.new("struct nat_session_info[]", 1024)
@@ -190,6 +212,13 @@ class NatCore:
         self.hairpin_flows = 0
         self._info = ffi.new("struct nat_session_info *")
         self._stale_from: Optional[int] = None   # next session index of a pending sweep
+        # The live backend state, by translation id: the configuration's
+        # translations, then those a reload removed that still have sessions.
+        self._sets: list[BackendSet] = []
+        # (translation id, backend index) -> the drain its policy has set off
+        self._doom: dict[tuple[int, int], _Drain] = {}
+        self._orphans = False    # restored sessions whose translation is gone
+        self._now = 0.0
         self.config = config
         self.apply_config(config)
 
@@ -203,6 +232,7 @@ class NatCore:
         packet picks a current backend instead of going on to a removed one
         (the "stale UDP sessions" cnat and kube-proxy users meet). TCP
         sessions keep their backend until they end: graceful termination."""
+        self.plugins.check(config)   # ConfigError before anything changes
         if config.max_sessions != self.config.max_sessions:
             log.warning("sessions.max changes take effect at restart (%d kept)",
                         lib.nat_session_capacity(self._nat))
@@ -226,14 +256,91 @@ class NatCore:
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
         self.config = config
         self._translations = {t.id: t for t in config.translations}
-        # per translation: (backend address, port or None = the original port)
-        self._backend_sets = {t.id: frozenset((b.dst.packed, b.dport) for b in t.backends)
-                              for t in config.translations}
-        self._stale_from = 0
         self._set_profile(0, config.timeouts)
         self._profiles = {config.timeouts: 0, **{k: v for k, v in self._profiles.items() if v != 0}}
         self._update_snat_ports()
-        self.plugins.configure(config)
+        self._carry_backends(config)
+        self.plugins.configure(config, self.backends)
+
+    @property
+    def backends(self) -> dict[str, BackendSet]:
+        """The live backend state of each current translation, by name."""
+        return {s.translation.name: s for s in self._sets if not s.removed}
+
+    def backend_set(self, translation_id: int) -> Optional[BackendSet]:
+        return self._sets[translation_id] if 0 <= translation_id < len(self._sets) else None
+
+    def _carry_backends(self, config: Config) -> None:
+        """New BackendSets for a new configuration: figures and set states
+        follow translations and backends by name, the table's sessions are
+        re-pointed at them in one C pass, and the drain policies of what
+        left are scheduled."""
+        self._drain_events()   # counts are current before they move
+        old = self._sets
+        by_name = {s.translation.name: s for s in old if not s.removed}
+        new = [BackendSet(t) for t in config.translations]
+        tmap, boff, bmap = [], [0], []
+        for s in new:
+            s.on_change = self._backend_changed
+        carried: dict[int, int] = {}
+        for s in new:
+            prev = by_name.get(s.translation.name)
+            if prev is not None:
+                carried[id(prev)] = s.translation.id
+                s._mapping = s.carry_from(prev)
+        ghosts: list[BackendSet] = []
+        for k, prev in enumerate(old):
+            if id(prev) in carried:
+                tid = carried[id(prev)]
+                mapping = new[tid]._mapping
+            else:   # the translation left (or was gone already): a ghost while sessions remain
+                ghost = BackendSet(dataclasses.replace(prev.translation, backends=(),
+                                                       id=len(new) + len(ghosts)))
+                mapping = ghost.carry_from(prev)
+                ghost.removed = True
+                if ghost.gone:
+                    ghosts.append(ghost)
+                    tid = ghost.translation.id
+                else:
+                    tid = lib.NAT_NONE
+            tmap.append(tid)
+            bmap.extend(mapping)
+            boff.append(len(bmap))
+        if old:
+            lib.nat_sessions_remap(self._nat, ffi.new("uint32_t[]", tmap), len(tmap), ffi.new("uint32_t[]", boff),
+                                   ffi.new("uint16_t[]", bmap or [0]), len(bmap))
+        for s in new:
+            s.__dict__.pop("_mapping", None)
+        self._sets = new + ghosts
+        self._doom = {}
+        for s in self._sets:
+            for i in s.all_indexes():
+                self._schedule_drain(s, i)
+
+    def _backend_changed(self, s: BackendSet, i: int, before: str, after: str) -> None:
+        """A backend's state was set at run time (health checks, control)."""
+        log.info("translation %s: backend %s is %s (was %s)", s.translation.name,
+                 s.translation.backends[i].name, after, before)
+        self._doom.pop((s.translation.id, i), None)
+        self._schedule_drain(s, i)
+
+    def _schedule_drain(self, s: BackendSet, i: int) -> None:
+        """What the translation's drain policy does to backend i's sessions
+        in its current state: nothing while it is active."""
+        state = s.state(i)
+        if state == "active":
+            return
+        mode = s.translation.drain.mode
+        what = "all"
+        if mode == "keep" or (mode == "default" and state == "draining"):
+            return
+        if mode == "default":
+            what = "connectionless"      # TCP runs to its end; UDP must not go on to a dead backend
+        if mode == "deadline":   # counted from the first tick after the backend left
+            self._doom[(s.translation.id, i)] = _Drain(what, None, s.translation.drain.deadline)
+        else:
+            self._doom[(s.translation.id, i)] = _Drain(what, float("-inf"), 0.0)
+            self._stale_from = 0
 
     def _set_profile(self, index: int, t: Timeouts) -> None:
         p = ffi.new("struct nat_profile *")
@@ -319,8 +426,9 @@ class NatCore:
         icmp = proto == 1 or proto == 58
         port = f.port
         iface = self._port_names[port] if port < len(self._port_names) else f"port{port}"
-        flow = Flow(family, proto, src, dst, sport, dport, iface, f.hash, f.tcp_flags)
+        flow = Flow(family, proto, src, dst, sport, dport, iface, f.hash, f.tcp_flags, now_ns / 1e9)
         plugins = self.plugins
+        bset: Optional[BackendSet] = None
 
         new_src, new_dst, new_dport = src, dst, dport
         src_pref = sport  # for ICMP echo: the identifier
@@ -330,13 +438,22 @@ class NatCore:
         backend_idx = NO_BACKEND
         if f.translation != lib.NAT_NONE:
             translation = self._translations.get(f.translation)
-            if translation is None or not translation.backends:
+            if translation is None:
                 self._slow_verdict(f, DROP, "drop_no_backend")
                 return
-            choice = plugins.select_backend(flow, translation)
+            bset = self._sets[translation.id]
+            if translation.allow_from and not _allowed(translation.allow_from, src):
+                bset.denied += 1
+                self._slow_verdict(f, DROP, "drop_source_range")
+                return
+            if not bset.eligible:
+                self._slow_verdict(f, DROP, "drop_no_backend")
+                return
+            choice = plugins.select_backend(flow, translation, bset)
             if choice == hooks.DROP:
                 self._slow_verdict(f, DROP, "drop_policy")
                 return
+            plugins.backend_chosen(flow, translation, bset, choice)
             backend_idx = choice
             b: Backend = translation.backends[choice]
             new_dst = b.dst.packed
@@ -395,8 +512,10 @@ class NatCore:
         if new_src in self.host_sources and self.on_host_source is not None:
             s = self.session(f.session)
             self.on_host_source(True, s.new_src, proto, s.new_sport)
-        if translation is not None:
-            self._new_flows[translation.id] = self._new_flows.get(translation.id, 0) + 1
+        if bset is not None:
+            bset.flows += 1
+            bset.sessions[backend_idx] += 1
+            bset.new_flows[backend_idx] += 1
         if plugins.wants_created:
             plugins.notify("appliance_session_created", session=self.session(f.session))
 
@@ -436,38 +555,47 @@ class NatCore:
     def expire(self, now: float, budget: int = SCAN_BUDGET) -> int:
         """Remove expired sessions among the next ``budget`` slots, and
         continue a pending sweep for sessions a reload left stale."""
+        self._now = now
         n = lib.nat_expire(self._nat, _ns(now), budget)
+        if self._doom:
+            self._start_due_drains(now)
         if self._stale_from is not None:
-            self._sweep_stale(STALE_SWEEP_BUDGET)
+            self._sweep_stale(STALE_SWEEP_BUDGET, now)
         self._drain_events()
         return n
 
-    def _sweep_stale(self, budget: int) -> None:
-        info, nat, none = self._info, self._nat, lib.NAT_NONE
+    def _start_due_drains(self, now: float) -> None:
+        for d in self._doom.values():
+            if d.due is None:
+                d.due = now + d.deadline
+            elif d.due <= now and not d.swept:
+                d.swept = True
+                self._stale_from = 0
+
+    def _sweep_stale(self, budget: int, now: float) -> None:
+        """Remove, a slice at a time, the sessions the drain policies have
+        made due (and restored sessions whose translation is gone)."""
+        info, nat, none, doom = self._info, self._nat, lib.NAT_NONE, self._doom
         i = lib.nat_session_next(nat, self._stale_from)
         while i != none and budget > 0:
             budget -= 1
-            if lib.nat_session_get(nat, i, info) == 0 and self._stale(info):
-                lib.nat_session_remove(nat, i)   # counted: nat.session_removed
+            if lib.nat_session_get(nat, i, info) == 0 and info.flags & lib.NAT_SF_TRANSLATED:
+                tcp = info.key[0].proto == 6
+                d = doom.get((info.translation, info.backend))
+                if d is not None:
+                    if d.due is not None and d.due <= now and (d.what == "all" or not tcp):
+                        lib.nat_session_remove(nat, i)   # counted: nat.session_removed
+                elif self._orphans and info.translation == none and not tcp:
+                    lib.nat_session_remove(nat, i)
             i = lib.nat_session_next(nat, i + 1)
-        self._stale_from = None if i == none else i
-
-    def _stale(self, s) -> bool:
-        """A UDP/ICMP session of a translation whose current configuration
-        no longer has the backend it was sent to."""
-        k0, k1 = s.key[0], s.key[1]
-        if not s.flags & lib.NAT_SF_TRANSLATED or k0.proto == 6:
-            return False
-        icmp = k0.proto in (1, 58)
-        tid = lib.nat_translation_lookup(self._nat, k0.family, k0.dst, k0.proto, 0 if icmp else k0.dport)
-        backends = self._backend_sets.get(tid)
-        if backends is None:
-            return True                      # the translation is gone
-        new_dst = bytes(ffi.buffer(k1.src, 4 if k0.family == 4 else 16))
-        if icmp:
-            return not any(dst == new_dst for dst, _ in backends)
-        new_dport, dport = _ntohs(k1.sport), _ntohs(k0.dport)
-        return (new_dst, new_dport) not in backends and not (new_dport == dport and (new_dst, None) in backends)
+        if i == none:
+            self._stale_from = None
+            self._orphans = False
+            for key, d in list(doom.items()):   # done, unless a deadline is still to come
+                if d.due is not None and d.due <= now:
+                    del doom[key]
+        else:
+            self._stale_from = i
 
     def expire_all(self, now: float) -> int:
         """Sweep the whole table once (offline use: end of a replay)."""
@@ -544,6 +672,7 @@ class NatCore:
             if self.plugins.wants_created:
                 self.plugins.notify("appliance_session_created", session=self.session(out[0]))
         self._stale_from = 0   # sessions of backends removed meanwhile
+        self._orphans = True
         return restored, expired, refused
 
     def _drain_events(self) -> None:
@@ -552,6 +681,11 @@ class NatCore:
             if not n:
                 return
             self.sessions_expired += n
+            sets, nsets, events = self._sets, len(self._sets), self._events
+            for i in range(n):
+                t = events[i].translation
+                if t < nsets:
+                    sets[t].count(events[i].backend, -1)
             if self.plugins.wants_expired:
                 for i in range(n):
                     self.plugins.notify("appliance_session_expired",
@@ -567,9 +701,28 @@ class NatCore:
     # ------------------------------------------------------------------
     # introspection
 
+    def describe_translations(self) -> dict:
+        """Each translation (and each removed one whose sessions remain) with
+        its policies and, per backend, state, weight, sessions and new flows:
+        what ``show translations`` prints."""
+        out = []
+        for s in self._sets:
+            t = s.translation
+            out.append({
+                "name": t.name, "id": None if s.removed else t.id, "removed": s.removed,
+                "text": str(t), "proto": t.proto, "kind": t.kind, "address": str(t.address), "port": t.port,
+                "selector": t.selector, "drain": str(t.drain), "affinity": t.affinity,
+                "allow_from": [str(n) for n in t.allow_from], "denied": s.denied,
+                "new_flows": s.flows,
+                "eligible": len(s.eligible),
+                "backends": [s.describe(i) for i in s.all_indexes()],
+            })
+        return {"translations": out}
+
     def new_flows(self, translation_id: int) -> int:
         """New flows the translation with this id has taken since the start."""
-        return self._new_flows.get(translation_id, 0)
+        s = self.backend_set(translation_id)
+        return 0 if s is None else s.flows
 
     def session(self, index: int) -> Optional[SessionInfo]:
         if lib.nat_session_get(self._nat, index, self._info) != 0:
@@ -633,6 +786,12 @@ class NatCore:
             kind = "+".join(n for bit, n in ((lib.NAT_SF_TRANSLATED, "translation"),
                                              (lib.NAT_SF_SNAT, "snat")) if fl & bit)
         from .._types import PROTO_NAMES
+        tname = bname = ""
+        if s.translation < len(self._sets):
+            bs = self._sets[s.translation]
+            tname = bs.translation.name
+            if s.backend != NO_BACKEND and s.backend in bs.all_indexes():
+                bname = bs.describe(s.backend)["name"]
         return SessionInfo(
             index=s.index,
             proto=PROTO_NAMES.get(k0.proto, str(k0.proto)),
@@ -645,6 +804,7 @@ class NatCore:
             created=s.created_ns / 1e9, last_seen=s.last_seen_ns / 1e9, expires=s.expires_ns / 1e9,
             packets=(s.packets[0], s.packets[1]),
             reason=("timeout", "removed")[s.reason] if s.reason < 2 else "",
+            translation_name=tname, backend_name=bname,
         )
 
     def statistics(self) -> Statistics:
@@ -652,7 +812,10 @@ class NatCore:
         counters = {name: c[i] for i, name in enumerate(COUNTER_NAMES)}
         return Statistics(counters=counters, sessions=lib.nat_session_count(self._nat),
                           capacity=lib.nat_session_capacity(self._nat),
-                          new_flows_per_translation=dict(self._new_flows),
+                          new_flows_per_translation={s.translation.name: s.flows for s in self._sets
+                                                     if not s.removed},
+                          translations=tuple(self.describe_translations()["translations"]),
+                          plugin_figures=self.plugins.figures(),
                           plugin_errors=dict(self.plugins.errors),
                           sessions_created=self.sessions_created,
                           sessions_expired=self.sessions_expired,

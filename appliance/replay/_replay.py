@@ -55,10 +55,19 @@ FrameHook = Callable[[int, str, int, str, bytes, bytes], None]
 
 
 def replay(config: Config, in_path: str, out_path: str, interface: str = "replay0",
-           on_frame: Optional[FrameHook] = None, core: Optional[NatCore] = None) -> ReplayReport:
+           on_frame: Optional[FrameHook] = None, core: Optional[NatCore] = None,
+           seed: Optional[int] = None) -> ReplayReport:
     """Replay in_path into out_path. on_frame(index, interface, verdict,
-    reason, frame_in, frame_out) is called per frame (for -v output)."""
-    core = core or NatCore(config)
+    reason, frame_in, frame_out) is called per frame (for -v output).
+
+    The session table's seed (which orders SNAT port choices) is ``seed``,
+    else the configuration's ``flow_hash_seed``: the same input and
+    configuration give byte-identical output on every run."""
+    if core is None:
+        from .._plugins import Plugins
+
+        core = NatCore(config, Plugins(config.plugin_modules, config_path=config.path),
+                       table_seed=config.flow_hash_seed if seed is None else seed)
     report = ReplayReport()
     batch = Batch(BATCH, FRAME_MAX)
     last_ns = 0

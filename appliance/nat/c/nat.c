@@ -1250,6 +1250,26 @@ uint32_t nat_session_next(const struct nat *nat, uint32_t start)
     return NAT_NONE;
 }
 
+void nat_sessions_remap(struct nat *nat, const uint32_t *tmap, uint32_t ntrans,
+                        const uint32_t *boff, const uint16_t *bmap, uint32_t nbmap)
+{
+    for (uint32_t i = 0; i < nat->hwm; i++) {
+        struct session *s = &nat->s[i];
+        if (!s->in_use || s->translation == NAT_NONE)
+            continue;
+        uint32_t t = s->translation;
+        if (t >= ntrans) {
+            s->translation = NAT_NONE;
+            s->backend = NAT_NO_BACKEND;
+            continue;
+        }
+        uint32_t b = boff[t] + s->backend;
+        s->backend = (s->backend != NAT_NO_BACKEND && b < boff[t + 1] && b < nbmap)
+                         ? bmap[b] : NAT_NO_BACKEND;
+        s->translation = tmap[t];
+    }
+}
+
 static inline int port_free(const struct nat *nat, struct nat_key *rev, uint16_t port,
                             uint64_t now)
 {

@@ -27,6 +27,7 @@ enum nat_counter {
 
 /* CFFI-BEGIN */
 #define NAT_NONE 0xffffffff      /* "no session / no translation" index */
+#define NAT_NO_BACKEND 0xffff    /* a session without a backend (SNAT only, or removed) */
 #define NAT_MAX_PORTS 256        /* ingress interfaces the core tells apart */
 #define NAT_MAX_PROFILES 256     /* distinct timeout profiles at once */
 #define NAT_PORT_LO 1024         /* lowest source port handed out (ICMP ids: 0) */
@@ -203,6 +204,13 @@ int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint
 int nat_session_remove(struct nat *nat, uint32_t index);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
+/* After a reload, what each session is counted against follows the new
+ * configuration (its rewrite is untouched): translation t becomes tmap[t]
+ * (NAT_NONE: gone), its backend b becomes bmap[boff[t] + b] for b below
+ * boff[t + 1] - boff[t] (NAT_NO_BACKEND: gone). One pass over the table in
+ * C: a million sessions in a few ms, instead of seconds from Python. */
+void nat_sessions_remap(struct nat *nat, const uint32_t *tmap, uint32_t ntrans,
+                        const uint32_t *boff, const uint16_t *bmap, uint32_t nbmap);
 
 /* Pick rev->dport so that rev is free: preferred first (-1: none), then
  * probes in an order derived from salt, then a scan of [lo, hi] from a

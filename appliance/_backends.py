@@ -1,0 +1,190 @@
+"""The live state of each translation's backends, shared by the core and
+the plugins.
+
+A :class:`BackendSet` is what a selector sees for one translation: which
+backends may take a new flow now (:attr:`BackendSet.eligible`), their
+weights, and live figures (active sessions and new flows per backend).
+The figures are kept by the core from session created / ended events, once
+per flow and never per packet. Health checks (or the control plane) set a
+backend ``down`` or ``draining`` with :meth:`BackendSet.set_state`; the
+configured state and the set one combine, the worse wins.
+
+Backends are matched across reloads by name and rewrite: a backend that
+keeps both keeps its figures and its set state. One that is removed while
+it still has sessions stays here as *gone* (index ``len(backends)`` and
+up) until its sessions end, so that they are still counted and its
+translation's drain policy can find them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable, Optional, Sequence
+
+from ._types import BACKEND_STATES, Translation
+
+_RANK = {state: i for i, state in enumerate(BACKEND_STATES)}   # active < draining < down
+
+
+class Gone:
+    """A backend removed by a reload whose sessions have not all ended."""
+
+    __slots__ = ("name", "rewrite", "sessions", "new_flows")
+
+    def __init__(self, name: str, rewrite: str, sessions: int, new_flows: int) -> None:
+        self.name = name
+        self.rewrite = rewrite
+        self.sessions = sessions
+        self.new_flows = new_flows
+
+
+class BackendSet:
+    """One translation's backends as they are now.
+
+    Read by selectors and plugins: :attr:`translation`, :attr:`eligible`,
+    :attr:`weights`, :attr:`sessions`, :attr:`new_flows`,
+    :meth:`state`. Lists are indexed like ``translation.backends``; do not
+    modify them (the core keeps them).
+    """
+
+    def __init__(self, translation: Translation) -> None:
+        self.translation = translation
+        n = len(translation.backends)
+        self.weights: list[int] = [b.weight for b in translation.backends]
+        self.sessions: list[int] = [0] * n
+        self.new_flows: list[int] = [0] * n
+        self.gone: list[Gone] = []
+        #: new flows refused because their source is outside allow_from
+        self.denied = 0
+        #: new flows the translation has taken (all backends, gone ones too)
+        self.flows = 0
+        #: bumped whenever eligibility or weights change: selectors that
+        #: build tables from them (Maglev) rebuild when it moves
+        self.version = 0
+        self.removed = False        # the translation itself left the configuration
+        self._by_name = {b.name: i for i, b in enumerate(translation.backends)}
+        self._set: list[Optional[str]] = [None] * n
+        self._set_by: list[str] = [""] * n
+        self.on_change: Optional[Callable[["BackendSet", int, str, str], None]] = None
+        self._refresh()
+
+    # -- reading ---------------------------------------------------------
+
+    def state(self, i: int) -> str:
+        """``active``, ``draining`` or ``down``: the worse of the configured
+        state and the one set at run time; ``gone`` past the backends."""
+        if i >= len(self.translation.backends):
+            return "gone"
+        configured = self.translation.backends[i].state
+        s = self._set[i]
+        return configured if s is None or _RANK[configured] >= _RANK[s] else s
+
+    def set_by(self, i: int) -> str:
+        """Who set the run-time state of backend i ("" for none)."""
+        return self._set_by[i]
+
+    def index(self, name: str) -> Optional[int]:
+        """The index of the backend with this name, or None."""
+        return self._by_name.get(name)
+
+    def pick_weighted(self, h: int) -> int:
+        """The eligible backend for a hash value by weight: ``h`` falls in
+        one of the cumulative weight intervals. With equal weights this is
+        ``eligible[h % len(eligible)]``, the seed's ``hash % N``."""
+        return self.eligible[bisect.bisect_right(self._cum, h % self._cum[-1])]
+
+    # -- changing --------------------------------------------------------
+
+    def set_state(self, i: int, state: Optional[str], by: str = "") -> bool:
+        """Set backend i's run-time state (None: back to the configured one).
+        Returns whether its effective state changed; the core hears of it and
+        applies the translation's drain policy."""
+        if state is not None and state not in BACKEND_STATES:
+            raise ValueError(f"state {state!r} is not one of {', '.join(BACKEND_STATES)}")
+        before = self.state(i)
+        self._set[i] = None if state == "active" else state
+        self._set_by[i] = by if state not in (None, "active") else ""
+        after = self.state(i)
+        if after == before:
+            return False
+        self._refresh()
+        if self.on_change is not None:
+            self.on_change(self, i, before, after)
+        return True
+
+    def set_weight(self, i: int, weight: int) -> None:
+        if not 0 <= weight <= 10000:
+            raise ValueError(f"weight {weight} is not between 0 and 10000")
+        self.weights[i] = weight
+        self._refresh()
+
+    def _refresh(self) -> None:
+        n = len(self.translation.backends)
+        active = [i for i in range(n) if self.weights[i] > 0 and self.state(i) == "active"]
+        if not active:   # terminating backends take new flows when nothing else can
+            active = [i for i in range(n) if self.weights[i] > 0 and self.state(i) == "draining"]
+        self.eligible: tuple[int, ...] = tuple(active)
+        self.eligible_set = frozenset(active)
+        cum, total = [], 0
+        for i in active:
+            total += self.weights[i]
+            cum.append(total)
+        self._cum = cum or [1]
+        self.version += 1
+
+    # -- the core's bookkeeping ------------------------------------------
+
+    def carry_from(self, old: "BackendSet") -> list[int]:
+        """Take over figures and run-time states from the previous
+        configuration's set of the same translation; returns, for each old
+        index (backends, then gone ones), the new index."""
+        mine = {(b.name, b.rewrite): j for j, b in enumerate(self.translation.backends)}
+        mapping: list[int] = []
+        for i, b in enumerate(old.translation.backends):
+            j = mine.get((b.name, b.rewrite))
+            if j is not None:
+                self.sessions[j] += old.sessions[i]
+                self.new_flows[j] += old.new_flows[i]
+                self._set[j], self._set_by[j] = old._set[i], old._set_by[i]
+            else:
+                j = self._keep_gone(Gone(b.name, b.rewrite, old.sessions[i], old.new_flows[i]))
+            mapping.append(j)
+        for g in old.gone:
+            mapping.append(self._keep_gone(g))
+        self.denied = old.denied
+        self.flows = old.flows
+        self._refresh()
+        return mapping
+
+    def _keep_gone(self, g: Gone) -> int:
+        if g.sessions <= 0:
+            return NO_INDEX
+        self.gone.append(g)
+        return len(self.translation.backends) + len(self.gone) - 1
+
+    def count(self, i: int, delta: int) -> None:
+        """A session of backend i was created (+1) or ended (-1)."""
+        n = len(self.translation.backends)
+        if i < n:
+            self.sessions[i] += delta
+        elif i - n < len(self.gone):
+            self.gone[i - n].sessions += delta
+
+    def describe(self, i: int) -> dict:
+        """The figures of backend i (or a gone one), for show and metrics."""
+        n = len(self.translation.backends)
+        if i < n:
+            b = self.translation.backends[i]
+            return {"name": b.name, "to": b.rewrite, "weight": self.weights[i], "state": self.state(i),
+                    "set_by": self._set_by[i], "labels": dict(b.labels),
+                    "sessions": self.sessions[i], "new_flows": self.new_flows[i]}
+        g = self.gone[i - n]
+        return {"name": g.name, "to": g.rewrite, "weight": 0, "state": "gone", "set_by": "", "labels": {},
+                "sessions": g.sessions, "new_flows": g.new_flows}
+
+    def all_indexes(self) -> Sequence[int]:
+        return range(len(self.translation.backends) + len(self.gone))
+
+
+#: a session whose backend is not counted anywhere (C's NAT_NO_BACKEND)
+NO_INDEX = 0xFFFF

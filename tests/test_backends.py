@@ -1,0 +1,243 @@
+"""Backend state the core honours: weights, states, names, allow_from,
+per-translation timeouts, live figures across reloads, drain policies.
+Written with the plugin authors' kit (appliance.testing)."""
+
+import collections
+
+import pytest
+
+from appliance import ConfigError, parse_config
+from appliance.testing import TCP_ACK, TCP_SYN, Nat, tcp, udp
+
+WEB = """
+[[translation]]
+name = "web"
+proto = "{proto}"
+vip = "30.0.0.2"
+port = 80
+{extra}
+backends = [{backends}]
+"""
+
+A = '{ to = "->20.0.0.1 8080", name = "a"%s }'
+B = '{ to = "->20.0.0.2 8080", name = "b"%s }'
+
+
+def conf(a="", b="", proto="tcp", extra=""):
+    return WEB.format(proto=proto, extra=extra, backends=f"{A % a}, {B % b}")
+
+
+def spread(nat, n=2000, proto=tcp, net="10.1"):
+    got = collections.Counter()
+    for i in range(n):
+        nat.send(proto(f"{net}.{i // 250}.{i % 250 + 1}", 1024 + i, "30.0.0.2", 80))
+        got[nat.backend() if nat.verdict == "translated" else nat.verdict] += 1
+    return got
+
+
+# -- the configuration --------------------------------------------------------
+
+def test_old_and_new_backend_forms_and_names():
+    c = parse_config('[[translation]]\nproto = "tcp"\nvip = "30.0.0.2"\nport = 80\n'
+                     'backends = ["->20.0.0.1 8080", { to = "->20.0.0.2 8080", weight = 3, name = "web-b", '
+                     'labels = { zone = "a" } }]\n')
+    t = c.translations[0]
+    assert t.name == "tcp/30.0.0.2/80"
+    a, b = t.backends
+    assert (a.name, a.weight, a.state) == ("->20.0.0.1 8080", 1, "active")
+    assert (b.name, b.weight, dict(b.labels), str(b.dst)) == ("web-b", 3, {"zone": "a"}, "20.0.0.2")
+
+
+@pytest.mark.parametrize("backend, message", [
+    ('{ to = "->20.0.0.1", weight = -1 }', "weight -1 is not an integer"),
+    ('{ to = "->20.0.0.1", state = "sleepy" }', "state 'sleepy' is not one of active, draining, down"),
+    ('{ to = "->20.0.0.1", colour = "red" }', "unknown key 'colour'"),
+    ('{ weight = 2 }', "'to'"),
+    ('{ to = "20.0.0.1" }', "missing '->'"),
+    ('"->20.0.0.1", { to = "->20.0.0.1" }', "name '->20.0.0.1' is taken by backend 0"),
+])
+def test_bad_backend_tables_name_the_backend(backend, message):
+    text = f'[[translation]]\nproto = "udp"\nvip = "30.0.0.2"\nport = 53\nbackends = [{backend}]\n'
+    with pytest.raises(ConfigError, match="translation\\[0\\].backends") as e:
+        parse_config(text, "x.toml")
+    assert message in str(e.value) and "x.toml:5" in str(e.value)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('drain = "later"', "is not one of \"keep\", \"reset\""),
+    ('drain = { deadline = 0 }', "deadline"),
+    ('affinity = { timeout = -5 }', "timeout must be > 0"),
+    ('allow_from = ["fd00::/8"]', "no IPv4 prefix"),
+    ('allow_from = ["10.0.0.0/33"]', "'10.0.0.0/33' is not an IP prefix"),
+    ('timeouts = { session = 0 }', "timeouts.session: must be > 0"),
+    ('timeouts = { sesion = 5 }', "unknown key"),
+])
+def test_bad_translation_policies(extra, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(conf(extra=extra))
+    assert message in str(e.value)
+
+
+def test_unknown_selector_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"translation\[0\].selector: unknown selector 'fancy' "
+                                          r"\(registered: hash, least-sessions, maglev\)"):
+        Nat(conf(extra='selector = "fancy"'))
+
+
+def test_duplicate_translation_names_are_refused():
+    text = conf() + conf().replace("port = 80", "port = 81")
+    with pytest.raises(ConfigError, match="name 'web' is taken by translation\\[0\\]"):
+        parse_config(text)
+
+
+# -- new flows ------------------------------------------------------------------
+
+@pytest.mark.parametrize("selector", ["hash", "maglev", "least-sessions"])
+def test_weights_apply_to_every_builtin_selector(selector):
+    nat = Nat(conf(a=", weight = 3", extra=f'selector = "{selector}"'))
+    got = spread(nat, 4000)
+    assert set(got) == {"a", "b"}
+    assert 0.70 < got["a"] / 4000 < 0.80, got
+
+
+@pytest.mark.parametrize("selector", ["hash", "maglev", "least-sessions"])
+def test_weight_zero_and_down_take_no_new_flows(selector):
+    extra = f'selector = "{selector}"'
+    assert set(spread(Nat(conf(b=", weight = 0", extra=extra)), 300)) == {"a"}
+    assert set(spread(Nat(conf(a=', state = "down"', extra=extra)), 300)) == {"b"}
+
+
+def test_draining_takes_new_flows_only_when_no_backend_is_active():
+    nat = Nat(conf(a=', state = "draining"'))
+    assert set(spread(nat, 300)) == {"b"}
+    nat.set_state("web", "b", "down")
+    assert set(spread(nat, 300, net="10.2")) == {"a"}          # terminating, but all there is
+    nat.set_state("web", "a", "down")
+    assert set(spread(nat, 10, net="10.3")) == {"drop_no_backend"}
+    assert nat.counter("drop_no_backend") == 10
+
+
+def test_equal_weights_keep_the_seeds_hash_modulo_n():
+    nat = Nat(conf())
+    for i in range(50):
+        frame = tcp(f"10.0.0.{i + 1}", 5000 + i, "30.0.0.2", 80)
+        nat.send(frame)
+        h = nat.core.flow_hash(4, 6, f"10.0.0.{i + 1}", 5000 + i, "30.0.0.2", 80)
+        assert nat.backend() == "ab"[h % 2]
+
+
+def test_allow_from_drops_and_counts_other_sources():
+    nat = Nat(conf(extra='allow_from = ["10.1.0.0/16", "fd00::/8"]'))
+    nat.send(tcp("10.1.2.3", 1000, "30.0.0.2", 80))
+    assert nat.verdict == "translated"
+    out = nat.send(tcp("192.0.2.7", 1000, "30.0.0.2", 80))
+    assert out == [] and nat.verdict == "drop_source_range"
+    assert nat.backends("web").denied == 1 and nat.counter("drop_source_range") == 1
+    assert nat.core.describe_translations()["translations"][0]["denied"] == 1
+
+
+def test_translation_timeouts_override_the_global_ones():
+    text = "[timeouts]\nsession = 40\n" + conf(proto="udp", extra="timeouts = { session = 7 }")
+    text += conf(proto="udp").replace('name = "web"', 'name = "other"').replace("port = 80", "port = 81")
+    nat = Nat(text)
+    nat.send(udp("10.0.0.1", 1000, "30.0.0.2", 80))
+    assert nat.lifetime() == 7
+    nat.send(udp("10.0.0.1", 1000, "30.0.0.2", 81))
+    assert nat.lifetime() == 40
+
+
+# -- live figures ----------------------------------------------------------------
+
+def test_sessions_and_new_flows_per_backend_follow_created_and_ended():
+    nat = Nat(conf(proto="udp", a=", weight = 0"))
+    for i in range(5):
+        nat.send(udp("10.0.0.1", 1000 + i, "30.0.0.2", 80))
+    s = nat.backends("web")
+    assert (s.sessions, s.new_flows) == ([0, 5], [0, 5])
+    nat.advance(31)
+    assert (s.sessions, s.new_flows) == ([0, 0], [0, 5])
+
+
+def test_figures_follow_backends_by_name_across_a_reload():
+    nat = Nat(conf(proto="udp"))
+    spread(nat, 100, proto=udp)
+    before = {b: nat.backends("web").sessions[i] for i, b in enumerate("ab")}
+    # a backend put in front shifts every index; the figures stay with the names
+    nat.reload(WEB.format(proto="udp", extra="", backends=f'"->20.0.0.9 8080", {A % ""}, {B % ""}'))
+    s = nat.backends("web")
+    assert s.sessions == [0, before["a"], before["b"]]
+    nat.advance(31)
+    assert s.sessions == [0, 0, 0]          # the ended sessions were counted against the right ones
+
+
+# -- drain policies ---------------------------------------------------------------
+
+def _established(nat, n=20):
+    flows = []
+    for i in range(n):
+        c = tcp(f"10.0.0.{i + 1}", 2000, "30.0.0.2", 80, TCP_SYN)
+        nat.send(c)
+        flows.append((c, nat.backend()))
+    return flows
+
+
+def test_default_drain_removes_udp_of_a_removed_backend_and_keeps_tcp():
+    nat = Nat(conf(proto="udp") + conf().replace('"web"', '"web-tcp"'))
+    spread(nat, 100, proto=udp)
+    _established(nat)
+    nat.reload(WEB.format(proto="udp", extra="", backends=A % "")
+               + WEB.format(proto="tcp", extra="", backends=A % "").replace('"web"', '"web-tcp"'))
+    names = collections.Counter((s.proto, s.backend_name) for s in nat.sessions)
+    assert ("udp", "b") not in names and names[("udp", "a")] > 0
+    assert names[("tcp", "b")] > 0                   # TCP runs to its end
+    gone = [b for b in nat.core.describe_translations()["translations"][1]["backends"] if b["state"] == "gone"]
+    assert gone and gone[0]["name"] == "b" and gone[0]["sessions"] == names[("tcp", "b")]
+    # and the next UDP packet of a removed flow picks a current backend
+    nat.send(udp("10.1.0.1", 1024, "30.0.0.2", 80))
+    assert nat.backend() == "a"
+
+
+@pytest.mark.parametrize("policy, left_at_once, left_after", [
+    ('drain = "keep"', True, True),
+    ('drain = "reset"', False, False),
+    ('drain = { deadline = 30 }', True, False),
+])
+def test_drain_policies_for_a_backend_set_down(policy, left_at_once, left_after):
+    nat = Nat(conf(proto="udp", extra=policy))
+    spread(nat, 100, proto=udp)
+    nat.set_state("web", "b", "down")
+
+    def left():
+        return any(s.backend_name == "b" for s in nat.sessions)
+
+    assert left() == left_at_once
+    nat.advance(20)   # sessions refreshed within their 30 s lifetime by traffic
+    for i in range(100):
+        nat.send(udp(f"10.1.{i // 250}.{i % 250 + 1}", 1024 + i, "30.0.0.2", 80))
+    nat.advance(15)   # 35 s after the backend went down
+    assert left() == left_after
+
+
+def test_a_backend_set_down_and_back_up_is_not_drained():
+    nat = Nat(conf(proto="udp", extra="drain = { deadline = 30 }"))
+    spread(nat, 50, proto=udp)
+    nat.set_state("web", "b", "down")
+    nat.advance(10)
+    nat.set_state("web", "b", None)
+    for i in range(50):
+        nat.send(udp(f"10.1.0.{i + 1}", 1024 + i, "30.0.0.2", 80))
+    nat.advance(25)
+    assert any(s.backend_name == "b" for s in nat.sessions)
+
+
+def test_a_removed_translation_is_shown_while_its_sessions_remain():
+    nat = Nat(conf())
+    flows = _established(nat, 5)
+    nat.reload(conf().replace('"web"', '"renamed"'))
+    t = {x["name"]: x for x in nat.core.describe_translations()["translations"]}
+    assert t["web"]["removed"] and sum(b["sessions"] for b in t["web"]["backends"]) == 5
+    first_backend = flows[0][1]
+    ack = tcp("10.0.0.1", 2000, "30.0.0.2", 80, TCP_ACK)
+    nat.send(ack)   # its TCP sessions go on with their rewrite
+    assert nat.verdict == "translated"
+    assert nat.session(ack).backend_name == first_backend and nat.session(ack).translation_name == "web"

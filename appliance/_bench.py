@@ -96,6 +96,35 @@ def _fastpath(core: NatCore, pristine, chunks: int, now: float, seconds: float) 
     return round(packets / elapsed)
 
 
+# The first-party policy plugins, each on its own translation shape.
+POLICIES = {
+    "maglev": 'selector = "maglev"',
+    "affinity": "affinity = { timeout = 10800 }",
+    "least_sessions": 'selector = "least-sessions"',
+}
+
+
+def _new_sessions_per_s(extra: str, sessions: int, first_party: bool = True) -> int:
+    """New sessions/s through the slow path of a translation with ``extra``
+    (each flow from its own client address, so affinity misses and learns)."""
+    text = CONFIG.format(max=sessions).replace('port = 53\n', f"port = 53\n{extra}\n")
+    core = NatCore(parse_config(text), Plugins(entry_points=False, first_party=first_party), table_seed=1)
+    batch = Batch(BATCH, FRAME)
+    for k in range(BATCH):
+        batch.frames[k].data = batch.buf + k * FRAME
+        batch.frames[k].len = FRAME_LEN
+    spent = 0.0
+    for start in range(0, sessions, BATCH):
+        n = min(BATCH, sessions - start)
+        _fill(batch.buf, [_frame((start + k) * 60000) for k in range(n)])   # a client each
+        batch.n = n
+        t0 = time.perf_counter()
+        core.process(batch, 1000.0)
+        spent += time.perf_counter() - t0
+    assert core.statistics().sessions == sessions
+    return round(sessions / spent)
+
+
 def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float = 3.0,
         seed: int = 1) -> dict:
     rnd = random.Random(seed)
@@ -137,10 +166,24 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
     _fill(pristine, [_frame(i) for i in order])
     pps_small = _fastpath(small, pristine, len(order) // BATCH, now, seconds)
     pps_big = _fastpath(core, pristine, len(order) // BATCH, now, seconds)
+    # the same table with only the built-ins: established flows never enter
+    # Python, so loading the first-party plugins must not cost them anything
+    bare = NatCore(parse_config(CONFIG.format(max=fastpath_flows)), Plugins(entry_points=False, first_party=False),
+                   table_seed=seed)
+    for start in range(0, fastpath_flows, BATCH):
+        n = min(BATCH, fastpath_flows - start)
+        _fill(batch.buf, [_frame(start + k) for k in range(n)])
+        batch.n = n
+        bare.process(batch, now)
+    pps_bare = _fastpath(bare, pristine, len(order) // BATCH, now, seconds)
+    per_policy = {f"new_sessions_per_s_{name}": _new_sessions_per_s(extra, min(sessions, 200_000))
+                  for name, extra in POLICIES.items()}
 
     return {
         "fastpath_pps": pps_small,
         "fastpath_pps_in_full_table": pps_big,
+        "fastpath_pps_builtins_only": pps_bare,
+        **per_policy,
         "new_sessions_per_s": round(created / t_new),
         "bytes_per_session": round((rss1 - rss0) / sessions, 1),
         "sessions": sessions,

@@ -47,8 +47,11 @@ class BackendSet:
     modify them (the core keeps them).
     """
 
-    def __init__(self, translation: Translation) -> None:
+    def __init__(self, translation: Translation, locality: tuple[tuple[str, str], ...] = ()) -> None:
         self.translation = translation
+        # the appliance's own labels: backends that carry all of them are
+        # preferred while one of them is eligible (same zone first)
+        self.locality = locality
         n = len(translation.backends)
         self.weights: list[int] = [b.weight for b in translation.backends]
         self.sessions: list[int] = [0] * n
@@ -123,6 +126,10 @@ class BackendSet:
         active = [i for i in range(n) if self.weights[i] > 0 and self.state(i) == "active"]
         if not active:   # terminating backends take new flows when nothing else can
             active = [i for i in range(n) if self.weights[i] > 0 and self.state(i) == "draining"]
+        if self.locality:
+            bs = self.translation.backends
+            near = [i for i in active if all(bs[i].labels.get(k) == v for k, v in self.locality)]
+            active = near or active
         self.eligible: tuple[int, ...] = tuple(active)
         self.eligible_set = frozenset(active)
         cum, total = [], 0

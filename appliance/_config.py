@@ -42,15 +42,48 @@ class ConfigError(Exception):
 XDP_MODES = ("auto", "native", "generic")
 
 
+#: [snat] policy: which new flows on an SNAT interface are SNATed (VPP
+#: cnat's snat policies): "if-pfx" all but those to excluded prefixes;
+#: "k8s" only those from pod_prefixes to destinations outside pod_prefixes
+#: and exclude (the cluster); "none" no flow.
+SNAT_POLICIES = ("if-pfx", "k8s", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class SnatConfig:
     ip4: Optional[ipaddress.IPv4Address] = None
     ip6: Optional[ipaddress.IPv6Address] = None
     exclude: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     interfaces: tuple[str, ...] = ()
+    policy: str = "if-pfx"
+    pod_prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # (destination prefix, SNAT address): the address for flows towards it
+    by_destination: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, IPAddress], ...] = ()
 
     def address(self, family: int) -> Optional[IPAddress]:
         return self.ip4 if family == 4 else self.ip6
+
+    def address_for(self, dst: IPAddress) -> Optional[IPAddress]:
+        """The SNAT address for a destination: the longest by_destination
+        prefix holding it, else ip4 / ip6."""
+        best = None
+        for net, addr in self.by_destination:
+            if net.version == dst.version and dst in net and (best is None or net.prefixlen > best[0].prefixlen):
+                best = (net, addr)
+        return best[1] if best is not None else self.address(dst.version)
+
+    def can_snat(self, family: int) -> bool:
+        return self.address(family) is not None or any(a.version == family for _, a in self.by_destination)
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]:
+        """Every address SNATed flows may leave from (replies land on them)."""
+        out = [a for a in (self.ip4, self.ip6) if a is not None]
+        out += [a for _, a in self.by_destination if a not in out]
+        return tuple(out)
+
+    def in_pods(self, addr: IPAddress) -> bool:
+        return any(net.version == addr.version and addr in net for net in self.pod_prefixes)
 
     def excluded(self, addr: IPAddress) -> Optional[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """The longest excluded prefix containing addr, or None."""
@@ -78,6 +111,7 @@ class Config:
     plugin_modules: tuple[str, ...] = ()
     max_sessions: int = DEFAULT_MAX_SESSIONS
     interfaces: tuple[InterfaceConfig, ...] = ()   # data interfaces of `appliance run`
+    locality: tuple[tuple[str, str], ...] = ()     # [locality] labels: this appliance's own
 
     @property
     def interface_names(self) -> tuple[str, ...]:
@@ -254,6 +288,18 @@ def _parse_backend_entry(r: "_Reader", i: int, j: int, b, family: int) -> Backen
     return dataclasses.replace(base, weight=weight, state=state, name=name or base.rewrite, labels=labels)
 
 
+def _prefixes(r: "_Reader", sn: dict, key: str) -> list:
+    out = []
+    for item in r.take(sn, "snat", None, key, (list,), []):
+        if not isinstance(item, str):
+            raise r.error("snat", None, key, f"expected prefixes as strings, got {item!r}")
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise r.error("snat", None, key, f"'{item}' is not an IP prefix") from None
+    return out
+
+
 def _parse_health(r: "_Reader", tr: dict, i: int, proto: str) -> Optional[HealthCheck]:
     h = r.take(tr, "translation", i, "health", (dict,), None)
     if h is None:
@@ -315,7 +361,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         m = re.search(r"at line (\d+)", msg)
         raise ConfigError(path, "", f"TOML syntax error: {msg}", int(m.group(1)) if m else None) from None
     r = _Reader(path, text)
-    known_top = {"flow_hash_seed", "timeouts", "snat", "translation", "plugins", "sessions", "interface"}
+    known_top = {"flow_hash_seed", "timeouts", "snat", "translation", "plugins", "sessions", "interface",
+                 "locality"}
 
     seed = r.take(data, None, None, "flow_hash_seed", (int,), 0)
     if not 0 <= seed < 1 << 64:
@@ -351,22 +398,36 @@ def parse_config(text: str, path: str = "<string>") -> Config:
                 ip6 = ipaddress.IPv6Address(v)
             except ValueError:
                 raise r.error("snat", None, "ip6", f"'{v}' is not an IPv6 address") from None
-        excl = []
-        for item in r.take(sn, "snat", None, "exclude", (list,), []):
-            if not isinstance(item, str):
-                raise r.error("snat", None, "exclude", f"expected prefixes as strings, got {item!r}")
+        excl = _prefixes(r, sn, "exclude")
+        pods = _prefixes(r, sn, "pod_prefixes")
+        policy = r.take(sn, "snat", None, "policy", (str,), "if-pfx")
+        if policy not in SNAT_POLICIES:
+            raise r.error("snat", None, "policy", f"'{policy}' is not one of {', '.join(SNAT_POLICIES)}")
+        if policy == "k8s" and not pods:
+            raise r.error("snat", None, "policy", "the k8s policy needs pod_prefixes (the pod network)")
+        by_dst = []
+        for item in r.take(sn, "snat", None, "by_destination", (list,), []):
+            if not isinstance(item, dict) or set(item) != {"prefix", "address"}:
+                raise r.error("snat", None, "by_destination",
+                              f"expected {{ prefix = \"198.51.100.0/24\", address = \"30.0.0.9\" }}, got {item!r}")
             try:
-                excl.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise r.error("snat", None, "exclude", f"'{item}' is not an IP prefix") from None
+                net = ipaddress.ip_network(item["prefix"], strict=False)
+                addr = ipaddress.ip_address(item["address"])
+            except (TypeError, ValueError) as exc:
+                raise r.error("snat", None, "by_destination", f"{item!r}: {exc}") from None
+            if net.version != addr.version:
+                raise r.error("snat", None, "by_destination", f"{item!r}: prefix and address of different families")
+            by_dst.append((net, addr))
         ifaces = r.take(sn, "snat", None, "interfaces", (list,), [])
         for item in ifaces:
             if not isinstance(item, str) or not item or len(item) > 15:
                 raise r.error("snat", None, "interfaces", f"{item!r} is not an interface name")
-        r.no_leftovers(sn, "snat", None, {"ip4", "ip6", "exclude", "interfaces"})
-        if ifaces and ip4 is None and ip6 is None:
-            raise r.error("snat", None, "interfaces", "SNAT interfaces need ip4 and/or ip6")
-        snat = SnatConfig(ip4=ip4, ip6=ip6, exclude=tuple(excl), interfaces=tuple(ifaces))
+        r.no_leftovers(sn, "snat", None, {"ip4", "ip6", "exclude", "interfaces", "policy", "pod_prefixes",
+                                          "by_destination"})
+        if ifaces and ip4 is None and ip6 is None and not by_dst:
+            raise r.error("snat", None, "interfaces", "SNAT interfaces need ip4 and/or ip6 (or by_destination)")
+        snat = SnatConfig(ip4=ip4, ip6=ip6, exclude=tuple(excl), interfaces=tuple(ifaces), policy=policy,
+                          pod_prefixes=tuple(pods), by_destination=tuple(by_dst))
 
     # [[translation]]
     translations = []
@@ -484,10 +545,18 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         r.no_leftovers(itf, "interface", i, {"name", "xdp_mode"})
         interfaces.append(InterfaceConfig(name, mode))
 
+    # [locality]
+    lo = r.take(data, None, None, "locality", (dict,), {})
+    labels = r.take(lo, "locality", None, "labels", (dict,), {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise r.error("locality", None, "labels", "must be a table of strings, e.g. { zone = \"a\" }")
+    r.no_leftovers(lo, "locality", None, {"labels"})
+
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
-                  max_sessions=max_sessions, interfaces=tuple(interfaces))
+                  max_sessions=max_sessions, interfaces=tuple(interfaces),
+                  locality=tuple(sorted(labels.items())))
 
 
 def load_config(path: str | pathlib.Path) -> Config:

@@ -451,7 +451,7 @@ class Appliance:
         nat = {t.address for t in self.config.translations if t.kind == "vip"}
         sn = self.config.snat
         if sn is not None:
-            nat.update(a for a in (sn.ip4, sn.ip6) if a is not None)
+            nat.update(sn.addresses)
         return nat
 
     def io_counters(self) -> dict[str, int]:

@@ -4,9 +4,12 @@
   weighted (VPP cnat's default ``hash % N`` when the weights are equal,
   with a configurable seed so several appliances agree);
 - session timeouts: the translation's ``timeouts``, else ``[timeouts]``;
-- SNAT policy: interface-and-prefix (VPP's ``if-pfx``): SNAT a flow received
-  on an SNAT interface unless its destination, after translation, is in an
-  excluded prefix (longest match).
+- SNAT policies of ``[snat] policy`` (VPP cnat's): ``if-pfx`` (default):
+  SNAT a flow received on an SNAT interface unless its destination, after
+  translation, is in an excluded prefix; ``k8s``: only flows from the pod
+  network to destinations outside it and outside the excluded (cluster)
+  prefixes; ``none``. The address: the longest ``by_destination`` prefix
+  holding the destination, else ``ip4`` / ``ip6``.
 
 The plugin manager also calls these methods directly as the last word after
 every other plugin passed or failed, so they must never raise.
@@ -45,7 +48,11 @@ class DefaultPolicies:
 
     @hookimpl(trylast=True)
     def appliance_snat(self, flow, snat):
+        if snat.policy == "none":
+            return NO_SNAT
+        if snat.policy == "k8s" and (not snat.in_pods(flow.src) or snat.in_pods(flow.dst)):
+            return NO_SNAT      # only pod traffic leaving the cluster
         if snat.excluded(flow.dst) is not None:
             return NO_SNAT
-        addr = snat.address(flow.family)
+        addr = snat.address_for(flow.dst)
         return addr if addr is not None else NO_SNAT

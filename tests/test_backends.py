@@ -241,3 +241,13 @@ def test_a_removed_translation_is_shown_while_its_sessions_remain():
     nat.send(ack)   # its TCP sessions go on with their rewrite
     assert nat.verdict == "translated"
     assert nat.session(ack).backend_name == first_backend and nat.session(ack).translation_name == "web"
+
+
+def test_locality_prefers_backends_with_the_appliances_labels_and_falls_back():
+    text = '[locality]\nlabels = { zone = "a" }\n' + conf(a=', labels = { zone = "b" }',
+                                                           b=', labels = { zone = "a" }')
+    nat = Nat(text)
+    assert set(spread(nat, 200)) == {"b"}
+    nat.set_state("web", "b", "down")
+    assert set(spread(nat, 200, net="10.2")) == {"a"}        # none near is active: all
+    assert set(spread(Nat(conf()), 200)) == {"a", "b"}       # without [locality], all

@@ -249,9 +249,8 @@ class NatCore:
             lib.nat_classifier_add_address(c, t.family, addr, flag)
         snat = config.snat
         if snat is not None:
-            for addr in (snat.ip4, snat.ip6):
-                if addr is not None:
-                    lib.nat_classifier_add_address(c, addr.version, _u8(addr.packed), lib.NAT_ADDR_SNAT)
+            for addr in snat.addresses:
+                lib.nat_classifier_add_address(c, addr.version, _u8(addr.packed), lib.NAT_ADDR_SNAT)
         lib.nat_set_classifier(self._nat, c)
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
         self.config = config
@@ -278,7 +277,7 @@ class NatCore:
         self._drain_events()   # counts are current before they move
         old = self._sets
         by_name = {s.translation.name: s for s in old if not s.removed}
-        new = [BackendSet(t) for t in config.translations]
+        new = [BackendSet(t, config.locality) for t in config.translations]
         tmap, boff, bmap = [], [0], []
         for s in new:
             s.on_change = self._backend_changed
@@ -354,8 +353,8 @@ class NatCore:
             for name in snat.interfaces:
                 enabled[self.port(name)] = 1
         lib.nat_set_snat(self._nat, _u8(bytes(enabled)),
-                         int(snat is not None and snat.ip4 is not None),
-                         int(snat is not None and snat.ip6 is not None))
+                         int(snat is not None and snat.can_snat(4)),
+                         int(snat is not None and snat.can_snat(6)))
 
     def port(self, interface: str) -> int:
         """The dense id the core uses for an ingress interface."""
@@ -474,8 +473,7 @@ class NatCore:
                 sflags |= lib.NAT_SF_SNAT
 
         snat = self.config.snat
-        if snat is not None and not src_rewritten and iface in snat.interfaces \
-                and snat.address(family) is not None:
+        if snat is not None and not src_rewritten and iface in snat.interfaces and snat.can_snat(family):
             post = flow if translation is None else flow.replace(dst=new_dst, dport=new_dport)
             decision = plugins.snat(post, snat)
             if decision == hooks.DROP:

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "replay":
-        from .nat import DROP
+        from .nat import Verdict
         from .replay import CaptureError, replay
         from ._describe import describe
 
@@ -265,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         def on_frame(i, iface, verdict, reason, fin, fout):
             tag = {0: "forward", 1: "pass", 2: "drop"}.get(verdict, str(verdict))
             line = f"#{i} {iface} {describe(fin)} -> {tag}"
-            if verdict == DROP or verdict == 1:
+            if verdict in (Verdict.DROP, Verdict.PASS):
                 line += f" ({reason})"
-            if verdict == 0:
+            if verdict == Verdict.FORWARD:
                 line += f": {describe(fout)}"
             print(line)
 

@@ -23,7 +23,7 @@ import time
 
 from ._config import parse_config
 from ._plugins import Plugins
-from .nat import FORWARD, Batch, NatCore
+from .nat import Batch, NatCore, Verdict
 from .nat._binding import ffi, lib
 
 CONFIG = """
@@ -92,7 +92,7 @@ def _fastpath(core: NatCore, pristine, chunks: int, now: float, seconds: float) 
     elapsed = time.perf_counter() - t0
     hits = core.statistics().counters["session_hit"] - hits_before
     assert hits == packets, "fast-path benchmark frames must all hit their sessions"
-    assert batch.frames[0].verdict == FORWARD
+    assert batch.frames[0].verdict == Verdict.FORWARD
     return round(packets / elapsed)
 
 

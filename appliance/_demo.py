@@ -17,7 +17,7 @@ from . import parse_config
 from ._describe import describe
 from ._plugins import Plugins
 from .examples.demo_traffic import steps
-from .nat import DROP, FORWARD, PASS, Batch, NatCore
+from .nat import Batch, NatCore, Verdict
 from .nat._binding import COUNTER_NAMES
 
 
@@ -61,7 +61,7 @@ def run(out=sys.stdout) -> int:
         batch.load([(frame, core.port(iface), now)])
         core.process(batch, now)
         f = batch.frames[0]
-        reason = "translated" if f.verdict == FORWARD else COUNTER_NAMES[f.reason]
+        reason = "translated" if f.verdict == Verdict.FORWARD else COUNTER_NAMES[f.reason]
         return f.verdict, reason, batch.data(0)
 
     print("Configuration (appliance/examples/demo.toml):", file=out)
@@ -77,11 +77,11 @@ def run(out=sys.stdout) -> int:
         verdict, reason, data = send(frame, iface)
         print(f"{what}", file=out)
         print(f"  in  {iface:4} {describe(frame)}", file=out)
-        if verdict == DROP:
+        if verdict == Verdict.DROP:
             print(f"  DROPPED ({reason})", file=out)
         else:
             print(f"  out      {describe(data)}   [{names[verdict]}: {reason}]", file=out)
-        if answer and verdict in (FORWARD, PASS):
+        if answer and verdict in (Verdict.FORWARD, Verdict.PASS):
             reply = _answer(data)
             v2, r2, d2 = send(reply, "eth0")
             print(f"  reply    {describe(reply)}", file=out)

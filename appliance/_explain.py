@@ -14,7 +14,7 @@ from ._config import Config
 from ._plugins import Plugins
 from ._frames import icmp_echo, tcp, udp
 from ._types import proto_number
-from .nat import DROP, FORWARD, PASS, Batch, NatCore
+from .nat import Batch, NatCore, Verdict
 from .nat._binding import COUNTER_NAMES
 
 
@@ -68,7 +68,7 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
     batch.load([(frame, core.port(interface), 0.0)])
     core.process(batch, 0.0)
     f = batch.frames[0]
-    if f.verdict == DROP:
+    if f.verdict == Verdict.DROP:
         out.append(f"verdict: dropped ({COUNTER_NAMES[f.reason]})")
         return out
     snat = config.snat
@@ -82,8 +82,8 @@ def explain(config: Config, proto: str, src: str, dst: str, interface: str) -> l
         out.append(f"snat: {interface} is not an SNAT interface ({', '.join(snat.interfaces) or 'none'})")
     sessions = list(core.sessions())
     if not sessions:
-        out.append(f"verdict: {'passed unchanged' if f.verdict == PASS else 'forwarded'} "
-                   f"({COUNTER_NAMES[f.reason] if f.verdict != FORWARD else 'translated'}), no session")
+        out.append(f"verdict: {'passed unchanged' if f.verdict == Verdict.PASS else 'forwarded'} "
+                   f"({COUNTER_NAMES[f.reason] if f.verdict != Verdict.FORWARD else 'translated'}), no session")
         return out
     s = sessions[0]
     if s.backend is not None and match:

@@ -32,7 +32,7 @@ from ._frames import eth, icmp_echo, icmp_error, ip, l4, strip_eth, tcp, udp
 from ._plugins import Plugins
 from ._types import SessionInfo
 from .hooks import hookimpl
-from .nat import FORWARD, Batch, NatCore
+from .nat import Batch, NatCore, Verdict
 from .nat._binding import COUNTER_NAMES
 
 __all__ = ["Nat", "tcp", "udp", "icmp_echo", "icmp_error", "ip", "l4", "eth", "strip_eth", "nat",
@@ -98,9 +98,9 @@ class Nat:
         outs = []
         for i in range(len(frames)):
             fr = b.frames[i]
-            if fr.verdict == FORWARD:
+            if fr.verdict == Verdict.FORWARD:
                 self.verdict = "translated"
-            elif fr.verdict == 1:   # PASS
+            elif fr.verdict == Verdict.PASS:
                 self.verdict = "passed"
             else:
                 self.verdict = COUNTER_NAMES[fr.reason]

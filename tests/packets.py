@@ -10,7 +10,9 @@ from appliance import parse_config
 from appliance._plugins import Plugins
 
 from appliance._frames import MAC_A, MAC_B, eth, icmp_echo, icmp_error, ip, l4, strip_eth, tcp, udp  # noqa: F401
-from appliance.nat import DROP, FORWARD, PASS, Batch, NatCore
+from appliance.nat import Batch, NatCore, Verdict
+
+FORWARD, PASS, DROP = Verdict.FORWARD, Verdict.PASS, Verdict.DROP
 
 
 # ---------------------------------------------------------------------------

@@ -22,8 +22,12 @@ def test_struct_layouts():
 
 
 def test_verdicts_match():
-    assert (_core.FORWARD, _core.PASS, _core.DROP, _core.MISS) == (0, 1, 2, 3)
-    assert appliance.nat.FORWARD == lib.NAT_FORWARD
+    from appliance.nat import Verdict
+
+    assert [(v.name, int(v)) for v in Verdict] == [("FORWARD", 0), ("PASS", 1), ("DROP", 2), ("MISS", 3)]
+    assert Verdict.MISS == lib.NAT_MISS and Verdict.FORWARD == lib.NAT_FORWARD
+    # one name per meaning: the core's verdicts are not exported under the hooks' names
+    assert not hasattr(appliance.nat, "DROP") and not hasattr(appliance.nat, "FORWARD")
 
 
 def test_counter_names_come_from_the_def_file():
@@ -31,7 +35,9 @@ def test_counter_names_come_from_the_def_file():
     assert [n.lower() for n in names] == list(COUNTER_NAMES)
     # every reason the slow path uses exists in C
     src = (pathlib.Path(_core.__file__)).read_text()
-    for reason in re.findall(r'_slow_verdict\(f, \w+, "(\w+)"\)', src):
+    reasons = re.findall(r'_slow_verdict\(f, [\w.]+, "(\w+)"\)', src)
+    assert "drop_source_range" in reasons and "drop_no_backend" in reasons
+    for reason in reasons:
         assert reason in COUNTER_NAMES, reason
 
 
@@ -43,7 +49,7 @@ def test_public_names():
     assert {n for n in dir(appliance) if not n.startswith("_")} >= {
         "Config", "ConfigError", "load_config", "parse_config"}
     assert {n for n in appliance.nat.__dict__ if not n.startswith("_") and n[0].isupper()} == {
-        "DROP", "FORWARD", "MISS", "PASS", "Batch", "NatCore", "Statistics", "Backend", "Flow",
+        "Verdict", "Batch", "NatCore", "Statistics", "Backend", "BackendSet", "Flow",
         "SessionInfo", "Timeouts", "Translation"}
 
 

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packets import Harness, eth, icmp_error, ip, l4, tcp, udp
-from appliance.nat import DROP, FORWARD, PASS
+from appliance.nat import Verdict
+
+FORWARD, PASS, DROP = Verdict.FORWARD, Verdict.PASS, Verdict.DROP
 
 CONF = """
 [snat]

@@ -244,7 +244,7 @@ def test_reload_removes_connectionless_sessions_to_removed_backends():
 
 def test_the_stale_session_sweep_runs_in_slices_until_done():
     from appliance import parse_config
-    from appliance.nat._core import SCAN_INTERVAL, STALE_SWEEP_BUDGET, STALE_SWEEP_INTERVAL
+    from appliance.nat._expiry import SCAN_INTERVAL, STALE_SWEEP_BUDGET, STALE_SWEEP_INTERVAL
 
     h = Harness(RELOAD_BEFORE)
     n = 2 * STALE_SWEEP_BUDGET + 100

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from .._config import Config
-from ..nat import FORWARD, PASS, Batch, NatCore
+from ..nat import Batch, NatCore, Verdict
 from ..nat._binding import COUNTER_NAMES
 from ._pcap import CaptureReader, PcapWriter
 
@@ -86,10 +86,10 @@ def replay(config: Config, in_path: str, out_path: str, interface: str = "replay
                     f = batch.frames[i]
                     v = f.verdict
                     out = batch.data(i)
-                    if v in (FORWARD, PASS):
+                    if v in (Verdict.FORWARD, Verdict.PASS):
                         writer.write(p.ts_ns, out)
                     if on_frame is not None:
-                        reason = "translated" if v == FORWARD else COUNTER_NAMES[f.reason]
+                        reason = "translated" if v == Verdict.FORWARD else COUNTER_NAMES[f.reason]
                         on_frame(report.frames + i, p.interface or interface, v, reason, p.data, out)
                 report.frames += len(pending)
                 # incremental expiry by capture time, as the live scanner would

@@ -1,0 +1,36 @@
+"""A snapshot of the NAT core's figures."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    """A snapshot of the core's counters (see nat_counters.def)."""
+
+    counters: dict[str, int]
+    sessions: int
+    capacity: int
+    new_flows_per_translation: dict[str, int]   # by translation name
+    plugin_errors: dict[str, int]
+    sessions_created: int
+    sessions_expired: int
+    hairpin_flows: int = 0
+    translations: tuple = ()        # describe_translations()["translations"]
+    plugin_figures: Optional[dict] = None
+
+    def as_dict(self) -> dict:
+        return {
+            "counters": self.counters,
+            "sessions": self.sessions,
+            "capacity": self.capacity,
+            "sessions_created": self.sessions_created,
+            "sessions_expired": self.sessions_expired,
+            "hairpin_flows": self.hairpin_flows,
+            "new_flows_per_translation": {str(k): v for k, v in self.new_flows_per_translation.items()},
+            "plugin_errors": self.plugin_errors,
+            "translations": list(self.translations),
+            "plugins": self.plugin_figures or {},
+        }

@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in (counters if counters is not None else values).items():
                     if v and isinstance(v, (int, float, str)):
                         print(f"{section}.{k:28} {v}")
+            for plugin, figures in answer.get("nat", {}).get("plugins", {}).items():   # their own figures
+                for k, v in figures.items():
+                    print(f"{'plugins.' + plugin + '.' + k:37} {v}")
+            for plugin, n in answer.get("nat", {}).get("plugin_errors", {}).items():
+                print(f"{'plugin_errors.' + plugin:37} {n}")
             for sock in answer.get("sockets", []):       # frames received per RX queue
                 print(f"{'sockets.' + sock['interface'] + '.q' + str(sock['queue']) + '.rx':37} {sock['rx']}")
         return 0

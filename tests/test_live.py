@@ -4,6 +4,7 @@ ping. Needs root (CI runs as root)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -1032,3 +1033,35 @@ def test_snat_flows_sharing_a_port_keep_their_replies_when_one_ends(tmp_path):
         assert lv.final_stats()["nat"]["sessions_expired"] >= 1
     finally:
         lv.close()
+
+
+def test_weights_and_health_checks_through_the_datapath(live):
+    """A translation reloaded with weights 3:1 and an HTTP health check: the
+    split follows the weights; the backend whose server is killed is set down
+    by the probes and takes no new connection; restarted, it is back."""
+    cli = live.topo.ns_client
+    live.config.write_text(live.config.read_text().replace(
+        'port = 80\nbackends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]',
+        'port = 80\nname = "web"\nhealth = { interval = 0.2, timeout = 0.5, fall = 2, rise = 2, http = "/" }\n'
+        'backends = [{ to = "->20.0.0.1 8080", name = "b0", weight = 3 }, { to = "->20.0.1.1 8080", name = "b1" }]',
+        1))
+    deadline = time.time() + 10
+    while "configuration reloaded" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    got = collections.Counter(live.curl(cli, "http://30.0.0.2/").split()[0] for _ in range(100))
+    assert got["backend0"] > 1.5 * got["backend1"] > 0, got
+    live.procs[2].kill()          # backend1's HTTP server
+    live.procs[2].wait()
+    deadline = time.time() + 10
+    while "backend b1 is down" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "translation web: backend b1 is down after 2 failed probes" in live.log.read_text()
+    assert {live.curl(cli, "http://30.0.0.2/").split()[0] for _ in range(20)} == {"backend0"}
+    live.procs[2] = start_server(live.topo, live.topo.ns_backends[1], "http", 8080, "backend1", "::")
+    deadline = time.time() + 10
+    while "backend b1 is up again" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "backend1" in {live.curl(cli, "http://30.0.0.2/").split()[0] for _ in range(30)}
+    assert live.stop() == 0
+    health = live.final_stats()["nat"]["plugins"]["first-party:health"]
+    assert health["set_down"] == 1 and health["set_up"] == 1 and health["failures"] >= 2, health

@@ -27,9 +27,9 @@ def _v6(a: str) -> bool:
 
 
 def l4(proto: str, sport: int = 0, dport: int = 0, payload: bytes = b"x" * 8, flags: Optional[int] = None,
-       udp_sum: Optional[int] = None):
+       udp_sum: Optional[int] = None, seq: int = 1000, ack: int = 0):
     if proto == "tcp":
-        return dpkt.tcp.TCP(sport=sport, dport=dport, seq=1000, ack=0,
+        return dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack,
                             flags=dpkt.tcp.TH_SYN if flags is None else flags, data=payload)
     if proto == "udp":
         u = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
@@ -84,8 +84,8 @@ def eth(payload: bytes, v6: Optional[bool] = None, src: bytes = MAC_A, dst: byte
     return dst + src + struct.pack(">H", 0x86DD if v6 else 0x0800) + payload
 
 
-def tcp(src, sport, dst, dport, flags=None, payload=b"hello", **kw) -> bytes:
-    return eth(ip(src, dst, l4("tcp", sport, dport, payload, flags), **kw))
+def tcp(src, sport, dst, dport, flags=None, payload=b"hello", seq=1000, ack=0, **kw) -> bytes:
+    return eth(ip(src, dst, l4("tcp", sport, dport, payload, flags, seq=seq, ack=ack), **kw))
 
 
 def udp(src, sport, dst, dport, payload=b"hello", udp_sum=None, **kw) -> bytes:

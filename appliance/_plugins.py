@@ -191,34 +191,40 @@ class Plugins:
 
     # -- decisions (once per new flow) -----------------------------------
 
-    def select_backend(self, flow: Any, translation: Any, backends: Any) -> int | str:
-        """The backend index (or hooks.DROP) for a new flow of a translation
-        with at least one eligible backend. Never raises."""
-        for fn, name in self._select:
+    def _ask(self, chain: list, hook_name: str, args: tuple, valid: Callable[[Any], bool]) -> tuple[Any, str]:
+        """The first valid answer along a chain, and who gave it; a plugin
+        that raises or answers invalidly is counted and skipped."""
+        for fn, name in chain:
             try:
-                r = fn(flow, translation, backends)
+                r = fn(*args)
             except Exception as exc:
-                self._contain("appliance_select_backend", exc, name)
+                self._contain(hook_name, exc, name)
                 continue
             if r is None:
                 continue
-            if r == hooks.DROP or (type(r) is int and r in backends.eligible_set):
+            if valid(r):
+                return r, name
+            self._invalid(hook_name, r, name)
+        return None, ""
+
+    def select_backend(self, flow: Any, translation: Any, backends: Any) -> int | str:
+        """The backend index (or hooks.DROP) for a new flow of a translation
+        with at least one eligible backend. Never raises."""
+        eligible = backends.eligible_set
+        if self._select:
+            r, name = self._ask(self._select, "appliance_select_backend", (flow, translation, backends),
+                                lambda r: r == hooks.DROP or (type(r) is int and r in eligible))
+            if r is not None:
                 self.decider = name
                 return r
-            self._invalid("appliance_select_backend", r, name)
         sel = translation.selector
         fn = self.selectors.get(sel)
         if fn is not None:
-            try:
-                r = fn(flow, backends)
-            except Exception as exc:
-                self._contain("appliance_select_backend", exc, self.selector_owner[sel])
-                r = None
-            if type(r) is int and r in backends.eligible_set:
+            r, _ = self._ask([(fn, self.selector_owner[sel])], f"selector {sel}", (flow, backends),
+                             lambda r: type(r) is int and r in eligible)
+            if r is not None:
                 self.decider = f"selector {sel}"
                 return r
-            if r is not None:
-                self._invalid(f"selector {sel}", r, self.selector_owner[sel])
         self.decider = "selector hash"
         return backends.pick_weighted(flow.hash)
 
@@ -232,32 +238,13 @@ class Plugins:
     def session_timeouts(self, flow: Any, translation: Any) -> Any:
         from ._types import Timeouts
 
-        for fn, name in self._timeouts:
-            try:
-                r = fn(flow, translation)
-            except Exception as exc:
-                self._contain("appliance_session_timeouts", exc, name)
-                continue
-            if r is None:
-                continue
-            if isinstance(r, Timeouts):
-                return r
-            self._invalid("appliance_session_timeouts", r, name)
-        return self.defaults.appliance_session_timeouts(flow, translation)
+        r, _ = self._ask(self._timeouts, "appliance_session_timeouts", (flow, translation),
+                         lambda r: isinstance(r, Timeouts))
+        return r if r is not None else self.defaults.appliance_session_timeouts(flow, translation)
 
     def snat(self, flow: Any, snat: Any) -> Any:
-        for fn, name in self._snat:
-            try:
-                r = fn(flow, snat)
-            except Exception as exc:
-                self._contain("appliance_snat", exc, name)
-                continue
-            if r is None:
-                continue
-            if _valid_snat(r, flow):
-                return r
-            self._invalid("appliance_snat", r, name)
-        return self.defaults.appliance_snat(flow, snat)
+        r, _ = self._ask(self._snat, "appliance_snat", (flow, snat), lambda r: _valid_snat(r, flow))
+        return r if r is not None else self.defaults.appliance_snat(flow, snat)
 
     # -- containment -----------------------------------------------------
 

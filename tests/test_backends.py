@@ -3,6 +3,9 @@ per-translation timeouts, live figures across reloads, drain policies.
 Written with the plugin authors' kit (appliance.testing)."""
 
 import collections
+import ipaddress
+
+import dpkt
 
 import pytest
 
@@ -251,3 +254,74 @@ def test_locality_prefers_backends_with_the_appliances_labels_and_falls_back():
     nat.set_state("web", "b", "down")
     assert set(spread(nat, 200, net="10.2")) == {"a"}        # none near is active: all
     assert set(spread(Nat(conf()), 200)) == {"a", "b"}       # without [locality], all
+
+
+# -- drain = "reset": RSTs to both ends --------------------------------------------
+
+def _tcp_checksum_ok(frame):
+    """TCP checksum (and IPv4 header checksum and length) recomputed in full."""
+    import struct
+
+    e = dpkt.ethernet.Ethernet(frame)
+    ip = e.data
+    seg = bytes(ip.data)
+    pseudo = ip.src + ip.dst + struct.pack("!BBH", 0, 6, len(seg)) if isinstance(ip, dpkt.ip.IP) else \
+        ip.src + ip.dst + struct.pack("!IxxxB", len(seg), 6)
+    data = pseudo + seg + (b"\0" if len(seg) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    ok_l3 = True
+    if isinstance(ip, dpkt.ip.IP):
+        hdr = bytes(ip)[:ip.hl * 4]
+        h = sum(struct.unpack(f"!{len(hdr) // 2}H", hdr))
+        while h >> 16:
+            h = (h & 0xFFFF) + (h >> 16)
+        ok_l3 = h == 0xFFFF and ip.len == len(bytes(ip))
+    return total == 0xFFFF and ok_l3
+
+
+@pytest.mark.parametrize("vip, client, net", [("30.0.0.2", "10.0.0.{}", ""), ("fd30::2", "fd00::{}", "6")])
+def test_reset_sends_each_tcp_sessions_next_segment_on_as_a_rst(vip, client, net):
+    six = bool(net)
+    backends = ('{ to = "->fd20::1 8080", name = "a" }, { to = "->fd20::2 8080", name = "b" }' if six
+                else f'{A % ""}, {B % ""}')
+    nat = Nat(WEB.replace('vip = "30.0.0.2"', f'vip = "{vip}"').format(
+        proto="tcp", extra='drain = "reset"', backends=backends))
+    flows = {}
+    for i in range(1, 30):
+        c = client.format(i)
+        nat.send(tcp(c, 3000, vip, 80, TCP_SYN))
+        flows.setdefault(nat.backend(), []).append(c)
+    c_b, c_b2 = flows["b"][:2]
+    nat.set_state("web", "b", "down")
+    # the client's next segment reaches backend b as a RST with its own sequence number, payload cut
+    seg = tcp(c_b, 3000, vip, 80, TCP_ACK, payload=b"GET / HTTP/1.1\r\n\r\n", seq=777, ack=555)
+    out = nat.send(seg)
+    assert nat.verdict == "translated"
+    t = dpkt.ethernet.Ethernet(out[0]).data.data
+    assert (t.flags, t.seq, t.ack, bytes(t.data)) == (0x14, 777, 555, b"")
+    assert _tcp_checksum_ok(out[0])
+    assert nat.session(seg) is None
+    # its next one is a new flow, placed on a backend that is still up
+    nat.send(seg)
+    assert nat.backend(seg) == "a"
+    # a backend-side segment of another reset session: the RST goes to the client, from the vip
+    backend_b = "fd20::2" if six else "20.0.0.2"
+    out = nat.send(tcp(backend_b, 8080, c_b2, 3000, TCP_ACK, payload=b"HTTP/1.1 200 OK\r\n", seq=9, ack=10))
+    p = dpkt.ethernet.Ethernet(out[0]).data
+    assert (str(ipaddress.ip_address(p.src)), p.data.flags, p.data.seq, bytes(p.data.data)) == (vip, 0x14, 9, b"")
+    assert _tcp_checksum_ok(out[0])
+    # the reset sessions no segment came for are removed after the grace time
+    left = [s for s in nat.sessions if s.backend_name == "b"]
+    assert left
+    nat.advance(11)
+    assert not [s for s in nat.sessions if s.backend_name == "b"]
+    assert [s for s in nat.sessions if s.backend_name == "a"]     # the others untouched
+
+
+def test_reset_removes_udp_sessions_at_once():
+    nat = Nat(conf(proto="udp", extra='drain = "reset"'))
+    spread(nat, 50, proto=udp)
+    nat.set_state("web", "a", "down")
+    assert not [s for s in nat.sessions if s.backend_name == "a"]

@@ -29,9 +29,17 @@ STALE_SWEEP_BUDGET = 1024
 STALE_SWEEP_INTERVAL = 0.01
 
 
+# drain = "reset": TCP sessions that no packet came for within this many
+# seconds of being marked are removed without one (idle connections; a
+# later segment of theirs is placed afresh and its backend resets it).
+RESET_GRACE = 10.0
+
+
 class _Drain:
     """Sessions of one backend that its translation's drain policy removes:
-    ``what`` is "all" or "connectionless" (UDP, ICMP), ``due`` when (None:
+    ``what`` is "all", "connectionless" (UDP, ICMP) or "reset" (TCP
+    sessions marked to be reset by their next packet, the others removed),
+    ``due`` when (None:
     ``deadline`` seconds from the next tick)."""
 
     __slots__ = ("what", "due", "deadline", "swept")
@@ -78,8 +86,11 @@ class Expiry:
                 tcp = info.key[0].proto == 6
                 d = doom.get((info.translation, info.backend))
                 if d is not None:
-                    if d.due is not None and d.due <= now and (d.what == "all" or not tcp):
-                        lib.nat_session_remove(nat, i)   # counted: nat.session_removed
+                    if d.due is not None and d.due <= now:
+                        if d.what == "reset" and tcp:
+                            lib.nat_session_reset(nat, i)
+                        elif d.what != "connectionless" or not tcp:
+                            lib.nat_session_remove(nat, i)   # counted: nat.session_removed
                 elif self._orphans and info.translation == none and not tcp:
                     lib.nat_session_remove(nat, i)
             i = lib.nat_session_next(nat, i + 1)
@@ -88,7 +99,11 @@ class Expiry:
             self._orphans = False
             for key, d in list(doom.items()):   # done, unless a deadline is still to come
                 if d.due is not None and d.due <= now:
-                    del doom[key]
+                    if d.what == "reset":   # what no packet came for to reset, removed later
+                        doom[key] = _Drain("all", now + RESET_GRACE, 0.0)
+                        doom[key].swept = False
+                    else:
+                        del doom[key]
         else:
             self._stale_from = i
 
@@ -144,6 +159,8 @@ class Expiry:
             return
         if mode == "default":
             what = "connectionless"      # TCP runs to its end; UDP must not go on to a dead backend
+        elif mode == "reset":
+            what = "reset"
         if mode == "deadline":   # counted from the first tick after the backend left
             self._doom[(s.translation.id, i)] = _Drain(what, None, s.translation.drain.deadline)
         else:

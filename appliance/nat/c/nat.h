@@ -110,6 +110,7 @@ struct nat_profile {
 #define NAT_SF_TRANSLATED 1   /* created by a translation */
 #define NAT_SF_SNAT 2         /* source rewritten by SNAT */
 #define NAT_SF_BYPASS 4       /* no rewrite: kept so the flow stays in C */
+#define NAT_SF_RESET 8        /* drain = "reset": the next segment goes on as a RST, the session ends */
 
 /* A session as shown to Python (copy, never a pointer into the table). */
 struct nat_session_info {
@@ -202,6 +203,8 @@ int nat_session_get(const struct nat *nat, uint32_t index,
  * 0: restored (index in *out); -1: a key exists already; -2: table full. */
 int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint32_t *out);
 int nat_session_remove(struct nat *nat, uint32_t index);
+/* Mark a session to be reset by its next packet (see NAT_SF_RESET). */
+void nat_session_reset(struct nat *nat, uint32_t index);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
 /* After a reload, what each session is counted against follows the new

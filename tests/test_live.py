@@ -1065,3 +1065,25 @@ def test_weights_and_health_checks_through_the_datapath(live):
     assert live.stop() == 0
     health = live.final_stats()["nat"]["plugins"]["first-party:health"]
     assert health["set_down"] == 1 and health["set_up"] == 1 and health["failures"] >= 2, health
+
+
+def test_drain_reset_resets_a_running_connection_of_a_backend_set_down(live):
+    """drain = "reset": the client of a streaming backend that a reload sets
+    down gets a RST with the backend's next segment, at once, not when the
+    session would have timed out."""
+    server = live.topo.popen(live.topo.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    try:
+        time.sleep(0.3)
+        client = live.topo.popen(live.topo.ns_client, sys.executable, "-c", STREAM_CLIENT, "10",
+                                 stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        live.config.write_text(live.config.read_text().replace(
+            'port = 7000\nbackends = ["->20.0.0.1 7000"]',
+            'port = 7000\ndrain = "reset"\nbackends = [{ to = "->20.0.0.1 7000", state = "down" }]', 1))
+        changed = time.time()
+        out = client.communicate(timeout=20)[0].split("\n")
+    finally:
+        server.kill()
+    assert out[0] == "ConnectionResetError", out
+    ticks = [float(t) for t in out[1].split()]
+    assert len(ticks) >= 5 and ticks[-1] < changed + 2.5, (changed, ticks)

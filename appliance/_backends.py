@@ -65,6 +65,8 @@ class BackendSet:
         #: build tables from them (Maglev) rebuild when it moves
         self.version = 0
         self.removed = False        # the translation itself left the configuration
+        #: for plugins: what they derive from this set (tables), dropped with it
+        self.cache: dict = {}
         self._by_name = {b.name: i for i, b in enumerate(translation.backends)}
         self._set: list[Optional[str]] = [None] * n
         self._set_by: list[str] = [""] * n

@@ -69,13 +69,11 @@ def build_table(names: list[str], weights: list[int] | None = None, m: int = M) 
 
 class Maglev:
     def __init__(self) -> None:
-        self._built: dict[int, tuple[int, list[int]]] = {}   # id(backends) -> (version, table)
         self._cache: dict[tuple, list[int]] = {}
 
     def table(self, backends) -> list[int]:
         """Entry -> backend index, for the set's current eligible backends."""
-        key = id(backends)
-        got = self._built.get(key)
+        got = backends.cache.get("maglev")     # (version, table), kept with the set
         if got is not None and got[0] == backends.version:
             return got[1]
         elig = backends.eligible
@@ -88,7 +86,7 @@ class Maglev:
                 self._cache.clear()
             self._cache[(names, weights)] = local
         table = [elig[j] for j in local]
-        self._built[key] = (backends.version, table)
+        backends.cache["maglev"] = (backends.version, table)
         return table
 
     def select(self, flow, backends):
@@ -96,8 +94,7 @@ class Maglev:
 
     @hookimpl
     def appliance_configure(self, config, backends):
-        self._built = {}    # the sets are new objects after a reload
-        for b in backends.values():
+        for b in backends.values():   # built now rather than on the first flow
             if b.translation.selector == "maglev" and b.eligible:
                 self.table(b)
 

@@ -325,3 +325,18 @@ def test_reset_removes_udp_sessions_at_once():
     spread(nat, 50, proto=udp)
     nat.set_state("web", "a", "down")
     assert not [s for s in nat.sessions if s.backend_name == "a"]
+
+
+def test_restored_sessions_are_counted_against_their_backends_by_name():
+    old = Nat(conf(proto="udp"))
+    spread(old, 60, proto=udp)
+    was = dict(zip("ab", old.backends("web").sessions))
+    # the new configuration puts a backend in front and no longer has b
+    new = Nat(WEB.format(proto="udp", extra="", backends=f'"->20.0.0.9 8080", {A % ""}'), now=old.now)
+    assert new.core.import_sessions(old.core.export_sessions(), old.now) == (60, 0, 0)
+    s = new.backends("web")
+    assert s.sessions == [0, was["a"]] and s.gone[0].name == "b" and s.gone[0].sessions == was["b"]
+    new.tick()    # the default drain: b's UDP sessions go
+    assert s.gone[0].sessions == 0 and sum(1 for x in new.sessions if x.backend_name == "b") == 0
+    new.advance(31)
+    assert s.sessions == [0, 0]

@@ -55,6 +55,8 @@ class Introspection:
         size = ffi.sizeof("struct nat_session_info")
         header = {"format": SESSIONS_FORMAT, "version": __version__, "record": size, "count": k,
                   "translations": {str(t.id): _identity(t) for t in self.config.translations},
+                  "backends": {str(bs.translation.id): [[d["name"], d["to"]] for d in map(bs.describe, bs.all_indexes())]
+                               for bs in self._sets if not bs.removed},
                   "profiles": {str(v): dataclasses.astuple(t) for t, v in self._profiles.items()}}
         return json.dumps(header).encode() + b"\n" + bytes(ffi.buffer(recs, k * size))
 
@@ -90,13 +92,21 @@ class Introspection:
             if rec.expires_ns <= now_ns:
                 expired += 1
                 continue
+            bs = None
             if rec.translation != lib.NAT_NONE:
-                rec.translation = tmap.get(rec.translation, lib.NAT_NONE)
+                old_tid = rec.translation
+                rec.translation = tmap.get(old_tid, lib.NAT_NONE)
+                if rec.translation != lib.NAT_NONE:
+                    bs = self._sets[rec.translation]
+                    rec.backend = self._restored_backend(bs, h.get("backends", {}).get(str(old_tid), []),
+                                                         rec.backend)
             rec.profile = pmap.get(rec.profile, 0)
             if lib.nat_session_restore(self._nat, rec, out) != 0:
                 refused += 1
                 continue
             restored += 1
+            if bs is not None and rec.backend != NO_BACKEND:
+                bs.count(rec.backend, 1)
             k1 = rec.key[1]
             if self.host_sources and self.on_host_source is not None and \
                     bytes(ffi.buffer(k1.dst, 4 if k1.family == 4 else 16)) in self.host_sources:
@@ -104,9 +114,32 @@ class Introspection:
                 self.on_host_source(True, s.new_src, k1.proto, s.new_sport)
             if self.plugins.wants_created:
                 self.plugins.notify("appliance_session_created", session=self.session(out[0]))
-        self._stale_from = 0   # sessions of backends removed meanwhile
-        self._orphans = True
+        for bs in self._sets:   # backends removed meanwhile: their drain policy
+            for j in range(len(bs.translation.backends), len(bs.translation.backends) + len(bs.gone)):
+                self._schedule_drain(bs, j)
+        self._stale_from = 0
+        self._orphans = True    # and sessions whose translation is gone
         return restored, expired, refused
+
+    @staticmethod
+    def _restored_backend(bs, saved: list, index: int) -> int:
+        """The current index of a restored session's backend, matched by
+        name and rewrite; one that is gone is kept as such while its
+        sessions remain."""
+        if not 0 <= index < len(saved):
+            return NO_BACKEND
+        name, rewrite = saved[index]
+        for j, b in enumerate(bs.translation.backends):
+            if b.name == name and b.rewrite == rewrite:
+                return j
+        n = len(bs.translation.backends)
+        for k, g in enumerate(bs.gone):
+            if g.name == name and g.rewrite == rewrite:
+                return n + k
+        from .._backends import Gone
+
+        bs.gone.append(Gone(name, rewrite, 0, 0))
+        return n + len(bs.gone) - 1
 
     def describe_translations(self) -> dict:
         """Each translation (and each removed one whose sessions remain) with

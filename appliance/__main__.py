@@ -116,8 +116,9 @@ def _error(msg: str) -> int:
     return 1
 
 
-def _translation_lines(translations: list) -> list[str]:
-    """show translations: a line per translation, one per backend below it."""
+def _translation_lines(translations: list, figures: bool = True) -> list[str]:
+    """show translations (and check-config, without figures): a line per
+    translation, one per backend below it."""
     out = []
     for t in translations:
         policies = [f"selector {t['selector']}"]
@@ -127,13 +128,21 @@ def _translation_lines(translations: list) -> list[str]:
             policies.append(f"affinity {t['affinity']:g} s")
         if t["allow_from"]:
             policies.append(f"allow_from {','.join(t['allow_from'])} (denied {t['denied']})")
+        if t.get("timeouts"):
+            policies.append("timeouts " + ",".join(f"{k} {v:g}" for k, v in t["timeouts"].items() if v is not None))
+        if t.get("health"):
+            h = t["health"]
+            policies.append(f"health every {h['interval']:g} s" + (f" GET {h['http']}" if h["http"] else " tcp")
+                            + (f" port {h['port']}" if h["port"] else "") + f" fall {h['fall']} rise {h['rise']}")
         head = f"{t['name']}: removed, sessions remain" if t["removed"] else t["text"]
-        out.append(f"{head}  [{'; '.join(policies)}]  new flows {t['new_flows']}")
+        out.append(f"{head}  [{'; '.join(policies)}]" + (f"  new flows {t['new_flows']}" if figures else ""))
         for b in t["backends"]:
-            by = f" (set by {b['set_by']})" if b["set_by"] else ""
+            state = b["state"] + (f" (set by {b['set_by']})" if b["set_by"] else "")
             labels = "".join(f" {k}={v}" for k, v in sorted(b["labels"].items()))
-            out.append(f"  {b['name']:24} {b['to']:28} weight {b['weight']:<4} {b['state']}{by:10} "
-                       f"sessions {b['sessions']:<7} new flows {b['new_flows']}{labels}")
+            line = f"  {b['name']:24} {b['to']:28} weight {b['weight']:<5} {state:24}"
+            if figures:
+                line += f" sessions {b['sessions']:<7} new flows {b['new_flows']}"
+            out.append((line + labels).rstrip())
     return out
 
 
@@ -248,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             return _error(str(exc))
         print(f"{cfg.path}: ok")
-        for t in cfg.translations:
-            print(f"  translation {t}")
+        from ._backends import BackendSet
+
+        for line in _translation_lines([BackendSet(t, cfg.locality).describe_translation()
+                                        for t in cfg.translations], figures=False):
+            print(f"  {line}")
         if cfg.snat:
             print(f"  snat ip4={cfg.snat.ip4} ip6={cfg.snat.ip6} interfaces={list(cfg.snat.interfaces)} "
                   f"exclude={[str(n) for n in cfg.snat.exclude]}")

@@ -19,6 +19,7 @@ translation's drain policy can find them.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from typing import Callable, Optional, Sequence
 
 from ._types import BACKEND_STATES, Translation
@@ -144,32 +145,45 @@ class BackendSet:
     # -- the core's bookkeeping ------------------------------------------
 
     def carry_from(self, old: "BackendSet") -> list[int]:
-        """Take over figures and run-time states from the previous
-        configuration's set of the same translation; returns, for each old
-        index (backends, then gone ones), the new index."""
+        """Take over figures and run-time states from a previous set of the
+        same translation name (the last configuration's, or one kept while a
+        removed translation's sessions end); returns, for each old index
+        (backends, then gone ones), the new index. A gone backend that is
+        back (same name and rewrite) takes its sessions and figures back."""
         mine = {(b.name, b.rewrite): j for j, b in enumerate(self.translation.backends)}
         mapping: list[int] = []
-        for i, b in enumerate(old.translation.backends):
-            j = mine.get((b.name, b.rewrite))
+        entries = [(b.name, b.rewrite, old.sessions[i], old.new_flows[i], i) for i, b in
+                   enumerate(old.translation.backends)]
+        entries += [(g.name, g.rewrite, g.sessions, g.new_flows, None) for g in old.gone]
+        for name, rewrite, sessions, new_flows, i in entries:
+            j = mine.get((name, rewrite))
             if j is not None:
-                self.sessions[j] += old.sessions[i]
-                self.new_flows[j] += old.new_flows[i]
-                self._set[j], self._set_by[j] = old._set[i], old._set_by[i]
+                self.sessions[j] += sessions
+                self.new_flows[j] += new_flows
+                if i is not None:
+                    self._set[j], self._set_by[j] = old._set[i], old._set_by[i]
             else:
-                j = self._keep_gone(Gone(b.name, b.rewrite, old.sessions[i], old.new_flows[i]))
+                j = self._keep_gone(name, rewrite, sessions, new_flows)
             mapping.append(j)
-        for g in old.gone:
-            mapping.append(self._keep_gone(g))
-        self.denied = old.denied
-        self.flows = old.flows
+        self.denied += old.denied
+        self.flows += old.flows
         self._refresh()
         return mapping
 
-    def _keep_gone(self, g: Gone) -> int:
-        if g.sessions <= 0:
+    def _keep_gone(self, name: str, rewrite: str, sessions: int, new_flows: int) -> int:
+        if sessions <= 0:
             return NO_INDEX
-        self.gone.append(g)
-        return len(self.translation.backends) + len(self.gone) - 1
+        n = len(self.translation.backends)
+        for k, g in enumerate(self.gone):   # gone twice: one entry
+            if (g.name, g.rewrite) == (name, rewrite):
+                g.sessions += sessions
+                g.new_flows += new_flows
+                return n + k
+        self.gone.append(Gone(name, rewrite, sessions, new_flows))
+        return n + len(self.gone) - 1
+
+    def has_sessions(self) -> bool:
+        return any(self.sessions) or any(g.sessions > 0 for g in self.gone)
 
     def count(self, i: int, delta: int) -> None:
         """A session of backend i was created (+1) or ended (-1)."""
@@ -191,8 +205,29 @@ class BackendSet:
         return {"name": g.name, "to": g.rewrite, "weight": 0, "state": "gone", "set_by": "", "labels": {},
                 "sessions": g.sessions, "new_flows": g.new_flows}
 
+    def describe_translation(self) -> dict:
+        """The translation, its policies and its backends' figures."""
+        t = self.translation
+        h = t.health
+        return {
+            "name": t.name, "id": None if self.removed else t.id, "removed": self.removed,
+            "text": str(t), "proto": t.proto, "kind": t.kind, "address": str(t.address), "port": t.port,
+            "selector": t.selector, "drain": str(t.drain), "affinity": t.affinity,
+            "allow_from": [str(n) for n in t.allow_from], "denied": self.denied,
+            "timeouts": None if t.timeouts is None else dataclasses.asdict(t.timeouts),
+            "health": None if h is None else dataclasses.asdict(h),
+            "new_flows": self.flows, "eligible": len(self.eligible),
+            "backends": [self.describe(i) for i in self.shown_indexes()],
+        }
+
     def all_indexes(self) -> Sequence[int]:
         return range(len(self.translation.backends) + len(self.gone))
+
+    def shown_indexes(self) -> list[int]:
+        """The backends, and the gone ones whose sessions have not all ended
+        (an ended one stays, without sessions, until the next reload drops it)."""
+        n = len(self.translation.backends)
+        return list(range(n)) + [n + k for k, g in enumerate(self.gone) if g.sessions > 0]
 
 
 #: a session whose backend is not counted anywhere (C's NAT_NO_BACKEND)

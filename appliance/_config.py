@@ -155,13 +155,16 @@ class _Reader:
         self.path = path
         self.text = text
 
-    def error(self, table: Optional[str], index: Optional[int], key: Optional[str], reason: str) -> ConfigError:
+    def error(self, table: Optional[str], index: Optional[int], key: Optional[str], reason: str,
+              line_key: Optional[str] = None) -> ConfigError:
+        """line_key: the key whose line to name, when key is inside an
+        inline table (``timeouts.session`` is on the line of ``timeouts``)."""
         name = ""
         if table:
             name = table + (f"[{index}]" if index is not None else "")
         if key:
             name = f"{name}.{key}" if name else key
-        return ConfigError(self.path, name, reason, _find_line(self.text, table, index, key))
+        return ConfigError(self.path, name, reason, _find_line(self.text, table, index, line_key or key))
 
     def take(self, data: dict, table, index, key, types, default=None, required=False):
         if key not in data:
@@ -238,12 +241,25 @@ def _take_timeouts(r: "_Reader", t: dict, table: str, index: Optional[int], pref
         if key not in t:
             continue
         v = t.pop(key)
+        line_key = prefix.rstrip(".") or None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise r.error(table, index, prefix + key, f"expected a number, got {type(v).__name__}")
+            raise r.error(table, index, prefix + key, f"expected a number, got {_toml(v)}", line_key)
         if not 0 < v <= 7 * 24 * 3600:
-            raise r.error(table, index, prefix + key, "must be > 0 and at most 604800 seconds (7 days)")
+            raise r.error(table, index, prefix + key, "must be > 0 and at most 604800 seconds (7 days)", line_key)
         tv[key] = float(v)
+    for key in t:
+        raise r.error(table, index, prefix + key, f"unknown key (known keys: {', '.join(_TIMEOUT_KEYS)})",
+                      prefix.rstrip(".") or None)
     return tv
+
+
+def _toml(v) -> str:
+    """A value as TOML spells it, for messages."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return repr(v)
 
 
 def _parse_backend_entry(r: "_Reader", i: int, j: int, b, family: int) -> Backend:
@@ -272,10 +288,10 @@ def _parse_backend_entry(r: "_Reader", i: int, j: int, b, family: int) -> Backen
         raise bad(f"'{to}': {exc}") from None
     weight = b.pop("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10000:
-        raise bad(f"weight {weight!r} is not an integer between 0 and 10000")
+        raise bad(f"weight {_toml(weight)} is not an integer between 0 and 10000")
     state = b.pop("state", "active")
     if state not in BACKEND_STATES:
-        raise bad(f"state {state!r} is not one of {', '.join(BACKEND_STATES)}")
+        raise bad(f"state {_toml(state)} is not one of {', '.join(BACKEND_STATES)}")
     name = b.pop("name", "")
     if not isinstance(name, str) or (name and not _NAME.fullmatch(name)):
         raise bad(f"name {name!r} is not a name (letters, digits, '._-/:', up to 64 characters)")
@@ -344,11 +360,12 @@ def _parse_drain(r: "_Reader", tr: dict, i: int) -> Drain:
                           f"{d!r} is not one of \"keep\", \"reset\" or {{ deadline = SECONDS }}")
         return Drain(d)
     d = dict(d)
+    for key in d:
+        if key != "deadline":
+            raise r.error("translation", i, "drain", f"unknown key '{key}' (known keys: deadline)")
     deadline = d.pop("deadline", None)
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 7 * 24 * 3600:
         raise r.error("translation", i, "drain", "expected { deadline = SECONDS } (> 0, at most 604800)")
-    for key in d:
-        raise r.error("translation", i, "drain", f"unknown key '{key}' (known keys: deadline)")
     return Drain("deadline", float(deadline))
 
 
@@ -371,7 +388,6 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     # [timeouts]
     t = r.take(data, None, None, "timeouts", (dict,), {})
     tv = _take_timeouts(r, t, "timeouts", None, "")
-    r.no_leftovers(t, "timeouts", None, _TIMEOUT_KEYS)
     timeouts = Timeouts(**tv)
 
     # [sessions]
@@ -477,7 +493,6 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         t_timeouts = None
         if tt is not None:
             tv2 = _take_timeouts(r, tt, "translation", i, "timeouts.")
-            r.no_leftovers(tt, "translation", i, _TIMEOUT_KEYS)
             t_timeouts = dataclasses.replace(timeouts, **tv2)
         drain = _parse_drain(r, tr, i)
         affinity = None

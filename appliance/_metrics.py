@@ -63,16 +63,32 @@ def render(stats: dict) -> str:
     out.family("appliance_translation_denied_total", "counter",
                "new flows dropped because their source is outside the translation's allow_from",
                [({"translation": t["name"]}, t["denied"]) for t in trs])
-    per_backend = [(t, b) for t in trs for b in t["backends"]]
-    out.family("appliance_backend_sessions", "gauge", "active sessions per backend",
-               [({"translation": t["name"], "backend": b["name"]}, b["sessions"]) for t, b in per_backend])
-    out.family("appliance_backend_new_flows_total", "counter", "new flows per backend",
-               [({"translation": t["name"], "backend": b["name"]}, b["new_flows"]) for t, b in per_backend])
-    out.family("appliance_backend_weight", "gauge", "configured (or set) weight per backend",
-               [({"translation": t["name"], "backend": b["name"]}, b["weight"]) for t, b in per_backend])
+    # One series per (translation, backend) name: a removed backend whose
+    # sessions remain and a new one of the same name (another rewrite) are
+    # summed, as Prometheus refuses two samples with the same labels.
+    sessions: dict = {}
+    flows: dict = {}
+    weights: dict = {}
+    states: dict = {}
+    for t in trs:
+        for b in t["backends"]:
+            key = (t["name"], b["name"])
+            sessions[key] = sessions.get(key, 0) + b["sessions"]
+            flows[key] = flows.get(key, 0) + b["new_flows"]
+            if b["state"] != "gone" or key not in weights:
+                weights[key] = b["weight"]
+            states[key + (b["state"],)] = 1
+
+    def by_backend(values: dict) -> list:
+        return [({"translation": k[0], "backend": k[1], **({"state": k[2]} if len(k) > 2 else {})}, v)
+                for k, v in values.items()]
+
+    out.family("appliance_backend_sessions", "gauge", "active sessions per backend", by_backend(sessions))
+    out.family("appliance_backend_new_flows_total", "counter", "new flows per backend", by_backend(flows))
+    out.family("appliance_backend_weight", "gauge", "configured (or set) weight per backend", by_backend(weights))
     out.family("appliance_backend_state", "gauge",
                "1 for the state each backend is in (active, draining, down; gone: removed, sessions remain)",
-               [({"translation": t["name"], "backend": b["name"], "state": b["state"]}, 1) for t, b in per_backend])
+               by_backend(states))
     out.family("appliance_plugin_figure", "gauge", "figures plugins report (appliance_statistics)",
                [({"plugin": p, "figure": k}, v) for p, fig in sorted(nat.get("plugins", {}).items())
                 for k, v in sorted(fig.items())])

@@ -105,14 +105,16 @@ class HealthChecks:
         if error:
             self.failures += 1
             run[0], run[1], run[2] = 0, run[1] + 1, error
-            if run[1] == h.fall and s.set_by(i) != "health" and s.state(i) != "down":
+            # >=: failures that began while the backend was down for another
+            # reason count once that reason is gone
+            if run[1] >= h.fall and s.set_by(i) != "health" and s.state(i) != "down":
                 s.set_state(i, "down", by="health")
                 self.downs += 1
                 log.warning("translation %s: backend %s is down after %d failed probes (%s)",
                             t.name, b.name, run[1], error)
         else:
             run[0], run[1] = run[0] + 1, 0
-            if run[0] == h.rise and s.set_by(i) == "health":
+            if run[0] >= h.rise and s.set_by(i) == "health":
                 s.set_state(i, None)
                 self.ups += 1
                 log.warning("translation %s: backend %s is up again after %d good probes", t.name, b.name, run[0])

@@ -53,7 +53,7 @@ def test_old_and_new_backend_forms_and_names():
 
 @pytest.mark.parametrize("backend, message", [
     ('{ to = "->20.0.0.1", weight = -1 }', "weight -1 is not an integer"),
-    ('{ to = "->20.0.0.1", state = "sleepy" }', "state 'sleepy' is not one of active, draining, down"),
+    ('{ to = "->20.0.0.1", state = "sleepy" }', 'state "sleepy" is not one of active, draining, down'),
     ('{ to = "->20.0.0.1", colour = "red" }', "unknown key 'colour'"),
     ('{ weight = 2 }', "'to'"),
     ('{ to = "20.0.0.1" }', "missing '->'"),
@@ -340,3 +340,66 @@ def test_restored_sessions_are_counted_against_their_backends_by_name():
     assert s.gone[0].sessions == 0 and sum(1 for x in new.sessions if x.backend_name == "b") == 0
     new.advance(31)
     assert s.sessions == [0, 0]
+
+
+def test_a_backend_removed_and_added_back_is_one_backend_again():
+    tcp_conf = conf()
+    nat = Nat(tcp_conf)
+    _established(nat, 20)
+    s0 = nat.backends("web")
+    b_sessions, b_flows = s0.sessions[1], s0.new_flows[1]
+    nat.reload(WEB.format(proto="tcp", extra="", backends=A % ""))     # b removed: its TCP sessions stay
+    rows = nat.core.describe_translations()["translations"][0]["backends"]
+    assert [(r["name"], r["state"], r["sessions"]) for r in rows] == [("a", "active", 20 - b_sessions),
+                                                                       ("b", "gone", b_sessions)]
+    nat.reload(tcp_conf)                                              # and back, same rewrite
+    rows = nat.core.describe_translations()["translations"][0]["backends"]
+    assert [(r["name"], r["state"], r["sessions"], r["new_flows"]) for r in rows] == [
+        ("a", "active", 20 - b_sessions, 20 - b_flows), ("b", "active", b_sessions, b_flows)]
+    nat.advance(31)   # the half-open sessions end: counted against the backend that is back
+    assert nat.backends("web").sessions == [0, 0]
+
+
+def test_a_removed_translation_added_back_keeps_its_figures_and_gone_ones_are_not_listed():
+    nat = Nat(conf())
+    _established(nat, 10)
+    nat.reload("")
+    t = nat.core.describe_translations()["translations"]
+    assert [(x["name"], x["removed"], x["new_flows"]) for x in t] == [("web", True, 10)]
+    nat.reload(conf())
+    t = nat.core.describe_translations()["translations"]
+    assert [(x["name"], x["removed"], x["new_flows"]) for x in t] == [("web", False, 10)]
+    assert sum(nat.backends("web").sessions) == 10
+    nat.reload("")
+    nat.advance(31)                        # the sessions ended: nothing left to show
+    assert nat.core.describe_translations()["translations"] == []
+
+
+def test_metrics_have_one_series_per_backend_name():
+    from appliance._metrics import render
+
+    nat = Nat(conf())
+    _established(nat, 20)
+    # b removed with sessions, and a new b (another rewrite) added: two rows, one series
+    nat.reload(WEB.format(proto="tcp", extra="", backends=f'{A % ""}, {{ to = "->20.0.0.7 8080", name = "b" }}'))
+    rows = nat.core.describe_translations()["translations"][0]["backends"]
+    assert [(r["name"], r["state"]) for r in rows] == [("a", "active"), ("b", "active"), ("b", "gone")]
+    text = render({"nat": nat.core.statistics().as_dict(), "io": {}, "xdp": {}, "sockets": [], "interfaces": {},
+                   "kernel": {"snapshots": 0}, "config": {"reloads": 0, "rejected": 0}})
+    lines = [line for line in text.splitlines() if line.startswith("appliance_backend_sessions{")]
+    assert len(lines) == 2 and len(set(line.rsplit(" ", 1)[0] for line in lines)) == 2, lines
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in lines) == 20
+
+
+def test_a_deadline_resets_tcp_sessions_when_it_comes():
+    nat = Nat(conf(extra="drain = { deadline = 30 }"))
+    flows = _established(nat, 20)
+    nat.set_state("web", "b", "down")
+    nat.advance(20)
+    seg = next(tcp(f"10.0.0.{i + 1}", 2000, "30.0.0.2", 80, TCP_ACK, seq=50) for i, (_, b) in enumerate(flows)
+               if b == "b")
+    out = nat.send(seg)
+    assert dpkt.ethernet.Ethernet(out[0]).data.data.flags == TCP_ACK      # before the deadline: as it was
+    nat.advance(11)
+    out = nat.send(seg)
+    assert dpkt.ethernet.Ethernet(out[0]).data.data.flags == 0x14 and nat.session(seg) is None

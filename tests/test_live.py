@@ -956,6 +956,13 @@ def test_config_file_is_watched_bad_versions_are_rejected(live):
     log = live.log.read_text()
     assert f"{live.config}:" in log and "translation[0].port: expected an integer" in log, log
     assert {live.curl(cli, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}
+    # a file caught empty (an editor's truncate before its write) is not a configuration
+    live.config.write_text("")
+    deadline = time.time() + 10
+    while "the file is empty" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    assert "the file is empty (caught while being written?)" in live.log.read_text()
+    assert {live.curl(cli, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}
 
 
 def test_a_real_icmp_translation_sends_echo_requests_to_its_backend(live):

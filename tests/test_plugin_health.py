@@ -122,3 +122,20 @@ async def test_a_configured_down_backend_is_not_set_up_by_probes():
         nat.send(tcp("10.0.0.1", 1000, "30.0.0.2", 80))
         assert nat.backend() == "a"
         n.cancel_scope.cancel()
+
+
+async def test_failures_that_began_while_configured_down_count_once_it_is_up():
+    async with trio.open_nursery() as n:
+        port, _ = await http_server(n)
+        dead = free_port()
+        text = CONF.format(proto="tcp", hport=0, a=port, b=dead).replace(", port = 0", "").replace(
+            "127.0.0.2", "127.0.0.1")
+        health = HealthChecks()
+        health.name = "health-under-test"
+        nat = Nat(text.replace('name = "b" }', 'name = "b", state = "down" }'), plugins=[health])
+        n.start_soon(health.run)
+        await trio.sleep(0.6)             # b fails its probes while configured down
+        nat.reload(text)                  # the operator sets it active again; it is still dead
+        s = nat.backends("api")
+        await wait_for(lambda: s.state(1) == "down" and s.set_by(1) == "health", 3)
+        n.cancel_scope.cancel()

@@ -152,46 +152,42 @@ class NatCore(Expiry, Introspection):
         left are scheduled."""
         self._drain_events()   # counts are current before they move
         old = self._sets
-        by_name = {s.translation.name: s for s in old if not s.removed}
+        prevs: dict[str, list[BackendSet]] = {}
+        for s in old:   # a name's live set, and the one kept for its sessions after a removal
+            prevs.setdefault(s.translation.name, []).append(s)
         new = [BackendSet(t, config.locality) for t in config.translations]
-        tmap, boff, bmap = [], [0], []
         for s in new:
             s.on_change = self._backend_changed
-        carried: dict[int, int] = {}
+        moved: dict[int, tuple[int, list[int]]] = {}   # id(old set) -> (new id, backend mapping)
         for s in new:
-            prev = by_name.get(s.translation.name)
-            if prev is not None:
-                carried[id(prev)] = s.translation.id
-                s._mapping = s.carry_from(prev)
+            for prev in prevs.pop(s.translation.name, ()):
+                moved[id(prev)] = (s.translation.id, s.carry_from(prev))
         ghosts: list[BackendSet] = []
-        for k, prev in enumerate(old):
-            if id(prev) in carried:
-                tid = carried[id(prev)]
-                mapping = new[tid]._mapping
-            else:   # the translation left (or was gone already): a ghost while sessions remain
-                ghost = BackendSet(dataclasses.replace(prev.translation, backends=(),
-                                                       id=len(new) + len(ghosts)))
-                mapping = ghost.carry_from(prev)
-                ghost.removed = True
-                if ghost.gone:
-                    ghosts.append(ghost)
-                    tid = ghost.translation.id
-                else:
-                    tid = lib.NAT_NONE
+        for group in prevs.values():   # translations that left: kept while sessions remain
+            ghost = BackendSet(dataclasses.replace(group[0].translation, backends=(),
+                                                   id=len(new) + len(ghosts)))
+            ghost.removed = True
+            for prev in group:
+                moved[id(prev)] = (ghost.translation.id, ghost.carry_from(prev))
+            if ghost.gone:
+                ghosts.append(ghost)
+            else:
+                for prev in group:
+                    moved[id(prev)] = (lib.NAT_NONE, [])
+        tmap, boff, bmap = [], [0], []
+        for prev in old:
+            tid, mapping = moved[id(prev)]
             tmap.append(tid)
-            bmap.extend(mapping)
+            bmap.extend(mapping or [NO_BACKEND] * (len(prev.translation.backends) + len(prev.gone)))
             boff.append(len(bmap))
         if old:
             lib.nat_sessions_remap(self._nat, ffi.new("uint32_t[]", tmap), len(tmap), ffi.new("uint32_t[]", boff),
                                    ffi.new("uint16_t[]", bmap or [0]), len(bmap))
-        for s in new:
-            s.__dict__.pop("_mapping", None)
         self._sets = new + ghosts
         self._doom = {}
         for s in self._sets:
             for i in s.all_indexes():
                 self._schedule_drain(s, i)
-
 
     def _set_profile(self, index: int, t: Timeouts) -> None:
         p = ffi.new("struct nat_profile *")

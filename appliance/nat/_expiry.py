@@ -161,8 +161,8 @@ class Expiry:
             what = "connectionless"      # TCP runs to its end; UDP must not go on to a dead backend
         elif mode == "reset":
             what = "reset"
-        if mode == "deadline":   # counted from the first tick after the backend left
-            self._doom[(s.translation.id, i)] = _Drain(what, None, s.translation.drain.deadline)
+        if mode == "deadline":   # counted from the first tick after the backend left; TCP then reset
+            self._doom[(s.translation.id, i)] = _Drain("reset", None, s.translation.drain.deadline)
         else:
             self._doom[(s.translation.id, i)] = _Drain(what, float("-inf"), 0.0)
             self._stale_from = 0

@@ -145,19 +145,8 @@ class Introspection:
         """Each translation (and each removed one whose sessions remain) with
         its policies and, per backend, state, weight, sessions and new flows:
         what ``show translations`` prints."""
-        out = []
-        for s in self._sets:
-            t = s.translation
-            out.append({
-                "name": t.name, "id": None if s.removed else t.id, "removed": s.removed,
-                "text": str(t), "proto": t.proto, "kind": t.kind, "address": str(t.address), "port": t.port,
-                "selector": t.selector, "drain": str(t.drain), "affinity": t.affinity,
-                "allow_from": [str(n) for n in t.allow_from], "denied": s.denied,
-                "new_flows": s.flows,
-                "eligible": len(s.eligible),
-                "backends": [s.describe(i) for i in s.all_indexes()],
-            })
-        return {"translations": out}
+        return {"translations": [s.describe_translation() for s in self._sets
+                                 if not s.removed or s.has_sessions()]}
 
     def new_flows(self, translation_id: int) -> int:
         """New flows the translation with this id has taken since the start."""

@@ -209,22 +209,34 @@ class Plugins:
 
     def select_backend(self, flow: Any, translation: Any, backends: Any) -> int | str:
         """The backend index (or hooks.DROP) for a new flow of a translation
-        with at least one eligible backend. Never raises."""
+        with at least one eligible backend. Never raises. (Written out, not
+        through _ask: this runs for every new flow, ~0.5 us saved.)"""
         eligible = backends.eligible_set
-        if self._select:
-            r, name = self._ask(self._select, "appliance_select_backend", (flow, translation, backends),
-                                lambda r: r == hooks.DROP or (type(r) is int and r in eligible))
-            if r is not None:
+        for fn, name in self._select:
+            try:
+                r = fn(flow, translation, backends)
+            except Exception as exc:
+                self._contain("appliance_select_backend", exc, name)
+                continue
+            if r is None:
+                continue
+            if r == hooks.DROP or (type(r) is int and r in eligible):
                 self.decider = name
                 return r
+            self._invalid("appliance_select_backend", r, name)
         sel = translation.selector
-        fn = self.selectors.get(sel)
-        if fn is not None:
-            r, _ = self._ask([(fn, self.selector_owner[sel])], f"selector {sel}", (flow, backends),
-                             lambda r: type(r) is int and r in eligible)
-            if r is not None:
+        if sel != "hash":
+            fn = self.selectors[sel]    # check() refused configurations naming another
+            try:
+                r = fn(flow, backends)
+            except Exception as exc:
+                self._contain(f"selector {sel}", exc, self.selector_owner[sel])
+                r = None
+            if type(r) is int and r in eligible:
                 self.decider = f"selector {sel}"
                 return r
+            if r is not None:
+                self._invalid(f"selector {sel}", r, self.selector_owner[sel])
         self.decider = "selector hash"
         return backends.pick_weighted(flow.hash)
 

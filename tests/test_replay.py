@@ -1,6 +1,7 @@
 """`appliance replay` end to end: pcap and pcapng in, pcap out, counters,
 errors. The output is checked by dpkt's own pcap reader."""
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -151,3 +152,25 @@ def test_replay_is_byte_identical_run_after_run(tmp_path, conf):
     assert outs[0] != outs[2]   # the seed is what decides: another one, other ports
     ports = {dpkt.ethernet.Ethernet(f).data.data.sport for _, f in read_pcap(tmp_path / "out0.pcap")}
     assert len(ports) == 50
+
+
+def test_a_capture_with_both_directions_of_colliding_snat_flows_is_restored(tmp_path, conf):
+    """The replies of a capture (here: written from what a first replay
+    allocated) find their sessions in a later replay of the same input:
+    the SNAT ports are the same on every run."""
+    out_frames = [(1.0 + i / 100, udp(f"10.1.0.{i + 1}", 5000, "9.9.9.9", 53)) for i in range(20)]
+    cap = tmp_path / "out.pcap"
+    write_pcap(cap, out_frames)
+    first = tmp_path / "first.pcap"
+    assert run("replay", "--config", conf, "--interface", "tap0", str(cap), str(first)).returncode == 0
+    ports = [dpkt.ethernet.Ethernet(f).data.data.sport for _, f in read_pcap(first)]
+    replies = [(2.0 + i / 100, udp("9.9.9.9", 53, "30.0.0.1", p)) for i, p in enumerate(ports)]
+    both = tmp_path / "both.pcap"
+    write_pcap(both, out_frames + replies)
+    again = tmp_path / "again.pcap"
+    r = run("replay", "--config", conf, "--interface", "tap0", "--json", str(both), str(again))
+    assert r.returncode == 0, r.stderr
+    back = [dpkt.ethernet.Ethernet(f).data for _, f in read_pcap(again)][20:]
+    assert [(str(ipaddress.ip_address(p.dst)), p.data.dport) for p in back] == \
+        [(f"10.1.0.{i + 1}", 5000) for i in range(20)]
+    assert len(set(ports)) == 20      # they collided: nineteen ports were chosen, not kept

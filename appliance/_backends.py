@@ -19,6 +19,7 @@ translation's drain policy can find them.
 from __future__ import annotations
 
 import bisect
+import math
 import dataclasses
 from typing import Callable, Optional, Sequence
 
@@ -135,9 +136,10 @@ class BackendSet:
             active = near or active
         self.eligible: tuple[int, ...] = tuple(active)
         self.eligible_set = frozenset(active)
-        cum, total = [], 0
+        g = math.gcd(*(self.weights[i] for i in active)) if active else 1
+        cum, total = [], 0     # in units of the weights' gcd: equal weights are hash % N
         for i in active:
-            total += self.weights[i]
+            total += self.weights[i] // g
             cum.append(total)
         self._cum = cum or [1]
         self.version += 1

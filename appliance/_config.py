@@ -244,8 +244,9 @@ def _take_timeouts(r: "_Reader", t: dict, table: str, index: Optional[int], pref
         line_key = prefix.rstrip(".") or None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise r.error(table, index, prefix + key, f"expected a number, got {_toml(v)}", line_key)
-        if not 0 < v <= 7 * 24 * 3600:
-            raise r.error(table, index, prefix + key, "must be > 0 and at most 604800 seconds (7 days)", line_key)
+        if not 0.001 <= v <= 7 * 24 * 3600:
+            raise r.error(table, index, prefix + key, "must be at least 0.001 and at most 604800 seconds (7 days)",
+                          line_key)
         tv[key] = float(v)
     for key in t:
         raise r.error(table, index, prefix + key, f"unknown key (known keys: {', '.join(_TIMEOUT_KEYS)})",
@@ -426,6 +427,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             if not isinstance(item, dict) or set(item) != {"prefix", "address"}:
                 raise r.error("snat", None, "by_destination",
                               f"expected {{ prefix = \"198.51.100.0/24\", address = \"30.0.0.9\" }}, got {item!r}")
+            if not isinstance(item["prefix"], str) or not isinstance(item["address"], str):
+                raise r.error("snat", None, "by_destination", f"{item!r}: prefix and address are strings")
             try:
                 net = ipaddress.ip_network(item["prefix"], strict=False)
                 addr = ipaddress.ip_address(item["address"])
@@ -508,6 +511,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             affinity = float(affinity)
         allow = []
         for item in r.take(tr, "translation", i, "allow_from", (list,), []):
+            if not isinstance(item, str):
+                raise r.error("translation", i, "allow_from", f"expected prefixes as strings, got {_toml(item)}")
             try:
                 allow.append(ipaddress.ip_network(item, strict=False))
             except (TypeError, ValueError):

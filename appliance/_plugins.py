@@ -113,6 +113,9 @@ class Plugins:
             if spec is None or spec.spec is None:
                 known = ", ".join(sorted(n for n in dir(hooks) if n.startswith("appliance_")))
                 return f"hook '{attr}' is not a hook of this appliance (hooks: {known})"
+            if opts.get("wrapper") or opts.get("hookwrapper"):
+                return f"hook '{attr}' is a wrapper; the appliance calls its hooks one by one " \
+                       "(firstresult, skipping a failing plugin) and does not run wrappers"
             if inspect.iscoroutinefunction(fn):
                 return f"hook '{attr}' is async; hooks are called synchronously " \
                        "(return async callables from appliance_background_tasks instead)"

@@ -83,8 +83,9 @@ class Drain:
     ``mode``: ``"default"`` (key absent: TCP sessions run to their end,
     UDP and ICMP sessions of a removed or down backend are removed at once,
     a draining backend keeps all of them); ``"keep"`` (every session runs to
-    its end); ``"deadline"`` (every session is removed ``deadline`` seconds
-    after its backend left); ``"reset"`` (every session removed at once).
+    its end); ``"deadline"`` (``deadline`` seconds after its backend left,
+    as ``"reset"``); ``"reset"`` (UDP and ICMP sessions removed at once, TCP
+    sessions reset by their next segment, see docs/configuration.md).
     """
 
     mode: str = "default"

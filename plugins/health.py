@@ -28,6 +28,13 @@ log = logging.getLogger("appliance.health")
 
 async def probe(address: str, port: int, http: str | None, timeout: float) -> str:
     """"" if the backend answered as it should, else why not."""
+    try:
+        return await _probe(address, port, http, timeout)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        return f"{type(exc).__name__}: {exc}"    # reset or closed mid-answer
+
+
+async def _probe(address: str, port: int, http: str | None, timeout: float) -> str:
     with trio.move_on_after(timeout) as scope:
         try:
             stream = await trio.open_tcp_stream(address, port)
@@ -64,6 +71,11 @@ class HealthChecks:
     @hookimpl
     def appliance_configure(self, config, backends):
         self.backends = backends
+        for s in backends.values():   # checks removed: what they had set down is up to the configuration
+            if s.translation.health is None:
+                for i in range(len(s.translation.backends)):
+                    if s.set_by(i) == "health":
+                        s.set_state(i, None)
         keep = {(t, b.name) for t, s in backends.items() if s.translation.health for b in s.translation.backends}
         self.runs = {k: v for k, v in self.runs.items() if k in keep}
 
@@ -97,7 +109,10 @@ class HealthChecks:
         t, b = s.translation, s.translation.backends[i]
         h = t.health
         port = h.port or b.dport or t.port
-        error = await self.probe(str(b.dst), port, h.http, h.timeout)
+        try:
+            error = await self.probe(str(b.dst), port, h.http, h.timeout)
+        except Exception as exc:     # a probe's own fault must not end the checks of every backend
+            error = f"probe failed: {exc!r}"
         self.probes += 1
         if s is not self.backends.get(t.name):
             return   # a reload replaced the set meanwhile: the next round probes the new one

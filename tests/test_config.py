@@ -69,7 +69,7 @@ BAD = [
     ("bad proto", GOOD.replace('proto = "tcp"', 'proto = "sctp"'), 15, "translation[0].proto", "not one of"),
     ("bad snat address", GOOD.replace('ip4 = "30.0.0.1"', 'ip4 = "30::1"'), 9, "snat.ip4", "not an IPv4 address"),
     ("bad prefix", GOOD.replace('"20.0.0.0/24"', '"20.0.0.0/33"'), 11, "snat.exclude", "not an IP prefix"),
-    ("negative timeout", GOOD.replace("session = 30", "session = -1"), 4, "timeouts.session", "must be > 0"),
+    ("negative timeout", GOOD.replace("session = 30", "session = -1"), 4, "timeouts.session", "must be at least 0.001"),
     ("duplicate translation", GOOD + '\n[[translation]]\nproto = "tcp"\nvip = "30.0.0.2"\nport = 80\nbackends = []\n',
      25, "translation[1].vip", "duplicate translation"),
     ("missing port", GOOD.replace("port = 80\n", ""), 14, "translation[0]", "missing required key 'port'"),

@@ -41,7 +41,7 @@ def test_entries_expire_and_a_down_backend_breaks_affinity():
     nat.send(udp("10.0.0.1", 1002, "30.0.0.2", 53))
     assert nat.plugins.decider != "first-party:affinity"   # expired: placed afresh
     assert nat.plugins.figures()["first-party:affinity"]["expired"] >= 1
-    assert now_at
+    assert now_at != was and nat.plugin_errors == {}   # it never offered the down backend
 
 
 def test_translations_without_affinity_are_not_sticky():

@@ -119,6 +119,7 @@ async def test_a_configured_down_backend_is_not_set_up_by_probes():
         await trio.sleep(0.6)
         s = nat.backends("api")
         assert health.probes >= 4 and s.state(1) == "down" and s.state(0) == "active"
+        assert health.ups == health.downs == 0 and s.set_by(1) == ""    # the probes never touched it
         nat.send(tcp("10.0.0.1", 1000, "30.0.0.2", 80))
         assert nat.backend() == "a"
         n.cancel_scope.cancel()
@@ -138,4 +139,45 @@ async def test_failures_that_began_while_configured_down_count_once_it_is_up():
         nat.reload(text)                  # the operator sets it active again; it is still dead
         s = nat.backends("api")
         await wait_for(lambda: s.state(1) == "down" and s.set_by(1) == "health", 3)
+        n.cancel_scope.cancel()
+
+
+async def test_a_probe_reset_mid_answer_is_a_failure_not_the_end_of_the_checks():
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def rude(stream):
+        await stream.receive_some(4096)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        stream.socket.close()             # RST instead of an answer
+
+    async with trio.open_nursery() as n:
+        n.start_soon(trio.serve_listeners, rude, listeners)
+        good, _ = await http_server(n)
+        text = CONF.format(proto="tcp", hport=0, a=good, b=port).replace(", port = 0", "").replace(
+            "127.0.0.2", "127.0.0.1")
+        health = HealthChecks()
+        health.name = "health-under-test"
+        nat = Nat(text, plugins=[health])
+        n.start_soon(health.run)
+        s = nat.backends("api")
+        await wait_for(lambda: s.state(1) == "down", 3)
+        before = health.probes
+        await trio.sleep(0.3)
+        assert health.probes > before and s.state(0) == "active"   # still probing everyone
+        n.cancel_scope.cancel()
+
+
+async def test_removing_the_checks_gives_back_what_they_set_down():
+    async with trio.open_nursery() as n:
+        good, _ = await http_server(n)
+        text = CONF.format(proto="tcp", hport=0, a=good, b=free_port()).replace(", port = 0", "").replace(
+            "127.0.0.2", "127.0.0.1")
+        health = HealthChecks()
+        health.name = "health-under-test"
+        nat = Nat(text, plugins=[health])
+        n.start_soon(health.run)
+        await wait_for(lambda: nat.backends("api").state(1) == "down", 3)
+        nat.reload("\n".join(line for line in text.splitlines() if not line.startswith("health")))
+        assert nat.backends("api").state(1) == "active"
         n.cancel_scope.cancel()

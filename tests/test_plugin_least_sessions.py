@@ -42,4 +42,4 @@ def test_power_of_two_choices_beyond_sixteen_backends():
     for i in range(4000):
         nat.send(tcp(f"10.0.{i // 200}.{i % 200 + 1}", 1000 + i % 7, "30.0.0.2", 80, TCP_SYN))
     s = nat.backends("web").sessions
-    assert min(s) >= 70 and max(s) <= 130, s   # hash % 40 alone spreads far wider
+    assert max(s) - min(s) <= 10, s   # hash or maglev alone: 78-121 here

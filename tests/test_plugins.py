@@ -339,6 +339,8 @@ def test_a_backend_that_is_not_eligible_is_an_invalid_answer():
      "does not pass (it passes: flow, translation, backends)"),
     ("async def appliance_snat(flow, snat):\n    return None\n",
      "plugin 'badsig' is invalid: hook 'appliance_snat' is async"),
+    ("@hookimpl(wrapper=True)\ndef appliance_snat(flow, snat):\n    return (yield)\n",
+     "plugin 'badsig' is invalid: hook 'appliance_snat' is a wrapper"),
     ("def appliance_select_backends(flow):\n    return 0\n",
      "plugin 'badsig' is invalid: hook 'appliance_select_backends' is not a hook of this appliance"),
 ])
@@ -346,7 +348,8 @@ def test_wrong_signatures_are_refused_with_a_message_not_a_traceback(tmp_path, s
     import subprocess
     import sys
 
-    (tmp_path / "badsig.py").write_text("from appliance.hooks import hookimpl\n@hookimpl\n" + source)
+    decorator = "" if source.startswith("@") else "@hookimpl\n"
+    (tmp_path / "badsig.py").write_text("from appliance.hooks import hookimpl\n" + decorator + source)
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONF + '\n[plugins]\nmodules = ["badsig"]\n')
     r = subprocess.run([sys.executable, "-m", "appliance", "check-config", str(cfg)],

@@ -184,10 +184,39 @@ class NatCore(Expiry, Introspection):
             lib.nat_sessions_remap(self._nat, ffi.new("uint32_t[]", tmap), len(tmap), ffi.new("uint32_t[]", boff),
                                    ffi.new("uint16_t[]", bmap or [0]), len(bmap))
         self._sets = new + ghosts
+        for prev in old:
+            prev.on_change = None    # a set kept by a plugin no longer moves this core
+        self._recount()
+        # Drains under way go on where nothing changed for them (a deadline
+        # does not start again at every reload); the others are set off anew.
+        carried = {}
+        for (ot, ob), d in self._doom.items():
+            tid, mapping = moved.get(id(old[ot]), (lib.NAT_NONE, [])) if ot < len(old) else (lib.NAT_NONE, [])
+            if tid != lib.NAT_NONE and ob < len(mapping) and mapping[ob] != NO_BACKEND:
+                carried[(tid, mapping[ob])] = d
         self._doom = {}
         for s in self._sets:
             for i in s.all_indexes():
-                self._schedule_drain(s, i)
+                d = carried.get((s.translation.id, i))
+                if d is not None and d.state == s.state(i) and d.mode == s.translation.drain.mode:
+                    self._doom[(s.translation.id, i)] = d
+                else:
+                    self._schedule_drain(s, i)
+
+    def _recount(self) -> None:
+        """Active sessions per backend, counted in the table (one C pass):
+        what the events kept, healed of any event a full ring lost."""
+        boff = [0]
+        for s in self._sets:
+            boff.append(boff[-1] + len(s.translation.backends) + len(s.gone))
+        counts = ffi.new("uint32_t[]", max(1, boff[-1]))
+        lib.nat_backend_counts(self._nat, counts, ffi.new("uint32_t[]", boff), len(self._sets))
+        for k, s in enumerate(self._sets):
+            n = len(s.translation.backends)
+            for i in range(n):
+                s.sessions[i] = counts[boff[k] + i]
+            for g, gone in enumerate(s.gone):
+                gone.sessions = counts[boff[k] + n + g]
 
     def _set_profile(self, index: int, t: Timeouts) -> None:
         p = ffi.new("struct nat_profile *")

@@ -29,6 +29,8 @@ STALE_SWEEP_BUDGET = 1024
 STALE_SWEEP_INTERVAL = 0.01
 
 
+EVENT_RING = 4096     # NAT_EVENT_RING in nat.c
+
 # drain = "reset": TCP sessions that no packet came for within this many
 # seconds of being marked are removed without one (idle connections; a
 # later segment of theirs is placed afresh and its backend resets it).
@@ -37,15 +39,18 @@ RESET_GRACE = 10.0
 
 class _Drain:
     """Sessions of one backend that its translation's drain policy removes:
-    ``what`` is "all", "connectionless" (UDP, ICMP) or "reset" (TCP
-    sessions marked to be reset by their next packet, the others removed),
-    ``due`` when (None:
-    ``deadline`` seconds from the next tick)."""
+    ``what`` is "all", "connectionless" (UDP, ICMP), "reset" (TCP
+    sessions marked to be reset by their next packet, the others removed)
+    or "marked" (the sessions still marked: removed), ``due`` when (None:
+    ``deadline`` seconds from the next tick). ``mode`` is the policy that
+    set it off: a reload keeps it while the policy and the state stay."""
 
-    __slots__ = ("what", "due", "deadline", "swept")
+    __slots__ = ("what", "due", "deadline", "swept", "mode", "state")
 
-    def __init__(self, what: str, due: Optional[float], deadline: float) -> None:
+    def __init__(self, what: str, due: Optional[float], deadline: float, mode: str = "",
+                 state: str = "") -> None:
         self.what, self.due, self.deadline, self.swept = what, due, deadline, due is not None
+        self.mode, self.state = mode, state
 
 
 class Expiry:
@@ -59,7 +64,7 @@ class Expiry:
         """Remove expired sessions among the next ``budget`` slots, and
         continue a pending sweep for sessions a reload left stale."""
         self._now = now
-        n = lib.nat_expire(self._nat, _ns(now), budget)
+        n = self._expire_chunked(_ns(now), budget)
         if self._doom:
             self._start_due_drains(now)
         if self._stale_from is not None:
@@ -87,10 +92,13 @@ class Expiry:
                 d = doom.get((info.translation, info.backend))
                 if d is not None:
                     if d.due is not None and d.due <= now:
-                        if d.what == "reset" and tcp:
+                        if d.what == "marked":
+                            if info.flags & lib.NAT_SF_RESET:
+                                lib.nat_session_remove(nat, i)   # counted: nat.session_removed
+                        elif d.what == "reset" and tcp:
                             lib.nat_session_reset(nat, i)
                         elif d.what != "connectionless" or not tcp:
-                            lib.nat_session_remove(nat, i)   # counted: nat.session_removed
+                            lib.nat_session_remove(nat, i)
                 elif self._orphans and info.translation == none and not tcp:
                     lib.nat_session_remove(nat, i)
             i = lib.nat_session_next(nat, i + 1)
@@ -100,7 +108,7 @@ class Expiry:
             for key, d in list(doom.items()):   # done, unless a deadline is still to come
                 if d.due is not None and d.due <= now:
                     if d.what == "reset":   # what no packet came for to reset, removed later
-                        doom[key] = _Drain("all", now + RESET_GRACE, 0.0)
+                        doom[key] = _Drain("marked", now + RESET_GRACE, 0.0, d.mode, d.state)
                         doom[key].swept = False
                     else:
                         del doom[key]
@@ -109,8 +117,18 @@ class Expiry:
 
     def expire_all(self, now: float) -> int:
         """Sweep the whole table once (offline use: end of a replay)."""
-        n = lib.nat_expire(self._nat, _ns(now), lib.nat_session_capacity(self._nat))
-        self._drain_events()
+        return self._expire_chunked(_ns(now), lib.nat_session_capacity(self._nat))
+
+    def _expire_chunked(self, now_ns: int, budget: int) -> int:
+        # At most EVENT_RING slots between two drains: C's ring of session
+        # ended events holds that many, and an event lost is a session the
+        # per-backend counts (and the plugins) never hear end.
+        n = 0
+        while budget > 0:
+            step = min(budget, EVENT_RING)
+            n += lib.nat_expire(self._nat, now_ns, step)
+            self._drain_events()
+            budget -= step
         return n
 
     def drain_events(self) -> None:
@@ -144,7 +162,9 @@ class Expiry:
         """A backend's state was set at run time (health checks, control)."""
         log.info("translation %s: backend %s is %s (was %s)", s.translation.name,
                  s.translation.backends[i].name, after, before)
-        self._doom.pop((s.translation.id, i), None)
+        if self._doom.pop((s.translation.id, i), None) is not None and after == "active":
+            # back before its sessions were all reset: none of them is
+            lib.nat_sessions_unreset(self._nat, s.translation.id, i)
         self._schedule_drain(s, i)
 
     def _schedule_drain(self, s: BackendSet, i: int) -> None:
@@ -162,7 +182,7 @@ class Expiry:
         elif mode == "reset":
             what = "reset"
         if mode == "deadline":   # counted from the first tick after the backend left; TCP then reset
-            self._doom[(s.translation.id, i)] = _Drain("reset", None, s.translation.drain.deadline)
+            self._doom[(s.translation.id, i)] = _Drain("reset", None, s.translation.drain.deadline, mode, state)
         else:
-            self._doom[(s.translation.id, i)] = _Drain(what, float("-inf"), 0.0)
+            self._doom[(s.translation.id, i)] = _Drain(what, float("-inf"), 0.0, mode, state)
             self._stale_from = 0

@@ -947,6 +947,27 @@ static int reset_on(struct nat *nat, struct nat_frame *f, struct pkt *p, uint32_
     return 1;
 }
 
+void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backend)
+{
+    for (uint32_t i = 0; i < nat->hwm; i++) {
+        struct session *s = &nat->s[i];
+        if (s->in_use && s->translation == translation && s->backend == backend)
+            s->flags &= (uint8_t)~NAT_SF_RESET;
+    }
+}
+
+void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t *boff, uint32_t ntrans)
+{
+    for (uint32_t i = 0; i < nat->hwm; i++) {
+        const struct session *s = &nat->s[i];
+        if (!s->in_use || s->translation >= ntrans || s->backend == NAT_NO_BACKEND)
+            continue;
+        uint32_t b = boff[s->translation] + s->backend;
+        if (b < boff[s->translation + 1])
+            counts[b]++;
+    }
+}
+
 void nat_session_reset(struct nat *nat, uint32_t index)
 {
     if (index < nat->max_sessions && nat->s[index].in_use)

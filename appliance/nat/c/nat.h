@@ -205,6 +205,12 @@ int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint
 int nat_session_remove(struct nat *nat, uint32_t index);
 /* Mark a session to be reset by its next packet (see NAT_SF_RESET). */
 void nat_session_reset(struct nat *nat, uint32_t index);
+/* Clear that mark on every session of (translation, backend): it is back. */
+void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backend);
+/* Sessions per (translation t, backend b) into counts[boff[t] + b], for b
+ * below boff[t + 1] - boff[t]: the per-backend counts recounted at a reload
+ * (they are kept from events, which a full event ring would lose). */
+void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t *boff, uint32_t ntrans);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
 /* After a reload, what each session is counted against follows the new

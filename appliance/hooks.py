@@ -140,8 +140,10 @@ def appliance_session_timeouts(flow: "Flow", translation: Optional["Translation"
         built-in returns the translation's ``timeouts``, else the configured
         ``[timeouts]``).
 
-    At most 255 distinct Timeouts values are in use at once; beyond that the
-    configured timeouts apply (counted as a plugin error).
+    At most 255 distinct Timeouts values besides ``[timeouts]`` are in use at
+    once (a value no session and no translation holds any more is reused);
+    beyond that the global timeouts apply, counted as
+    ``nat.timeout_profiles_full``.
     """
 
 

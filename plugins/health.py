@@ -10,7 +10,8 @@ translation's), and with ``http = "/path"`` a ``GET`` that must answer a
 Transitions are logged and counted (``show stats`` → ``plugins``).
 
 Probes of one round run concurrently, each bounded by ``timeout``; a
-round starts every ``interval`` seconds. Nothing here runs per flow or per
+translation's round starts every ``interval`` seconds (not before its
+last one ended), each translation on its own. Nothing here runs per flow or per
 packet.
 """
 
@@ -90,20 +91,30 @@ class HealthChecks:
                                 if s.set_by(i) == "health")}
 
     async def run(self) -> None:
+        # Each translation's round in its own task: a slow translation's
+        # probes (a long timeout) do not hold back the others' checks.
         next_at: dict[str, float] = {}
-        while True:
-            now = trio.current_time()
-            due = [s for name, s in self.backends.items()
-                   if s.translation.health is not None and next_at.get(name, 0.0) <= now]
-            if due:
-                async with trio.open_nursery() as n:
-                    for s in due:
-                        next_at[s.translation.name] = now + s.translation.health.interval
-                        for i in range(len(s.translation.backends)):
-                            n.start_soon(self._check, s, i)
-            wake = min((next_at.get(n, 0.0) for n, s in self.backends.items() if s.translation.health),
-                       default=math.inf)
-            await trio.sleep(max(0.05, min(wake - trio.current_time(), 1.0)))
+        busy: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                for name, s in self.backends.items():
+                    h = s.translation.health
+                    if h is not None and name not in busy and next_at.get(name, 0.0) <= now:
+                        next_at[name] = now + h.interval
+                        busy.add(name)
+                        nursery.start_soon(self._round, s, busy)
+                wake = min((next_at.get(n, 0.0) for n, s in self.backends.items() if s.translation.health),
+                           default=math.inf)
+                await trio.sleep(max(0.05, min(wake - trio.current_time(), 1.0)))
+
+    async def _round(self, s, busy: set) -> None:
+        try:
+            async with trio.open_nursery() as n:
+                for i in range(len(s.translation.backends)):
+                    n.start_soon(self._check, s, i)
+        finally:
+            busy.discard(s.translation.name)
 
     async def _check(self, s, i: int) -> None:
         t, b = s.translation, s.translation.backends[i]

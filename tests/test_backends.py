@@ -469,3 +469,13 @@ def test_a_backend_set_kept_across_a_reload_no_longer_moves_the_core():
     held.set_state(0, "down")
     nat.tick()
     assert len(nat.sessions) == 50
+
+
+def test_timeout_values_are_reused_across_many_reloads():
+    nat = Nat(conf(proto="udp", extra="timeouts = { session = 10 }"))
+    for k in range(300):    # a new per-translation value each time, and traffic in between
+        nat.reload(conf(proto="udp", extra=f"timeouts = {{ session = {10 + k} }}"))
+        nat.send(udp("10.0.0.1", 1000 + k, "30.0.0.2", 80))
+        assert nat.lifetime() == 10 + k
+        nat.advance(10 + k + 1)   # that session ended: its profile may go
+    assert nat.counter("timeout_profiles_full") == 0

@@ -407,12 +407,26 @@ class NatCore(Expiry, Introspection):
         return via if backend_on_link else None
 
     def _profile(self, t: Timeouts) -> int:
+        """The C profile index of a Timeouts value. Profiles (256) are
+        reused once no session and no translation holds them: a process
+        that reloads new timeouts for months must not run out."""
         idx = self._profiles.get(t)
         if idx is None:
-            if len(self._profiles) >= lib.NAT_MAX_PROFILES:
-                self.plugins.errors["too-many-timeout-profiles"] += 1
+            taken = set(self._profiles.values())
+            if len(taken) >= lib.NAT_MAX_PROFILES:
+                taken = self._reclaim_profiles()
+            free = next((i for i in range(1, lib.NAT_MAX_PROFILES) if i not in taken), None)
+            if free is None:
+                lib.nat_count_event(self._nat, COUNTER_INDEX["timeout_profiles_full"])
                 return 0
-            idx = len(self._profiles)
+            idx = free
             self._profiles[t] = idx
             self._set_profile(idx, t)
         return idx
+
+    def _reclaim_profiles(self) -> set:
+        usage = ffi.new("uint32_t[]", lib.NAT_MAX_PROFILES)
+        lib.nat_profile_usage(self._nat, usage)
+        wanted = {t.timeouts for t in self.config.translations if t.timeouts is not None}
+        self._profiles = {t: i for t, i in self._profiles.items() if i == 0 or usage[i] or t in wanted}
+        return set(self._profiles.values())

@@ -790,6 +790,12 @@ static inline void verdict(struct nat *nat, struct nat_frame *f, uint8_t v, uint
     }
 }
 
+void nat_count_event(struct nat *nat, uint16_t counter)
+{
+    if (counter < NAT_C__COUNT)
+        nat->counters[counter]++;
+}
+
 void nat_count_verdict(struct nat *nat, uint8_t v, uint16_t reason)
 {
     struct nat_frame f;
@@ -954,6 +960,13 @@ void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backen
         if (s->in_use && s->translation == translation && s->backend == backend)
             s->flags &= (uint8_t)~NAT_SF_RESET;
     }
+}
+
+void nat_profile_usage(const struct nat *nat, uint32_t *counts)
+{
+    for (uint32_t i = 0; i < nat->hwm; i++)
+        if (nat->s[i].in_use)
+            counts[nat->s[i].profile]++;
 }
 
 void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t *boff, uint32_t ntrans)

@@ -153,6 +153,8 @@ int nat_set_profile(struct nat *nat, unsigned index, const struct nat_profile *p
 const uint64_t *nat_counters(const struct nat *nat);
 /* Count a verdict the slow path decided (frame dropped or passed there). */
 void nat_count_verdict(struct nat *nat, uint8_t verdict, uint16_t reason);
+/* Count an event the slow path saw (not a verdict). */
+void nat_count_event(struct nat *nat, uint16_t counter);
 uint32_t nat_session_count(const struct nat *nat);
 uint32_t nat_session_capacity(const struct nat *nat);
 
@@ -211,6 +213,9 @@ void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backen
  * below boff[t + 1] - boff[t]: the per-backend counts recounted at a reload
  * (they are kept from events, which a full event ring would lose). */
 void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t *boff, uint32_t ntrans);
+/* Sessions per timeout profile into counts[NAT_MAX_PROFILES]: which
+ * profiles may be reused for other timeouts. */
+void nat_profile_usage(const struct nat *nat, uint32_t *counts);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
 /* After a reload, what each session is counted against follows the new

@@ -22,9 +22,6 @@ import logging
 import os
 from typing import TYPE_CHECKING, Optional
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .._plugins import Plugins
-
 from .. import hooks
 from .._backends import BackendSet
 from .._config import Config
@@ -34,6 +31,9 @@ from ._binding import COUNTER_INDEX, ffi, lib
 from ._common import NO_BACKEND, Verdict, _ntohs, _ns, _u8
 from ._expiry import Expiry, _Drain
 from ._introspection import Introspection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._plugins import Plugins   # the core is handed one; it never builds one
 
 log = logging.getLogger("appliance.nat")
 

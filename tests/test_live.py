@@ -668,6 +668,16 @@ print(" ".join("%.2f" % t for t in times))
 """
 
 
+def start_stream(live, seconds: int):
+    """A backend that sends a line every 0.1 s, and a client reading it
+    through the vip for `seconds` (its output: the times it read them)."""
+    server = live.topo.popen(live.topo.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    time.sleep(0.3)
+    client = live.topo.popen(live.topo.ns_client, sys.executable, "-c", STREAM_CLIENT, str(seconds),
+                             stdout=subprocess.PIPE, text=True)
+    return server, client
+
+
 def test_sessions_survive_a_restart_with_state_file(live):
     """A backend that keeps sending while the appliance restarts: without the
     saved sessions its next segment would pass untranslated and the client
@@ -675,11 +685,8 @@ def test_sessions_survive_a_restart_with_state_file(live):
     state = str(live.tmp / "sessions.state")
     live.stop()
     live.start(args=("--state-file", state))
-    server = live.topo.popen(live.topo.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    server, client = start_stream(live, 6)
     try:
-        time.sleep(0.3)
-        client = live.topo.popen(live.topo.ns_client, sys.executable, "-c", STREAM_CLIENT, "6",
-                                 stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert live.stop() == 0
         stopped = time.time()
@@ -1078,11 +1085,8 @@ def test_drain_reset_resets_a_running_connection_of_a_backend_set_down(live):
     """drain = "reset": the client of a streaming backend that a reload sets
     down gets a RST with the backend's next segment, at once, not when the
     session would have timed out."""
-    server = live.topo.popen(live.topo.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    server, client = start_stream(live, 10)
     try:
-        time.sleep(0.3)
-        client = live.topo.popen(live.topo.ns_client, sys.executable, "-c", STREAM_CLIENT, "10",
-                                 stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)
         live.config.write_text(live.config.read_text().replace(
             'port = 7000\nbackends = ["->20.0.0.1 7000"]',

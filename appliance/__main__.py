@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
                         "now). Addresses, routes and neighbours come from the kernel.")
     rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     rn.add_argument("--ready-file", metavar="PATH", help="write 'ready' to PATH once serving")
-    rn.add_argument("--control", metavar="PATH", help="serve the control socket (appliance show) at PATH")
+    rn.add_argument("--control", metavar="PATH",
+                    help="serve the control socket (appliance show) at PATH (default: "
+                    "/run/appliance/NETNS.sock, NETNS the network namespace's name, 'default' for the "
+                    "host's; 'none': no control socket)")
+    rn.add_argument("--control-group", metavar="GROUP",
+                    help="also let members of GROUP use the control socket (default: root only)")
     rn.add_argument("--nice", type=int, default=-19, metavar="N",
                     help="scheduling niceness of the datapath process (default -19, so that processes it "
                     "wakes by delivering their packets do not preempt it; needs CAP_SYS_NICE, else a "
@@ -58,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="ask a running appliance (sessions, stats, translations)")
     sh.add_argument("what", choices=["sessions", "stats", "translations"])
-    sh.add_argument("--control", required=True, metavar="PATH", help="its control socket")
+    sh.add_argument("--control", metavar="PATH",
+                    help="its control socket (default: the one of this network namespace, "
+                    "/run/appliance/NETNS.sock)")
     sh.add_argument("--json", action="store_true", help="print the raw JSON answer")
     sh.add_argument("--limit", type=int, default=1000, metavar="N",
                     help="sessions: at most N (default 1000; 0: all, which on a busy appliance takes "
@@ -178,7 +185,21 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             return _error(f"--metrics: {exc}")
         try:
-            return trio.run(_runtime.run, cfg, args.ready_file, args.control, args.nice, args.state_file, metrics)
+            from ._controlpath import default_control_path
+
+            control = args.control or default_control_path()
+            if control == "none":
+                control = None
+            group = None
+            if args.control_group:
+                import grp
+
+                try:
+                    group = grp.getgrnam(args.control_group).gr_gid
+                except KeyError:
+                    return _error(f"--control-group: no group named '{args.control_group}'")
+            return trio.run(_runtime.run, cfg, args.ready_file, control, args.nice, args.state_file, metrics,
+                            group)
         except SteeringError as exc:
             return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
         except PermissionError as exc:
@@ -189,15 +210,24 @@ def main(argv: list[str] | None = None) -> int:
 
         from . import _runtime
 
+        from ._controlpath import default_control_path
+
+        control = args.control or default_control_path()
         command = args.what
         if args.what == "sessions":
             if args.limit < 0:
                 return _error("--limit: must be 0 (all) or more")
             command += f" limit={args.limit}" + (f" match={args.match}" if args.match else "")
         try:
-            answer = trio.run(_runtime.query, args.control, command)
+            answer = trio.run(_runtime.query, control, command)
         except OSError as exc:
-            return _error(f"{args.control}: cannot reach the appliance: {exc.strerror or exc}")
+            hint = ""
+            if isinstance(exc, FileNotFoundError) and not args.control:
+                hint = " (no appliance runs in this network namespace with the default control socket; " \
+                       "start one, run this in its namespace, or give --control PATH)"
+            elif isinstance(exc, PermissionError):
+                hint = " (the control socket is root's, or its --control-group's)"
+            return _error(f"{control}: cannot reach the appliance: {exc.strerror or exc}{hint}")
         if "error" in answer:
             return _error(answer["error"])
         if args.json:

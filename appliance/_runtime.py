@@ -815,6 +815,25 @@ def _raise_priority(nice: int) -> None:
 STATE_HOLD_SECONDS = 5.0
 
 
+def _control_socket(path: str, group: Optional[int]) -> socket.socket:
+    """The control socket: root's (and group's) only, mode 0660 (0600
+    without a group). The default directory (/run/appliance) is made if
+    missing; another missing one is the operator's typo: an error."""
+    from ._controlpath import CONTROL_DIR
+
+    if os.path.dirname(os.path.abspath(path)) == CONTROL_DIR:
+        os.makedirs(CONTROL_DIR, mode=0o755, exist_ok=True)
+    old = os.umask(0o177)     # no moment where others could connect
+    try:
+        sock = _listening_socket(socket.AF_UNIX, path)
+    finally:
+        os.umask(old)
+    if group is not None:
+        os.chown(path, -1, group)
+        os.chmod(path, 0o660)
+    return sock
+
+
 def _listening_socket(family: int, address) -> socket.socket:
     """A listening socket for the control socket or the metrics, bound
     before the loop starts so that a taken port or a bad path is a clear
@@ -886,7 +905,7 @@ def _save_sessions(app: Appliance, path: str) -> None:
 
 async def run(config: Config, ready_file: Optional[str] = None, control: Optional[str] = None,
               nice: int = 0, state_file: Optional[str] = None,
-              metrics: Optional[tuple[str, int]] = None) -> int:
+              metrics: Optional[tuple[str, int]] = None, control_group: Optional[int] = None) -> int:
     _raise_priority(nice)
     # The datapath thread needs the GIL back after each io_poll() call; a
     # worker thread (the kernel snapshot parses `ip -j` output) would keep it
@@ -903,7 +922,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
             family = socket.AF_INET6 if ":" in metrics[0] else socket.AF_INET
             metrics_sock = _listening_socket(family, metrics)
         if control:
-            control_sock = _listening_socket(socket.AF_UNIX, control)
+            control_sock = _control_socket(control, control_group)
     except OSError as exc:
         what = f"--metrics {metrics[0]}:{metrics[1]}" if metrics and metrics_sock is None else f"--control {control}"
         raise SystemExit(f"appliance: error: {what}: {exc.strerror or exc}")

@@ -1098,3 +1098,28 @@ def test_drain_reset_resets_a_running_connection_of_a_backend_set_down(live):
     assert out[0] == "ConnectionResetError", out
     ticks = [float(t) for t in out[1].split()]
     assert len(ticks) >= 5 and ticks[-1] < changed + 2.5, (changed, ticks)
+
+
+def test_the_default_control_socket_is_per_namespace_and_roots_only(live):
+    """No --control: the socket is /run/appliance/NETNS.sock, found by
+    `appliance show` in that namespace, absent in another, mode 0600 (a
+    non-root user is refused) or 0660 with --control-group."""
+    import stat as st
+
+    t = live.topo
+    path = f"/run/appliance/{t.ns_app}.sock"
+    assert st.S_ISSOCK(os.stat(path).st_mode) and st.S_IMODE(os.stat(path).st_mode) == 0o600
+    r = live.run(t.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json")
+    assert r.returncode == 0 and "nat" in json.loads(r.stdout), r.stderr
+    r = live.run(t.ns_client, sys.executable, "-m", "appliance", "show", "stats")
+    assert r.returncode == 1 and "no appliance runs in this network namespace" in r.stderr, r.stderr
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "appliance",
+              "show", "stats", "--json")
+    r = live.run(t.ns_app, *nobody)
+    assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr
+    live.stop()
+    assert not os.path.exists(path)
+    live.start(args=("--control-group", "nogroup"))
+    assert st.S_IMODE(os.stat(path).st_mode) == 0o660 and os.stat(path).st_gid == 65534
+    r = live.run(t.ns_app, *nobody)
+    assert r.returncode == 0 and "nat" in json.loads(r.stdout), r.stderr

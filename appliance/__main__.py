@@ -123,6 +123,40 @@ def _error(msg: str) -> int:
     return 1
 
 
+def _endpoint(addr: str, port: int) -> str:
+    """ADDRESS:PORT, IPv6 as [ADDRESS]:PORT (what explain accepts)."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _stats_lines(answer: dict) -> list[str]:
+    """show stats as text: every figure of the JSON answer, nested ones as
+    dotted names (nat.plugins.first-party:health.probes; the core's
+    counters directly under nat: nat.translated), aligned. Counters
+    that are zero are left out (--json has them); the figures of nat
+    (sessions, capacity, ...) are always shown. Per-translation figures are
+    show translations'."""
+    rows: list[tuple[str, object]] = []
+
+    def walk(prefix: str, values: dict, always: bool) -> None:
+        for k, v in values.items():
+            name = f"{prefix}.{k}"
+            if isinstance(v, dict):
+                walk(name, v, False)
+            elif isinstance(v, (int, float, str)) and not isinstance(v, bool) and (always or v):
+                rows.append((name, v))
+
+    for section, values in answer.items():
+        if isinstance(values, dict):
+            figures = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
+            walk(section, figures, section == "nat")
+            walk(section, values.get("counters", {}), False)    # nat.translated, as operations.md names them
+            walk(section, {k: v for k, v in values.items() if isinstance(v, dict) and k != "counters"}, False)
+    for sock in answer.get("sockets", []):       # frames received per RX queue, idle ones too
+        rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.rx", sock["rx"]))
+    width = max((len(n) for n, _ in rows), default=0)
+    return [f"{n:{width}} {str(v).replace(' ', '_') if isinstance(v, str) else v}" for n, v in rows]
+
+
 def _translation_lines(translations: list, figures: bool = True) -> list[str]:
     """show translations (and check-config, without figures): a line per
     translation, one per backend below it."""
@@ -234,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(answer, indent=2, sort_keys=True))
         elif args.what == "sessions":
             for s in answer["sessions"]:
-                print(f"[{s['index']}] {s['proto']} {s['src']}:{s['sport']} -> {s['dst']}:{s['dport']} => "
-                      f"{s['new_src']}:{s['new_sport']} -> {s['new_dst']}:{s['new_dport']} {s['kind']} "
+                ep = _endpoint
+                print(f"[{s['index']}] {s['proto']} {ep(s['src'], s['sport'])} -> {ep(s['dst'], s['dport'])} => "
+                      f"{ep(s['new_src'], s['new_sport'])} -> {ep(s['new_dst'], s['new_dport'])} {s['kind']} "
                       f"{s['state']} pkts {s['packets'][0]}/{s['packets'][1]} expires in {s['expires_in']}s")
             if answer["shown"] == args.limit and answer["total"] > args.limit:
                 print(f"({answer['shown']} of {answer['total']} sessions shown: --limit N, --limit 0 for all, "
@@ -243,26 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "translations":
             print("\n".join(_translation_lines(answer["translations"])))
         else:
-            for section, values in answer.items():
-                if not isinstance(values, dict):
-                    continue
-                # nat: its figures (sessions, capacity, ...) always, then its
-                # counters; io, xdp, config: what is not zero
-                counters = values.get("counters")
-                if counters is not None:
-                    for k, v in values.items():
-                        if k != "counters" and isinstance(v, (int, float, str)):
-                            print(f"{section}.{k:28} {v}")
-                for k, v in (counters if counters is not None else values).items():
-                    if v and isinstance(v, (int, float, str)):
-                        print(f"{section}.{k:28} {v}")
-            for plugin, figures in answer.get("nat", {}).get("plugins", {}).items():   # their own figures
-                for k, v in figures.items():
-                    print(f"{'plugins.' + plugin + '.' + k:37} {v}")
-            for plugin, n in answer.get("nat", {}).get("plugin_errors", {}).items():
-                print(f"{'plugin_errors.' + plugin:37} {n}")
-            for sock in answer.get("sockets", []):       # frames received per RX queue
-                print(f"{'sockets.' + sock['interface'] + '.q' + str(sock['queue']) + '.rx':37} {sock['rx']}")
+            print("\n".join(_stats_lines(answer)))
         return 0
 
     if args.command == "explain":

@@ -76,6 +76,8 @@ RX_NAP_NS = 20_000
 RX_IDLE_NS = 500_000
 RX_TIMER_SLACK_NS = 5_000
 CONFIG_POLL = 1.0         # seconds between looks at the configuration file
+CONFIG_SETTLE = 0.2      # seconds a changed file must stay unchanged before it is read
+CONFIG_SETTLE_MAX = 5.0  # ... but a file rewritten without end is read after this long
 # How long io_poll() may run before Python yields to the other trio tasks
 # (control socket, timers, kernel follower): each return costs the
 # interpreter ~20-40 us, 1-2 % of the core at one return per millisecond.
@@ -627,6 +629,16 @@ class Appliance:
             path = pathlib.Path(self.config.path)
             digest = self._digest(path)
             if digest is None or (digest == self._config_seen and not force):
+                return
+            # read it once it has been still for CONFIG_SETTLE: a file caught
+            # half-written may parse, and its first half must not be applied
+            for _ in range(int(CONFIG_SETTLE_MAX / CONFIG_SETTLE)):
+                await trio.sleep(CONFIG_SETTLE)
+                again = self._digest(path)
+                if again == digest:
+                    break
+                digest = again
+            if digest is None:
                 return
             self._config_seen = digest
             await self.reload(path)

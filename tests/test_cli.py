@@ -59,3 +59,21 @@ def test_explain_tells_backend_snat_and_rewrite():
     assert "verdict: dropped (drop_no_translation)" in r.stdout
     r = run("explain", "--config", cfg, "tcp", "10.0.0.1", "30.0.0.2:80")
     assert r.returncode == 1 and "expected ADDRESS:PORT" in r.stderr
+
+
+def test_show_stats_text_has_every_nested_figure_aligned():
+    from appliance.__main__ import _endpoint, _stats_lines
+
+    answer = {"nat": {"sessions": 0, "capacity": 16, "counters": {"translated": 3, "dropped": 0},
+                      "plugin_errors": {"my-plugin": 2}, "plugins": {"first-party:health": {"probes": 7}},
+                      "new_flows_per_translation": {"web": 3}, "translations": [{"name": "web"}]},
+              "io": {"rx": 5, "tx": 0}, "config": {"last_error": None, "reloads": 1},
+              "sockets": [{"interface": "a0", "queue": 0, "rx": 0}]}
+    lines = _stats_lines(answer)
+    rows = dict(line.split() for line in lines)
+    assert rows == {"nat.sessions": "0", "nat.capacity": "16", "nat.translated": "3",
+                    "nat.plugin_errors.my-plugin": "2", "nat.plugins.first-party:health.probes": "7",
+                    "nat.new_flows_per_translation.web": "3", "io.rx": "5", "config.reloads": "1",
+                    "sockets.a0.q0.rx": "0"}
+    assert len({line.rindex(" ") for line in lines}) == 1          # one column
+    assert _endpoint("fd00::1", 53) == "[fd00::1]:53" and _endpoint("10.0.0.1", 53) == "10.0.0.1:53"

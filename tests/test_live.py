@@ -1123,3 +1123,20 @@ def test_the_default_control_socket_is_per_namespace_and_roots_only(live):
     assert st.S_IMODE(os.stat(path).st_mode) == 0o660 and os.stat(path).st_gid == 65534
     r = live.run(t.ns_app, *nobody)
     assert r.returncode == 0 and "nat" in json.loads(r.stdout), r.stderr
+
+
+def test_a_file_written_in_two_halves_is_never_applied_by_its_first_half(live):
+    text = live.config.read_text()
+    full = text.count("[[translation]]")
+    half = text[:text.index("[[translation]]", text.index("[[translation]]") + 1)]   # one translation
+    assert half.count("[[translation]]") == 1
+    live.config.write_text(half)
+    live.app.send_signal(signal.SIGHUP)     # read now... once the file has been still for 0.2 s
+    time.sleep(0.1)
+    live.config.write_text(text + "\n# edited\n")
+    deadline = time.time() + 10
+    while "configuration reloaded" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)                          # and the poll after it
+    reloads = [line for line in live.log.read_text().splitlines() if "configuration reloaded" in line]
+    assert reloads and all(line.endswith(f": {full} translations") for line in reloads), reloads

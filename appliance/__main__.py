@@ -25,6 +25,18 @@ Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage.
 """
 
 
+def _finish(sub: argparse.ArgumentParser, help_text: str) -> None:
+    if sub.description is None:
+        sub.description = help_text[:1].upper() + help_text[1:] + "."
+    if not any("--log-level" in a.option_strings for a in sub._actions):
+        sub.add_argument("--log-level", default=argparse.SUPPRESS,
+                         help="logging level (default WARNING), here or before the command")
+    for action in sub._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                _finish(action.choices[choice.dest], choice.help)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appliance", description="cnat-style NAT appliance",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                        "pcap frames are received on --interface; pcapng frames on the interface "
                        "named by their interface description block.")
     r.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
-    r.add_argument("--interface", default="replay0", metavar="NAME",
-                   help="ingress interface for pcap frames and unnamed pcapng interfaces (default replay0)")
+    r.add_argument("--interface", default="eth0", metavar="NAME",
+                   help="ingress interface for pcap frames and unnamed pcapng interfaces (default eth0, as explain's)")
     r.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     r.add_argument("--seed", type=int, metavar="N",
                    help="session table seed (SNAT port choices; default: the configuration's flow_hash_seed, "
@@ -115,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="runs per mode, the modes alternating; medians reported (default 7: single runs "
                     "vary by 1.5x on a shared VM)")
     be.add_argument("--seconds", type=float, default=4.0, help="seconds per UDP/iperf3 run (default 4)")
+    # every subcommand: a description in its --help (its one-line help when
+    # it has none of its own), and --log-level after it too
+    for action in p._subparsers._group_actions:
+        for choice in action._choices_actions:
+            _finish(action.choices[choice.dest], choice.help)
     return p
 
 
@@ -188,6 +205,16 @@ def _translation_lines(translations: list, figures: bool = True) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:   # `appliance show sessions | head`: the reader is done, so are we
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),

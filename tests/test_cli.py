@@ -77,3 +77,17 @@ def test_show_stats_text_has_every_nested_figure_aligned():
                     "sockets.a0.q0.rx": "0"}
     assert len({line.rindex(" ") for line in lines}) == 1          # one column
     assert _endpoint("fd00::1", 53) == "[fd00::1]:53" and _endpoint("10.0.0.1", 53) == "10.0.0.1:53"
+
+
+def test_every_subcommand_has_a_description_and_takes_log_level_after_it():
+    from appliance.__main__ import _parser
+
+    p = _parser()
+    sub = next(a for a in p._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert parser.description, name
+        assert any("--log-level" in a.option_strings for a in parser._actions), name
+    r = run("check-config", "appliance/examples/demo.toml", "--log-level", "DEBUG")
+    assert r.returncode == 0, r.stderr
+    assert p.parse_args(["replay", "--config", "c", "i", "o"]).interface == \
+        p.parse_args(["explain", "--config", "c", "tcp", "1.2.3.4:1", "5.6.7.8:2"]).interface == "eth0"

@@ -104,7 +104,7 @@ def test_pcapng_interfaces_by_name(tmp_path, conf):
 def test_verbose_prints_a_line_per_frame(tmp_path, conf):
     write_pcap(tmp_path / "in.pcap", [(1.0, udp("10.0.0.1", 5000, "30.0.0.2", 53))])
     r = run("replay", "-v", "--config", conf, str(tmp_path / "in.pcap"), str(tmp_path / "out.pcap"))
-    assert "#0 replay0 udp 10.0.0.1:5000 -> 30.0.0.2:53 -> forward: udp 10.0.0.1:5000 -> 20.0.0.1:5353" in r.stdout
+    assert "#0 eth0 udp 10.0.0.1:5000 -> 30.0.0.2:53 -> forward: udp 10.0.0.1:5000 -> 20.0.0.1:5353" in r.stdout
     assert "translated 1" in r.stdout
 
 

@@ -54,7 +54,7 @@ class ReplayReport:
 FrameHook = Callable[[int, str, int, str, bytes, bytes], None]
 
 
-def replay(config: Config, in_path: str, out_path: str, interface: str = "replay0",
+def replay(config: Config, in_path: str, out_path: str, interface: str = "eth0",
            on_frame: Optional[FrameHook] = None, core: Optional[NatCore] = None,
            seed: Optional[int] = None) -> ReplayReport:
     """Replay in_path into out_path. on_frame(index, interface, verdict,

@@ -21,7 +21,8 @@ commands:
   bench core    measure the NAT core in-process (fast path, slow path, memory)
   bench e2e     measure the live appliance against nftables DNAT (root)
 
-Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage.
+Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage,
+3 replay: the capture is damaged (the frames before the damage were replayed).
 """
 
 
@@ -372,6 +373,10 @@ def _main(argv: list[str] | None = None) -> int:
             print(json.dumps(report.as_dict(), sort_keys=True))
         else:
             print("\n".join(report.lines()))
+        if report.damaged:
+            print(f"appliance: error: the capture is damaged: {report.damaged}; the {report.frames} frames "
+                  f"before it were replayed and written to {args.output}", file=sys.stderr)
+            return 3
         return 0
 
     if args.command == "bench":

@@ -174,3 +174,23 @@ def test_a_capture_with_both_directions_of_colliding_snat_flows_is_restored(tmp_
     assert [(str(ipaddress.ip_address(p.dst)), p.data.dport) for p in back] == \
         [(f"10.1.0.{i + 1}", 5000) for i in range(20)]
     assert len(set(ports)) == 20      # they collided: nineteen ports were chosen, not kept
+
+
+def test_a_capture_cut_in_a_frame_replays_what_came_before_and_says_where(tmp_path, conf):
+    frames = [(1.0 + i / 10, udp(f"10.0.0.{i + 1}", 5000, "30.0.0.2", 53)) for i in range(5)]
+    whole = tmp_path / "whole.pcap"
+    write_pcap(whole, frames)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:len(data) - 20])        # the last frame cut in its middle
+    out = tmp_path / "out.pcap"
+    r = run("replay", "--config", conf, "--json", str(cut), str(out))
+    assert r.returncode == 3, r.stderr
+    report = json.loads(r.stdout)
+    assert report["frames"] == 4 and "truncated packet data at offset" in report["damaged"]
+    assert "the capture is damaged" in r.stderr and "4 frames before it" in r.stderr
+    assert len(read_pcap(out)) == 4
+    # cut inside the first frame: nothing to replay, and no empty "result" left behind
+    cut.write_bytes(data[:24 + 16 + 10])
+    r = run("replay", "--config", conf, str(cut), str(out := tmp_path / "none.pcap"))
+    assert r.returncode == 1 and "truncated packet data" in r.stderr and not out.exists()

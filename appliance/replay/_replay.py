@@ -10,12 +10,13 @@ so replayed frames keep their Ethernet header and TTL.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional
 
 from .._config import Config
 from ..nat import Batch, NatCore, Verdict
 from ..nat._binding import COUNTER_NAMES
-from ._pcap import CaptureReader, PcapWriter
+from ._pcap import CaptureError, CaptureReader, PcapWriter
 
 BATCH = 64
 FRAME_MAX = 65536 + 64   # any frame a capture can hold (snaplen <= 256 KiB is checked)
@@ -34,6 +35,7 @@ class ReplayReport:
     sessions_active: int = 0
     plugin_errors: dict = dataclasses.field(default_factory=dict)
     counters: dict = dataclasses.field(default_factory=dict)
+    damaged: str = ""      # where and how the capture ended early ("" if whole)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,13 +98,23 @@ def replay(config: Config, in_path: str, out_path: str, interface: str = "eth0",
                 core.expire(pending[-1].ts_ns / 1e9)
                 pending.clear()
 
-            for pkt in reader:
-                if len(pkt.data) > FRAME_MAX:
-                    pkt = dataclasses.replace(pkt, data=pkt.data[:FRAME_MAX])
-                pending.append(pkt)
-                last_ns = max(last_ns, pkt.ts_ns)
-                if len(pending) == BATCH:
-                    flush()
+            try:
+                for pkt in reader:
+                    if len(pkt.data) > FRAME_MAX:
+                        pkt = dataclasses.replace(pkt, data=pkt.data[:FRAME_MAX])
+                    pending.append(pkt)
+                    last_ns = max(last_ns, pkt.ts_ns)
+                    if len(pending) == BATCH:
+                        flush()
+            except CaptureError as exc:
+                # a capture cut short (a full disk, a killed tcpdump): what
+                # came before the damage is replayed and written; a file
+                # damaged before its first frame is no capture at all
+                if report.frames + len(pending) == 0:
+                    writer.close()
+                    os.unlink(out_path)
+                    raise
+                report.damaged = str(exc)
             if pending:
                 flush()
             core.expire_all(last_ns / 1e9)

@@ -57,6 +57,10 @@ def render(stats: dict) -> str:
                [({}, nat.get("hairpin_flows", 0))])
     for name, value in nat["counters"].items():
         out.family(f"appliance_nat_{name}_total", "counter", _NAT_HELP.get(name, name), [({}, value)])
+    out.family("appliance_drops_total", "counter",
+               "frames the NAT dropped, by reason (the appliance_nat_drop_*_total counters as one family)",
+               [({"reason": name[len("drop_"):]}, value) for name, value in nat["counters"].items()
+                if name.startswith("drop_")])
     trs = nat.get("translations", [])
     out.family("appliance_translation_new_flows_total", "counter", "new flows per translation (by name)",
                [({"translation": t["name"]}, t["new_flows"]) for t in trs])

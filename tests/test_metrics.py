@@ -156,3 +156,24 @@ def test_a_running_appliance_answers_a_scrape(tmp_path):
             app.terminate()
             app.wait(15)
             server.kill()
+
+
+def test_prometheus_own_parser_reads_the_metrics_of_a_real_core():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from appliance.testing import Nat, tcp
+
+    nat = Nat('[[translation]]\nname = "web"\nproto = "tcp"\nvip = "30.0.0.2"\nport = 80\n'
+              'backends = [{ to = "->20.0.0.1 8080", name = "web-a", weight = 2 }, "->20.0.0.2 8080"]\n')
+    for i in range(20):
+        nat.send(tcp(f"10.0.0.{i + 1}", 1000, "30.0.0.2", 80))
+    nat.send(tcp("10.0.0.1", 1000, "30.0.0.2", 81))     # no translation on that port: dropped
+    stats = dict(STATS, nat=nat.core.statistics().as_dict())
+    families = {f.name: f for f in text_string_to_metric_families(render(stats))}
+    sessions = {s.labels["backend"]: s.value for s in families["appliance_backend_sessions"].samples}
+    assert sessions == {"web-a": sum(1 for x in nat.sessions if x.backend_name == "web-a"),
+                        "->20.0.0.2 8080": sum(1 for x in nat.sessions if x.backend_name == "->20.0.0.2 8080")}
+    assert sum(sessions.values()) == 20
+    drops = {s.labels["reason"]: s.value for s in families["appliance_drops"].samples
+             if s.name == "appliance_drops_total"}
+    assert drops["no_translation"] == 1 and all(v == 0 for k, v in drops.items() if k != "no_translation")

@@ -15,6 +15,7 @@ commands:
                 --offline: the seed's examples through the NAT core, explained
   run           NAT live traffic on the configured interfaces (AF_XDP; root)
   show          sessions / stats / translations of a running appliance (control socket)
+  cnat          the seed's cnat verbs on a running appliance (translation add/del, snat, show)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
   explain       why a new flow gets its backend, SNAT decision and rewrite
   check-config  validate a configuration file and print what it configures
@@ -86,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--match", metavar="ADDRESS",
                     help="sessions: only those with ADDRESS as a source or destination, before or after NAT")
 
+    cn = sub.add_parser("cnat", help="change or ask a running appliance in the seed's cnat words",
+                        description="The seed's cnat verbs, acting on the running appliance at once: "
+                        "translation add proto TCP vip 30.0.0.2 80 to ->20.0.0.1 8080 [to ...]; "
+                        "translation del proto TCP vip 30.0.0.2 80 (or del NAME); snat with ADDRESS; "
+                        "snat exclude PREFIX [del]; backend set TRANSLATION BACKEND (weight N | drain | down "
+                        "| up); show (session [verbose] | translation | snat). Changes are an overlay on the "
+                        "watched file: kept across its reloads, dropped at a restart (docs/operations.md).")
+    cn.add_argument("--control", metavar="PATH", help="its control socket (default: this namespace's)")
+    cn.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    cn.add_argument("words", nargs=argparse.REMAINDER, metavar="WORDS")
+
     r = sub.add_parser("replay", help="replay a capture through the NAT core",
                        description="Run every frame of IN (pcap or pcapng, Ethernet) through the NAT "
                        "core in file order, with its capture timestamp as the clock, and write every "
@@ -139,6 +151,52 @@ def _parser() -> argparse.ArgumentParser:
 def _error(msg: str) -> int:
     print(f"appliance: error: {msg}", file=sys.stderr)
     return 1
+
+
+def _cnat_command(args) -> int:
+    import trio
+
+    from . import _runtime
+    from ._cnat import CnatSyntaxError, Show, parse
+    from ._controlpath import default_control_path
+
+    control = args.control or default_control_path()
+    try:
+        cmd = parse(args.words)
+    except CnatSyntaxError as exc:
+        return _error(str(exc))
+    try:
+        if isinstance(cmd, Show) and cmd.what == "session":
+            answer = trio.run(_runtime.query, control, "sessions limit=0")
+        else:
+            answer = trio.run(_runtime.query, control, "cnat " + json.dumps(args.words))
+    except OSError as exc:
+        return _error(f"{control}: cannot reach the appliance: {exc.strerror or exc}")
+    if "error" in answer:
+        return _error(answer["error"])
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif isinstance(cmd, Show) and cmd.what == "session":
+        for s in answer["sessions"]:
+            line = (f"[{s['index']}] {s['proto']} {_endpoint(s['src'], s['sport'])} -> "
+                    f"{_endpoint(s['dst'], s['dport'])} => {_endpoint(s['new_src'], s['new_sport'])} -> "
+                    f"{_endpoint(s['new_dst'], s['new_dport'])}")
+            if cmd.verbose:
+                line += (f" {s['kind']} {s['state']} pkts {s['packets'][0]}/{s['packets'][1]} "
+                         f"expires in {s['expires_in']}s")
+            print(line)
+    elif isinstance(cmd, Show) and cmd.what == "translation":
+        runtime = answer.get("runtime", [])
+        print("\n".join(_translation_lines(answer["translations"])))
+        for c in runtime:
+            print(f"runtime: cnat {c}")
+    elif isinstance(cmd, Show):
+        print(json.dumps(answer.get("snat"), sort_keys=True))
+        for c in answer.get("runtime", []):
+            print(f"runtime: cnat {c}")
+    else:
+        print(f"ok: cnat {answer['ok']}")
+    return 0
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -266,6 +324,9 @@ def _main(argv: list[str] | None = None) -> int:
             return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
         except PermissionError as exc:
             return _error(f"{exc} (appliance run needs root)")
+
+    if args.command == "cnat":
+        return _cnat_command(args)
 
     if args.command == "show":
         import trio

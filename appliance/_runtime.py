@@ -36,6 +36,7 @@ from typing import Optional
 import trio
 
 from . import _kernel, _metrics
+from . import _cnat
 from ._config import Config, ConfigError, parse_config
 from ._plugins import Plugins
 from .io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
@@ -256,6 +257,10 @@ class _IdleWait:
 class Appliance:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # `appliance cnat` changes: an overlay on the watched file, applied
+        # after it at every reload, dropped at a restart (docs/operations.md)
+        self.file_config = config
+        self.overlay: list = []
         self.steering = Steering()
         self.plugins = Plugins(config.plugin_modules, config_path=config.path)
         self.core = NatCore(config, plugins=self.plugins)
@@ -671,6 +676,8 @@ class Appliance:
                 log.warning("%s changed in %s: takes effect at restart", what, path)
         new = dataclasses.replace(new, interfaces=self.config.interfaces, plugin_modules=self.config.plugin_modules,
                                   max_sessions=self.config.max_sessions)
+        self.file_config = new
+        new = self._with_overlay(new)
         self.config = new
         self.core.apply_config(new)
         try:   # vips and real-translation ports in the XDP maps
@@ -681,6 +688,67 @@ class Appliance:
         self.config_status["last_error"] = None
         print(f"appliance: configuration reloaded from {path}: {len(new.translations)} translations", flush=True)
         return True
+
+    def _with_overlay(self, file_config: Config) -> Config:
+        """The file's configuration with the runtime changes that still fit
+        it; one that no longer does (the file now has that translation) is
+        dropped, with a warning: the file is the declared truth."""
+        kept = []
+        for cmd in self.overlay:
+            try:
+                cfg = _cnat.apply(file_config, kept + [cmd])
+                self.plugins.check(cfg)
+            except ConfigError as exc:
+                log.warning("runtime change 'cnat %s' dropped: it no longer fits %s (%s)",
+                            _cnat.render(cmd), file_config.path, exc.reason)
+                continue
+            kept.append(cmd)
+        self.overlay = kept
+        return _cnat.apply(file_config, kept)
+
+    async def cnat(self, words: list[str]) -> dict:
+        """An `appliance cnat` command: a change applied at once (new flows;
+        sessions follow their drain policies), or a question."""
+        try:
+            cmd = _cnat.parse(words)
+        except _cnat.CnatSyntaxError as exc:
+            return {"error": str(exc)}
+        if isinstance(cmd, _cnat.Show):
+            if cmd.what == "translation":
+                return {**self.core.describe_translations(),
+                        "runtime": [_cnat.render(c) for c in self.overlay]}
+            if cmd.what == "snat":
+                sn = self.config.snat
+                return {"snat": None if sn is None else {
+                    "ip4": str(sn.ip4) if sn.ip4 else None, "ip6": str(sn.ip6) if sn.ip6 else None,
+                    "interfaces": list(sn.interfaces), "exclude": [str(n) for n in sn.exclude],
+                    "policy": sn.policy}, "runtime": [_cnat.render(c) for c in self.overlay
+                                                      if isinstance(c, (_cnat.SnatWith, _cnat.SnatExclude))]}
+            return {"error": "cnat show session: ask with `appliance cnat show session` (streamed)"}
+        if isinstance(cmd, _cnat.BackendSet):
+            s = self.core.backends.get(cmd.translation)
+            i = None if s is None else s.index(cmd.backend)
+            if i is None:
+                return {"error": f"no backend '{cmd.backend}' in a translation '{cmd.translation}'"}
+            if cmd.action == "weight":
+                s.set_weight(i, cmd.weight)
+            else:
+                s.set_state(i, {"drain": "draining", "down": "down", "up": None}[cmd.action], by="cnat")
+            return {"ok": _cnat.render(cmd), "backend": s.describe(i)}
+        try:
+            cfg = _cnat.apply(self.file_config, self.overlay + [cmd])
+            self.plugins.check(cfg)
+        except ConfigError as exc:
+            return {"error": str(exc)}
+        self.overlay.append(cmd)
+        self.config = cfg
+        self.core.apply_config(cfg)
+        try:   # vips and real-translation ports in the XDP maps
+            self.sync_kernel(await trio.to_thread.run_sync(_read_kernel, self._data_ports()), force=True)
+        except _KERNEL_ERRORS as exc:
+            self._kernel_error(exc)
+        log.warning("runtime change: cnat %s", _cnat.render(cmd))
+        return {"ok": _cnat.render(cmd), "translations": len(cfg.translations)}
 
     # -- control socket ----------------------------------------------------------
 
@@ -759,14 +827,25 @@ class Appliance:
             try:
                 data = b""
                 with trio.move_on_after(5):
-                    while not data.endswith(b"\n") and len(data) < 1024:
+                    while not data.endswith(b"\n") and len(data) < 65536:
                         chunk = await stream.receive_some(1024)
                         if not chunk:
                             break
                         data += chunk
-                command, *args = data.decode(errors="replace").split() or [""]
+                text = data.decode(errors="replace")
+                command, *args = text.split() or [""]
                 if command == "sessions":
                     await self.send_sessions(stream, args)
+                elif command == "cnat":   # cnat ["word", ...]: words may hold spaces (backend names)
+                    try:
+                        words = json.loads(text[len("cnat"):])
+                        assert isinstance(words, list) and all(isinstance(w, str) for w in words)
+                    except (ValueError, AssertionError):
+                        answer = {"error": 'cnat: expected a JSON list of words: cnat ["show", "translation"]'}
+                    else:
+                        async with self._reloading:    # one change at a time, file reloads included
+                            answer = await self.cnat(words)
+                    await stream.send_all(json.dumps(answer).encode() + b"\n")
                 else:
                     await stream.send_all(json.dumps(self.answer(command)).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):

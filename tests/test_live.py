@@ -1140,3 +1140,46 @@ def test_a_file_written_in_two_halves_is_never_applied_by_its_first_half(live):
     time.sleep(1.5)                          # and the poll after it
     reloads = [line for line in live.log.read_text().splitlines() if "configuration reloaded" in line]
     assert reloads and all(line.endswith(f": {full} translations") for line in reloads), reloads
+
+
+def test_cnat_verbs_change_the_running_appliance_as_an_overlay_on_the_file(live):
+    t = live.topo
+    cnat = lambda *w: live.run(t.ns_app, sys.executable, "-m", "appliance", "cnat", *w)
+    r = cnat("translation", "add", "proto", "TCP", "vip", "30.0.0.2", "8081", "to", "->20.0.1.1", "8080")
+    assert r.returncode == 0 and r.stdout.strip() == \
+        "ok: cnat translation add proto TCP vip 30.0.0.2 8081 to ->20.0.1.1 8080", r.stderr
+    assert live.curl(t.ns_client, "http://30.0.0.2:8081/").split()[0] == "backend1"
+    r = cnat("show", "translation")
+    assert "tcp/30.0.0.2/8081: tcp vip 30.0.0.2 8081 to ->20.0.1.1 8080" in r.stdout
+    assert "runtime: cnat translation add proto TCP vip 30.0.0.2 8081 to ->20.0.1.1 8080" in r.stdout
+    # the same validation as the file, and the seed's grammar only
+    r = cnat("translation", "add", "proto", "TCP", "vip", "30.0.0.2", "8081", "to", "->20.0.0.1", "8080")
+    assert r.returncode == 1 and "exists already" in r.stderr
+    r = cnat("translation", "add", "proto", "TCP", "vip", "30.0.0.2", "to", "->20.0.0.1")
+    assert r.returncode == 1 and "expected: cnat translation add proto" in r.stderr
+    # a reload of the file keeps it
+    live.config.write_text(live.config.read_text() + "\n# edited\n")
+    deadline = time.time() + 10
+    while "configuration reloaded" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    assert live.curl(t.ns_client, "http://30.0.0.2:8081/").split()[0] == "backend1"
+    # backend state at run time, by name
+    r = cnat("backend", "set", "tcp/30.0.0.2/80", "->20.0.0.1 8080", "down")
+    assert r.returncode == 0, r.stderr
+    assert {live.curl(t.ns_client, "http://30.0.0.2/").split()[0] for _ in range(8)} == {"backend1"}
+    r = live.run(t.ns_app, sys.executable, "-m", "appliance", "show", "translations")
+    assert "down (set by cnat)" in r.stdout, r.stdout
+    cnat("backend", "set", "tcp/30.0.0.2/80", "->20.0.0.1 8080", "up")
+    assert "backend0" in {live.curl(t.ns_client, "http://30.0.0.2/").split()[0] for _ in range(12)}
+    r = cnat("show", "session", "verbose")
+    assert r.returncode == 0 and "30.0.0.2:80" in r.stdout
+    r = cnat("translation", "del", "proto", "tcp", "vip", "30.0.0.2", "8081")
+    assert r.returncode == 0
+    r = live.run(t.ns_client, "curl", "-s", "-m", "2", "http://30.0.0.2:8081/")
+    assert r.returncode != 0                                     # the vip drops it again
+    # a restart drops the overlay: the file is the declared configuration
+    cnat("translation", "add", "proto", "TCP", "vip", "30.0.0.2", "8082", "to", "->20.0.1.1", "8080")
+    live.stop()
+    live.start()
+    r = cnat("show", "translation")
+    assert "8082" not in r.stdout and "runtime:" not in r.stdout

@@ -1,0 +1,259 @@
+"""The seed's `cnat` verbs: parsing, and what they do to a configuration.
+
+Sans-IO: :func:`parse` turns the words of one command into a command
+object, :func:`apply` turns a configuration and commands into a new
+configuration, validated like the TOML file (the same parser checks each
+translation). The runtime keeps the commands as an overlay on the watched
+file (docs/operations.md, "Changing it at run time").
+
+Grammar (case-insensitive keywords and protocol, as VPP's CLI)::
+
+    translation add proto (tcp|udp|icmp) (vip|real) ADDRESS [PORT] to BACKEND [to BACKEND ...]
+    translation del proto (tcp|udp|icmp) (vip|real) ADDRESS [PORT]
+    translation del NAME
+    snat with ADDRESS
+    snat exclude PREFIX [del]
+    backend set TRANSLATION BACKEND (weight N | drain | down | up)
+    show (session [verbose] | translation | snat)
+
+BACKEND is ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Union
+
+from ._config import Config, ConfigError, SnatConfig, parse_backend, parse_config
+from ._types import Translation, default_translation_name
+
+FORMS = {
+    "translation add": "translation add proto (tcp|udp|icmp) (vip|real) ADDRESS [PORT] to "
+                       "[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT] [to ...]",
+    "translation del": "translation del proto (tcp|udp|icmp) (vip|real) ADDRESS [PORT]  |  translation del NAME",
+    "snat with": "snat with ADDRESS",
+    "snat exclude": "snat exclude PREFIX [del]",
+    "backend set": "backend set TRANSLATION BACKEND (weight N | drain | down | up)",
+    "show": "show (session [verbose] | translation | snat)",
+}
+
+
+class CnatSyntaxError(ValueError):
+    """A command that is not in the grammar: says what was expected."""
+
+    def __init__(self, reason: str, form: str) -> None:
+        super().__init__(f"{reason}; expected: cnat {FORMS[form] if form in FORMS else form}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationAdd:
+    proto: str
+    kind: str
+    address: str
+    port: int
+    backends: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return default_translation_name(self.proto, ipaddress.ip_address(self.address), self.port)
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationDel:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SnatWith:
+    address: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SnatExclude:
+    prefix: str
+    delete: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSet:
+    translation: str
+    backend: str
+    action: str            # "weight", "drain", "down", "up"
+    weight: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Show:
+    what: str              # "session", "translation", "snat"
+    verbose: bool = False
+
+
+Command = Union[TranslationAdd, TranslationDel, SnatWith, SnatExclude, BackendSet, Show]
+#: the commands that change the configuration (kept in the overlay)
+CHANGES = (TranslationAdd, TranslationDel, SnatWith, SnatExclude)
+
+
+def parse(words: list[str]) -> Command:
+    """One command's words (after ``cnat``) -> a command, or CnatSyntaxError."""
+    w = [x for x in words if x]
+    low = [x.lower() for x in w]
+    if not w:
+        raise CnatSyntaxError("no command", " | ".join(("translation ...", "snat ...", "backend set ...", "show ...")))
+    if low[0] == "translation" and len(w) >= 2 and low[1] == "add":
+        return _translation(w[2:], low[2:], "translation add", with_backends=True)
+    if low[0] == "translation" and len(w) >= 2 and low[1] == "del":
+        if len(w) == 3:
+            return TranslationDel(w[2])
+        t = _translation(w[2:], low[2:], "translation del", with_backends=False)
+        return TranslationDel(t.name)
+    if low[:2] == ["snat", "with"]:
+        if len(w) != 3:
+            raise CnatSyntaxError("one address", "snat with")
+        try:
+            ipaddress.ip_address(w[2])
+        except ValueError:
+            raise CnatSyntaxError(f"'{w[2]}' is not an IP address", "snat with") from None
+        return SnatWith(w[2])
+    if low[:2] == ["snat", "exclude"]:
+        rest = low[2:]
+        delete = "del" in rest
+        args = [x for x, lx in zip(w[2:], rest) if lx != "del"]
+        if len(args) != 1 or rest.count("del") > 1:
+            raise CnatSyntaxError("one prefix", "snat exclude")
+        try:
+            ipaddress.ip_network(args[0], strict=False)
+        except ValueError:
+            raise CnatSyntaxError(f"'{args[0]}' is not an IP prefix", "snat exclude") from None
+        return SnatExclude(args[0], delete)
+    if low[:2] == ["backend", "set"]:
+        rest = w[2:]
+        if len(rest) == 3 and rest[2].lower() in ("drain", "down", "up"):
+            return BackendSet(rest[0], rest[1], rest[2].lower())
+        if len(rest) == 4 and rest[2].lower() == "weight":
+            if not rest[3].isdigit() or not 0 <= int(rest[3]) <= 10000:
+                raise CnatSyntaxError(f"weight '{rest[3]}' is not an integer between 0 and 10000", "backend set")
+            return BackendSet(rest[0], rest[1], "weight", int(rest[3]))
+        raise CnatSyntaxError("a translation, a backend and what to set", "backend set")
+    if low[0] == "show":
+        if low[1:] in (["session"], ["session", "verbose"]):
+            return Show("session", len(low) == 3)
+        if low[1:] in (["translation"], ["snat"]):
+            return Show(low[1])
+        raise CnatSyntaxError(f"cannot show '{' '.join(w[1:])}'", "show")
+    raise CnatSyntaxError(f"unknown command '{' '.join(w[:2])}'",
+                          " | ".join(FORMS.values()))
+
+
+def _translation(w: list[str], low: list[str], form: str, with_backends: bool) -> TranslationAdd:
+    if len(w) < 3 or low[0] != "proto":
+        raise CnatSyntaxError("it starts with 'proto'", form)
+    proto = low[1]
+    if proto not in ("tcp", "udp", "icmp"):
+        raise CnatSyntaxError(f"protocol '{w[1]}' is not TCP, UDP or ICMP", form)
+    if len(w) < 4 or low[2] not in ("vip", "real"):
+        raise CnatSyntaxError("'vip' or 'real' and an address after the protocol", form)
+    kind, address = low[2], w[3]
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        raise CnatSyntaxError(f"'{address}' is not an IP address", form) from None
+    i = 4
+    port = 0
+    if i < len(w) and w[i].isdigit():
+        port = int(w[i])
+        i += 1
+    if proto != "icmp" and not 1 <= port <= 65535:
+        raise CnatSyntaxError(f"a port (1-65535) after {addr} for {proto.upper()}", form)
+    if proto == "icmp" and port:
+        raise CnatSyntaxError("no port for ICMP (every echo identifier matches)", form)
+    backends: list[str] = []
+    rest, rlow = w[i:], low[i:]
+    if not with_backends:
+        if rest:
+            raise CnatSyntaxError(f"nothing after the address and port, got '{' '.join(rest)}'", form)
+        return TranslationAdd(proto, kind, str(addr), port, ())
+    if not rest or rlow[0] != "to":
+        raise CnatSyntaxError("at least one 'to BACKEND'", form)
+    current: list[str] = []
+    for x, lx in zip(rest[1:], rlow[1:]):
+        if lx == "to":
+            backends.append(" ".join(current))
+            current = []
+        else:
+            current.append(x)
+    backends.append(" ".join(current))
+    for b in backends:
+        try:
+            parse_backend(b, addr.version)
+        except ValueError as exc:
+            raise CnatSyntaxError(f"backend '{b}': {exc}", form) from None
+    return TranslationAdd(proto, kind, str(addr), port, tuple(backends))
+
+
+def apply(config: Config, commands: list[Command], source: str = "cnat") -> Config:
+    """The configuration with the commands applied in order. ConfigError
+    (naming the command) when one does not fit: a translation that exists
+    already, a del of one that does not, an address of the wrong kind."""
+    translations = list(config.translations)
+    snat = config.snat or SnatConfig()
+    for n, cmd in enumerate(commands):
+        where = f"{source}[{n}]"
+        if isinstance(cmd, TranslationAdd):
+            t = _validated(cmd, where)
+            if any(x.name == t.name or (x.proto, x.address, x.port) == (t.proto, t.address, t.port)
+                   for x in translations):
+                raise ConfigError(where, "translation", f"translation {t.name} exists already (del it first)")
+            translations.append(t)
+        elif isinstance(cmd, TranslationDel):
+            keep = [x for x in translations if x.name != cmd.name and str(x.id) != cmd.name]
+            if len(keep) == len(translations):
+                raise ConfigError(where, "translation", f"no translation named {cmd.name}")
+            translations = keep
+        elif isinstance(cmd, SnatWith):
+            a = ipaddress.ip_address(cmd.address)
+            snat = dataclasses.replace(snat, **({"ip4": a} if a.version == 4 else {"ip6": a}))
+        elif isinstance(cmd, SnatExclude):
+            net = ipaddress.ip_network(cmd.prefix, strict=False)
+            if cmd.delete:
+                if net not in snat.exclude:
+                    raise ConfigError(where, "snat", f"{net} is not excluded")
+                snat = dataclasses.replace(snat, exclude=tuple(x for x in snat.exclude if x != net))
+            elif net not in snat.exclude:
+                snat = dataclasses.replace(snat, exclude=snat.exclude + (net,))
+    translations = [dataclasses.replace(t, id=i) for i, t in enumerate(translations)]
+    vips = {t.address for t in translations if t.kind == "vip"}
+    for t in translations:
+        if t.kind == "real" and t.address in vips:
+            raise ConfigError(source, "translation", f"{t.address} is a vip in another translation")
+    has_snat = config.snat is not None or snat != SnatConfig()
+    return dataclasses.replace(config, translations=tuple(translations), snat=snat if has_snat else None)
+
+
+def _validated(cmd: TranslationAdd, where: str) -> Translation:
+    """The translation as the TOML parser makes it: the same checks."""
+    port = f"port = {cmd.port}\n" if cmd.proto != "icmp" else ""
+    backends = ", ".join('"' + b.replace("\\", "\\\\").replace('"', '\\"') + '"' for b in cmd.backends)
+    text = f'[[translation]]\nproto = "{cmd.proto}"\n{cmd.kind} = "{cmd.address}"\n{port}backends = [{backends}]\n'
+    try:
+        return parse_config(text, where).translations[0]
+    except ConfigError as exc:
+        raise ConfigError(where, "translation", exc.reason) from None
+
+
+def render(cmd: Command) -> str:
+    """The command in the seed's words (what `show` lists as the overlay)."""
+    if isinstance(cmd, TranslationAdd):
+        port = f" {cmd.port}" if cmd.port else ""
+        return (f"translation add proto {cmd.proto.upper()} {cmd.kind} {cmd.address}{port} "
+                + " ".join(f"to {b}" for b in cmd.backends))
+    if isinstance(cmd, TranslationDel):
+        return f"translation del {cmd.name}"
+    if isinstance(cmd, SnatWith):
+        return f"snat with {cmd.address}"
+    if isinstance(cmd, SnatExclude):
+        return f"snat exclude {cmd.prefix}" + (" del" if cmd.delete else "")
+    if isinstance(cmd, BackendSet):
+        return f"backend set {cmd.translation} {cmd.backend} {cmd.action}" + (
+            f" {cmd.weight}" if cmd.action == "weight" else "")
+    return f"show {cmd.what}" + (" verbose" if getattr(cmd, "verbose", False) else "")

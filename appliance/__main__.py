@@ -92,8 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                         "translation add proto TCP vip 30.0.0.2 80 to ->20.0.0.1 8080 [to ...]; "
                         "translation del proto TCP vip 30.0.0.2 80 (or del NAME); snat with ADDRESS; "
                         "snat exclude PREFIX [del]; backend set TRANSLATION BACKEND (weight N | drain | down "
-                        "| up); show (session [verbose] | translation | snat). Changes are an overlay on the "
-                        "watched file: kept across its reloads, dropped at a restart (docs/operations.md).")
+                        "| up); show (session [verbose] | translation | snat); save (the running configuration as "
+                        "TOML). Changes are an overlay on the watched file: kept across its reloads, dropped at a "
+                        "restart (docs/operations.md).")
     cn.add_argument("--control", metavar="PATH", help="its control socket (default: this namespace's)")
     cn.add_argument("--json", action="store_true", help="print the raw JSON answer")
     cn.add_argument("words", nargs=argparse.REMAINDER, metavar="WORDS")
@@ -157,7 +158,7 @@ def _cnat_command(args) -> int:
     import trio
 
     from . import _runtime
-    from ._cnat import CnatSyntaxError, Show, parse
+    from ._cnat import CnatSyntaxError, Save, Show, parse
     from ._controlpath import default_control_path
 
     control = args.control or default_control_path()
@@ -176,6 +177,8 @@ def _cnat_command(args) -> int:
         return _error(answer["error"])
     if args.json:
         print(json.dumps(answer, indent=2, sort_keys=True))
+    elif isinstance(cmd, Save):
+        print(answer["toml"], end="")
     elif isinstance(cmd, Show) and cmd.what == "session":
         for s in answer["sessions"]:
             line = (f"[{s['index']}] {s['proto']} {_endpoint(s['src'], s['sport'])} -> "

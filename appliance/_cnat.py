@@ -15,6 +15,7 @@ Grammar (case-insensitive keywords and protocol, as VPP's CLI)::
     snat exclude PREFIX [del]
     backend set TRANSLATION BACKEND (weight N | drain | down | up)
     show (session [verbose] | translation | snat)
+    save
 
 BACKEND is ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``.
 """
@@ -36,6 +37,7 @@ FORMS = {
     "snat exclude": "snat exclude PREFIX [del]",
     "backend set": "backend set TRANSLATION BACKEND (weight N | drain | down | up)",
     "show": "show (session [verbose] | translation | snat)",
+    "save": "save",
 }
 
 
@@ -84,12 +86,17 @@ class BackendSet:
 
 
 @dataclasses.dataclass(frozen=True)
+class Save:
+    """The running configuration as TOML (the file with the changes in it)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Show:
     what: str              # "session", "translation", "snat"
     verbose: bool = False
 
 
-Command = Union[TranslationAdd, TranslationDel, SnatWith, SnatExclude, BackendSet, Show]
+Command = Union[TranslationAdd, TranslationDel, SnatWith, SnatExclude, BackendSet, Show, Save]
 #: the commands that change the configuration (kept in the overlay)
 CHANGES = (TranslationAdd, TranslationDel, SnatWith, SnatExclude)
 
@@ -135,6 +142,8 @@ def parse(words: list[str]) -> Command:
                 raise CnatSyntaxError(f"weight '{rest[3]}' is not an integer between 0 and 10000", "backend set")
             return BackendSet(rest[0], rest[1], "weight", int(rest[3]))
         raise CnatSyntaxError("a translation, a backend and what to set", "backend set")
+    if low == ["save"]:
+        return Save()
     if low[0] == "show":
         if low[1:] in (["session"], ["session", "verbose"]):
             return Show("session", len(low) == 3)
@@ -241,6 +250,41 @@ def _validated(cmd: TranslationAdd, where: str) -> Translation:
         raise ConfigError(where, "translation", exc.reason) from None
 
 
+def already_in(config: Config, cmd: Command) -> bool:
+    """Does the configuration hold what the change makes already (the file
+    was written with it, e.g. from `cnat save`)?"""
+    try:
+        return apply(config, [cmd]) == config
+    except ConfigError:
+        if isinstance(cmd, TranslationAdd):
+            t = _validated(cmd, "cnat")
+            return any((x.proto, x.kind, x.address, x.port, x.backends) ==
+                       (t.proto, t.kind, t.address, t.port, t.backends) for x in config.translations)
+        if isinstance(cmd, TranslationDel):
+            return not any(x.name == cmd.name for x in config.translations)
+        return False
+
+
+def simplify(commands: list) -> list:
+    """The overlay without changes that undo each other: a del of what an
+    earlier add made, a `snat exclude ... del` of an earlier exclude."""
+    out: list = []
+    for cmd in commands:
+        if isinstance(cmd, TranslationDel):
+            adds = [c for c in out if isinstance(c, TranslationAdd) and c.name == cmd.name]
+            if adds:
+                out.remove(adds[-1])
+                continue
+        if isinstance(cmd, SnatExclude) and cmd.delete:
+            same = [c for c in out if isinstance(c, SnatExclude) and not c.delete and
+                    ipaddress.ip_network(c.prefix, strict=False) == ipaddress.ip_network(cmd.prefix, strict=False)]
+            if same:
+                out.remove(same[-1])
+                continue
+        out.append(cmd)
+    return out
+
+
 def render(cmd: Command) -> str:
     """The command in the seed's words (what `show` lists as the overlay)."""
     if isinstance(cmd, TranslationAdd):
@@ -256,4 +300,86 @@ def render(cmd: Command) -> str:
     if isinstance(cmd, BackendSet):
         return f"backend set {cmd.translation} {cmd.backend} {cmd.action}" + (
             f" {cmd.weight}" if cmd.action == "weight" else "")
+    if isinstance(cmd, Save):
+        return "save"
     return f"show {cmd.what}" + (" verbose" if getattr(cmd, "verbose", False) else "")
+
+
+def to_toml(config: Config) -> str:
+    """The configuration as TOML that parses back to it (`appliance cnat
+    save`: the file's configuration with the runtime changes in it)."""
+    def q(v) -> str:
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def arr(items) -> str:
+        return "[" + ", ".join(q(x) for x in items) + "]"
+
+    def table(d: dict) -> str:
+        return "{ " + ", ".join(f"{k} = {v}" for k, v in d.items()) + " }"
+
+    def timeouts(t) -> dict:
+        d = {"session": f"{t.session:g}", "tcp_established": f"{t.tcp_established:g}",
+             "tcp_closing": f"{t.tcp_closing:g}"}
+        if t.tcp_half_closed is not None:
+            d["tcp_half_closed"] = f"{t.tcp_half_closed:g}"
+        return d
+
+    out = [f"flow_hash_seed = {config.flow_hash_seed}", "", "[timeouts]"]
+    out += [f"{k} = {v}" for k, v in timeouts(config.timeouts).items()]
+    out += ["", "[sessions]", f"max = {config.max_sessions}"]
+    sn = config.snat
+    if sn is not None:
+        out += ["", "[snat]"]
+        if sn.ip4 is not None:
+            out.append(f"ip4 = {q(sn.ip4)}")
+        if sn.ip6 is not None:
+            out.append(f"ip6 = {q(sn.ip6)}")
+        out += [f"interfaces = {arr(sn.interfaces)}", f"exclude = {arr(sn.exclude)}", f"policy = {q(sn.policy)}"]
+        if sn.pod_prefixes:
+            out.append(f"pod_prefixes = {arr(sn.pod_prefixes)}")
+        if sn.by_destination:
+            out.append("by_destination = [" + ", ".join(table({"prefix": q(n), "address": q(a)})
+                                                        for n, a in sn.by_destination) + "]")
+    if config.locality:
+        out += ["", "[locality]", "labels = " + table({k: q(v) for k, v in config.locality})]
+    if config.plugin_modules:
+        out += ["", "[plugins]", f"modules = {arr(config.plugin_modules)}"]
+    for i in config.interfaces:
+        out += ["", "[[interface]]", f"name = {q(i.name)}", f"xdp_mode = {q(i.xdp_mode)}"]
+    for t in config.translations:
+        out += ["", "[[translation]]", f"name = {q(t.name)}", f"proto = {q(t.proto)}", f"{t.kind} = {q(t.address)}"]
+        if t.proto != "icmp":
+            out.append(f"port = {t.port}")
+        out.append(f"selector = {q(t.selector)}")
+        if t.timeouts is not None:
+            out.append("timeouts = " + table(timeouts(t.timeouts)))
+        if t.drain.mode == "deadline":
+            out.append(f"drain = {{ deadline = {t.drain.deadline:g} }}")
+        elif t.drain.mode != "default":
+            out.append(f"drain = {q(t.drain.mode)}")
+        if t.affinity is not None:
+            out.append(f"affinity = {{ timeout = {t.affinity:g} }}")
+        if t.allow_from:
+            out.append(f"allow_from = {arr(t.allow_from)}")
+        if t.health is not None:
+            h = t.health
+            d = {"interval": f"{h.interval:g}", "timeout": f"{h.timeout:g}", "fall": h.fall, "rise": h.rise}
+            if h.port:
+                d["port"] = h.port
+            if h.http:
+                d["http"] = q(h.http)
+            out.append("health = " + table(d))
+        bs = []
+        for b in t.backends:
+            d = {"to": q(b.rewrite)}
+            if b.name != b.rewrite:
+                d["name"] = q(b.name)
+            if b.weight != 1:
+                d["weight"] = b.weight
+            if b.state != "active":
+                d["state"] = q(b.state)
+            if b.labels:
+                d["labels"] = table({k: q(v) for k, v in b.labels.items()})
+            bs.append("  " + (table(d) if len(d) > 1 else d["to"]) + ",")
+        out += ["backends = ["] + bs + ["]"]
+    return "\n".join(out) + "\n"

@@ -693,8 +693,11 @@ class Appliance:
         """The file's configuration with the runtime changes that still fit
         it; one that no longer does (the file now has that translation) is
         dropped, with a warning: the file is the declared truth."""
-        kept = []
+        kept: list = []
         for cmd in self.overlay:
+            if _cnat.already_in(_cnat.apply(file_config, kept), cmd):
+                log.info("runtime change 'cnat %s' is in %s now", _cnat.render(cmd), file_config.path)
+                continue
             try:
                 cfg = _cnat.apply(file_config, kept + [cmd])
                 self.plugins.check(cfg)
@@ -713,6 +716,8 @@ class Appliance:
             cmd = _cnat.parse(words)
         except _cnat.CnatSyntaxError as exc:
             return {"error": str(exc)}
+        if isinstance(cmd, _cnat.Save):
+            return {"toml": _cnat.to_toml(self.config), "runtime": [_cnat.render(c) for c in self.overlay]}
         if isinstance(cmd, _cnat.Show):
             if cmd.what == "translation":
                 return {**self.core.describe_translations(),
@@ -740,7 +745,7 @@ class Appliance:
             self.plugins.check(cfg)
         except ConfigError as exc:
             return {"error": str(exc)}
-        self.overlay.append(cmd)
+        self.overlay = _cnat.simplify(self.overlay + [cmd])
         self.config = cfg
         self.core.apply_config(cfg)
         try:   # vips and real-translation ports in the XDP maps

@@ -1,6 +1,8 @@
 """The seed's `cnat` verbs: the grammar (a table of command lines) and
 what they do to a configuration (validated like the TOML file)."""
 
+import dataclasses
+
 import pytest
 
 from appliance import ConfigError, parse_config
@@ -91,3 +93,59 @@ def test_commands_that_do_not_fit_are_refused_and_name_the_command(line, message
     with pytest.raises(ConfigError) as e:
         apply(BASE, [parse(line.split())])
     assert message in str(e.value) and "cnat" in str(e.value)
+
+
+def test_saved_toml_parses_back_to_the_same_configuration():
+    from appliance._cnat import to_toml
+
+    text = """
+flow_hash_seed = 7
+[timeouts]
+session = 20
+tcp_half_closed = 100
+[sessions]
+max = 4096
+[snat]
+ip4 = "30.0.0.1"
+interfaces = ["tap0"]
+exclude = ["20.0.0.0/24"]
+policy = "k8s"
+pod_prefixes = ["10.1.0.0/16"]
+by_destination = [{ prefix = "198.51.100.0/24", address = "30.0.0.9" }]
+[locality]
+labels = { zone = "a" }
+[[interface]]
+name = "n0"
+xdp_mode = "generic"
+[[translation]]
+name = "web"
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+selector = "maglev"
+timeouts = { session = 5 }
+drain = { deadline = 30 }
+affinity = { timeout = 100 }
+allow_from = ["10.0.0.0/8"]
+health = { interval = 1, http = "/healthz", port = 9000 }
+backends = ["->20.0.0.1 8080", { to = "1.2.3.4 5000->20.0.0.2 8080", weight = 3, name = "web-b", labels = { zone = "a" }, state = "draining" }]
+[[translation]]
+proto = "icmp"
+vip = "fd30::2"
+drain = "reset"
+backends = ["->fd20::1"]
+"""
+    cfg = parse_config(text, "x.toml")
+    cfg = apply(cfg, [parse("translation add proto UDP vip 30.0.0.2 53 to ->20.0.0.1 5353".split())])
+    again = parse_config(to_toml(cfg), "saved.toml")
+    assert dataclasses.replace(again, path=cfg.path) == cfg
+
+
+def test_changes_that_undo_each_other_leave_the_overlay():
+    from appliance._cnat import simplify
+
+    add = parse("translation add proto UDP vip 30.0.0.2 53 to ->20.0.0.1".split())
+    cmds = [add, parse("snat exclude 20::/100".split()), parse("translation del udp/30.0.0.2/53".split()),
+            parse("snat exclude 20::/100 del".split()), parse("snat with 30::1".split())]
+    assert simplify(cmds) == [SnatWith("30::1")]
+    assert simplify([parse("translation del web".split())]) == [TranslationDel("web")]   # the file's: kept

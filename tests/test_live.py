@@ -1177,6 +1177,21 @@ def test_cnat_verbs_change_the_running_appliance_as_an_overlay_on_the_file(live)
     assert r.returncode == 0
     r = live.run(t.ns_client, "curl", "-s", "-m", "2", "http://30.0.0.2:8081/")
     assert r.returncode != 0                                     # the vip drops it again
+    # save: the running configuration as TOML; written over the file, the overlay is in it
+    cnat("translation", "add", "proto", "UDP", "vip", "30.0.0.2", "5300", "to", "->20.0.1.1", "5353")
+    r = cnat("save")
+    assert r.returncode == 0 and 'name = "udp/30.0.0.2/5300"' in r.stdout, r.stderr
+    saved = live.tmp / "saved.toml"
+    saved.write_text(r.stdout)
+    reloads = live.log.read_text().count("configuration reloaded")
+    os.replace(saved, live.config)          # atomically, as the docs say
+    deadline = time.time() + 10
+    while live.log.read_text().count("configuration reloaded") == reloads and time.time() < deadline:
+        time.sleep(0.2)
+    r = cnat("show", "translation")
+    assert "udp/30.0.0.2/5300" in r.stdout and "runtime:" not in r.stdout, r.stdout
+    assert "dropped" not in live.log.read_text()
+    assert live.udp(t.ns_client, "30.0.0.2", 5300).split()[1] == "backend1"
     # a restart drops the overlay: the file is the declared configuration
     cnat("translation", "add", "proto", "TCP", "vip", "30.0.0.2", "8082", "to", "->20.0.1.1", "8080")
     live.stop()

@@ -72,6 +72,7 @@ class BackendSet:
         self._by_name = {b.name: i for i, b in enumerate(translation.backends)}
         self._set: list[Optional[str]] = [None] * n
         self._set_by: list[str] = [""] * n
+        self._weight_set: list[bool] = [False] * n   # set at run time: kept across reloads
         self.on_change: Optional[Callable[["BackendSet", int, str, str], None]] = None
         self._refresh()
 
@@ -123,6 +124,7 @@ class BackendSet:
         if not 0 <= weight <= 10000:
             raise ValueError(f"weight {weight} is not between 0 and 10000")
         self.weights[i] = weight
+        self._weight_set[i] = weight != self.translation.backends[i].weight
         self._refresh()
 
     def _refresh(self) -> None:
@@ -164,6 +166,8 @@ class BackendSet:
                 self.new_flows[j] += new_flows
                 if i is not None:
                     self._set[j], self._set_by[j] = old._set[i], old._set_by[i]
+                    if old._weight_set[i]:
+                        self.weights[j], self._weight_set[j] = old.weights[i], True
             else:
                 j = self._keep_gone(name, rewrite, sessions, new_flows)
             mapping.append(j)

@@ -479,3 +479,14 @@ def test_timeout_values_are_reused_across_many_reloads():
         assert nat.lifetime() == 10 + k
         nat.advance(10 + k + 1)   # that session ended: its profile may go
     assert nat.counter("timeout_profiles_full") == 0
+
+
+def test_a_weight_set_at_run_time_is_kept_across_reloads_by_name():
+    nat = Nat(conf())
+    s = nat.backends("web")
+    s.set_weight(1, 0)
+    nat.reload(WEB.format(proto="tcp", extra="", backends=f'"->20.0.0.9 8080", {A % ""}, {B % ""}'))
+    assert nat.backends("web").weights == [1, 1, 0]
+    nat.backends("web").set_weight(2, 1)            # back to the configured weight: the file's again
+    nat.reload(conf().replace('name = "b"', 'name = "b", weight = 4'))
+    assert nat.backends("web").weights == [1, 4]

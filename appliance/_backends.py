@@ -31,13 +31,15 @@ _RANK = {state: i for i, state in enumerate(BACKEND_STATES)}   # active < draini
 class Gone:
     """A backend removed by a reload whose sessions have not all ended."""
 
-    __slots__ = ("name", "rewrite", "sessions", "new_flows")
+    __slots__ = ("name", "rewrite", "sessions", "new_flows", "ended")
 
-    def __init__(self, name: str, rewrite: str, sessions: int, new_flows: int) -> None:
+    def __init__(self, name: str, rewrite: str, sessions: int, new_flows: int,
+                 ended: Optional[list[int]] = None) -> None:
         self.name = name
         self.rewrite = rewrite
         self.sessions = sessions
         self.new_flows = new_flows
+        self.ended = ended if ended is not None else [0, 0, 0, 0]
 
 
 class BackendSet:
@@ -58,6 +60,9 @@ class BackendSet:
         self.weights: list[int] = [b.weight for b in translation.backends]
         self.sessions: list[int] = [0] * n
         self.new_flows: list[int] = [0] * n
+        # packets to / from and bytes to / from each backend, of its ended
+        # sessions (from their events); the live ones' are read from C
+        self.ended: list[list[int]] = [[0, 0, 0, 0] for _ in range(n)]
         self.gone: list[Gone] = []
         #: new flows refused because their source is outside allow_from
         self.denied = 0
@@ -156,27 +161,28 @@ class BackendSet:
         back (same name and rewrite) takes its sessions and figures back."""
         mine = {(b.name, b.rewrite): j for j, b in enumerate(self.translation.backends)}
         mapping: list[int] = []
-        entries = [(b.name, b.rewrite, old.sessions[i], old.new_flows[i], i) for i, b in
+        entries = [(b.name, b.rewrite, old.sessions[i], old.new_flows[i], old.ended[i], i) for i, b in
                    enumerate(old.translation.backends)]
-        entries += [(g.name, g.rewrite, g.sessions, g.new_flows, None) for g in old.gone]
-        for name, rewrite, sessions, new_flows, i in entries:
+        entries += [(g.name, g.rewrite, g.sessions, g.new_flows, g.ended, None) for g in old.gone]
+        for name, rewrite, sessions, new_flows, ended, i in entries:
             j = mine.get((name, rewrite))
             if j is not None:
                 self.sessions[j] += sessions
                 self.new_flows[j] += new_flows
+                self.ended[j] = [a + b for a, b in zip(self.ended[j], ended)]
                 if i is not None:
                     self._set[j], self._set_by[j] = old._set[i], old._set_by[i]
                     if old._weight_set[i]:
                         self.weights[j], self._weight_set[j] = old.weights[i], True
             else:
-                j = self._keep_gone(name, rewrite, sessions, new_flows)
+                j = self._keep_gone(name, rewrite, sessions, new_flows, ended)
             mapping.append(j)
         self.denied += old.denied
         self.flows += old.flows
         self._refresh()
         return mapping
 
-    def _keep_gone(self, name: str, rewrite: str, sessions: int, new_flows: int) -> int:
+    def _keep_gone(self, name: str, rewrite: str, sessions: int, new_flows: int, ended: list[int]) -> int:
         if sessions <= 0:
             return NO_INDEX
         n = len(self.translation.backends)
@@ -184,12 +190,23 @@ class BackendSet:
             if (g.name, g.rewrite) == (name, rewrite):
                 g.sessions += sessions
                 g.new_flows += new_flows
+                g.ended = [a + b for a, b in zip(g.ended, ended)]
                 return n + k
-        self.gone.append(Gone(name, rewrite, sessions, new_flows))
+        self.gone.append(Gone(name, rewrite, sessions, new_flows, list(ended)))
         return n + len(self.gone) - 1
 
     def has_sessions(self) -> bool:
         return any(self.sessions) or any(g.sessions > 0 for g in self.gone)
+
+    def ended_session(self, i: int, p0: int, p1: int, b0: int, b1: int) -> None:
+        """A session of backend i ended, having carried this traffic."""
+        n = len(self.translation.backends)
+        e = self.ended[i] if i < n else self.gone[i - n].ended if i - n < len(self.gone) else None
+        if e is not None:
+            e[0] += p0
+            e[1] += p1
+            e[2] += b0
+            e[3] += b1
 
     def count(self, i: int, delta: int) -> None:
         """A session of backend i was created (+1) or ended (-1)."""
@@ -199,20 +216,29 @@ class BackendSet:
         elif i - n < len(self.gone):
             self.gone[i - n].sessions += delta
 
-    def describe(self, i: int) -> dict:
-        """The figures of backend i (or a gone one), for show and metrics."""
+    def describe(self, i: int, live: Sequence[int] = (0, 0, 0, 0)) -> dict:
+        """The figures of backend i (or a gone one), for show and metrics;
+        live: the traffic of its live sessions (read from C)."""
         n = len(self.translation.backends)
         if i < n:
             b = self.translation.backends[i]
-            return {"name": b.name, "to": b.rewrite, "weight": self.weights[i], "state": self.state(i),
-                    "set_by": self._set_by[i], "labels": dict(b.labels),
-                    "sessions": self.sessions[i], "new_flows": self.new_flows[i]}
-        g = self.gone[i - n]
-        return {"name": g.name, "to": g.rewrite, "weight": 0, "state": "gone", "set_by": "", "labels": {},
-                "sessions": g.sessions, "new_flows": g.new_flows}
+            out = {"name": b.name, "to": b.rewrite, "weight": self.weights[i], "state": self.state(i),
+                   "set_by": self._set_by[i], "labels": dict(b.labels),
+                   "sessions": self.sessions[i], "new_flows": self.new_flows[i]}
+            ended = self.ended[i]
+        else:
+            g = self.gone[i - n]
+            out = {"name": g.name, "to": g.rewrite, "weight": 0, "state": "gone", "set_by": "", "labels": {},
+                   "sessions": g.sessions, "new_flows": g.new_flows}
+            ended = g.ended
+        t = [a + b for a, b in zip(ended, live)]
+        out["packets"] = {"to_backend": t[0], "from_backend": t[1]}
+        out["bytes"] = {"to_backend": t[2], "from_backend": t[3]}
+        return out
 
-    def describe_translation(self) -> dict:
-        """The translation, its policies and its backends' figures."""
+    def describe_translation(self, live: Optional[Sequence[Sequence[int]]] = None) -> dict:
+        """The translation, its policies and its backends' figures (live:
+        per index, the traffic of its live sessions)."""
         t = self.translation
         h = t.health
         return {
@@ -223,7 +249,8 @@ class BackendSet:
             "timeouts": None if t.timeouts is None else dataclasses.asdict(t.timeouts),
             "health": None if h is None else dataclasses.asdict(h),
             "new_flows": self.flows, "eligible": len(self.eligible),
-            "backends": [self.describe(i) for i in self.shown_indexes()],
+            "backends": [self.describe(i, live[i] if live is not None else (0, 0, 0, 0))
+                         for i in self.shown_indexes()],
         }
 
     def all_indexes(self) -> Sequence[int]:

@@ -72,6 +72,8 @@ def render(stats: dict) -> str:
     # summed, as Prometheus refuses two samples with the same labels.
     sessions: dict = {}
     flows: dict = {}
+    packets: dict = {}
+    nbytes: dict = {}
     weights: dict = {}
     states: dict = {}
     for t in trs:
@@ -79,6 +81,10 @@ def render(stats: dict) -> str:
             key = (t["name"], b["name"])
             sessions[key] = sessions.get(key, 0) + b["sessions"]
             flows[key] = flows.get(key, 0) + b["new_flows"]
+            for direction in ("to_backend", "from_backend"):
+                k2 = key + (direction,)
+                packets[k2] = packets.get(k2, 0) + b.get("packets", {}).get(direction, 0)
+                nbytes[k2] = nbytes.get(k2, 0) + b.get("bytes", {}).get(direction, 0)
             if b["state"] != "gone" or key not in weights:
                 weights[key] = b["weight"]
             states[key + (b["state"],)] = 1
@@ -87,8 +93,16 @@ def render(stats: dict) -> str:
         return [({"translation": k[0], "backend": k[1], **({"state": k[2]} if len(k) > 2 else {})}, v)
                 for k, v in values.items()]
 
+    def by_direction(values: dict) -> list:
+        return [({"translation": k[0], "backend": k[1], "direction": k[2]}, v) for k, v in values.items()]
+
     out.family("appliance_backend_sessions", "gauge", "active sessions per backend", by_backend(sessions))
     out.family("appliance_backend_new_flows_total", "counter", "new flows per backend", by_backend(flows))
+    out.family("appliance_backend_packets_total", "counter",
+               "packets per backend, to it and from it (its sessions' C counters, read per scrape)",
+               by_direction(packets))
+    out.family("appliance_backend_bytes_total", "counter",
+               "frame bytes per backend (Ethernet header included), to it and from it", by_direction(nbytes))
     out.family("appliance_backend_weight", "gauge", "configured (or set) weight per backend", by_backend(weights))
     out.family("appliance_backend_state", "gauge",
                "1 for the state each backend is in (active, draining, down; gone: removed, sessions remain)",

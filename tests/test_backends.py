@@ -490,3 +490,23 @@ def test_a_weight_set_at_run_time_is_kept_across_reloads_by_name():
     nat.backends("web").set_weight(2, 1)            # back to the configured weight: the file's again
     nat.reload(conf().replace('name = "b"', 'name = "b", weight = 4'))
     assert nat.backends("web").weights == [1, 4]
+
+
+def test_packets_and_bytes_each_way_per_backend_live_and_ended():
+    nat = Nat(conf(proto="udp", b=", weight = 0"))
+    req = udp("10.0.0.1", 1000, "30.0.0.2", 80, payload=b"q" * 10)
+    nat.send(req)
+    nat.send(req)
+    reply = udp("20.0.0.1", 8080, "10.0.0.1", 1000, payload=b"r" * 100)
+    nat.send(reply)
+    a = nat.core.describe_translations()["translations"][0]["backends"][0]
+    assert a["packets"] == {"to_backend": 2, "from_backend": 1}
+    assert a["bytes"] == {"to_backend": 2 * len(req), "from_backend": len(reply)}
+    nat.advance(31)                          # ended: its traffic stays counted
+    assert nat.sessions == []
+    a = nat.core.describe_translations()["translations"][0]["backends"][0]
+    assert a["packets"] == {"to_backend": 2, "from_backend": 1}
+    nat.send(req)
+    nat.reload(WEB.format(proto="udp", extra="", backends=f'"->20.0.0.9 8080", {A % ""}'))   # and across a reload
+    a = nat.core.describe_translations()["translations"][0]["backends"][1]
+    assert a["name"] == "a" and a["packets"] == {"to_backend": 3, "from_backend": 1}

@@ -143,9 +143,11 @@ class Expiry:
             self.sessions_expired += n
             sets, nsets, events = self._sets, len(self._sets), self._events
             for i in range(n):
-                t = events[i].translation
+                ev = events[i]
+                t = ev.translation
                 if t < nsets:
-                    sets[t].count(events[i].backend, -1)
+                    sets[t].count(ev.backend, -1)
+                    sets[t].ended_session(ev.backend, ev.packets[0], ev.packets[1], ev.bytes[0], ev.bytes[1])
             if self.plugins.wants_expired:
                 for i in range(n):
                     self.plugins.notify("appliance_session_expired",

@@ -15,7 +15,7 @@ from ._binding import COUNTER_HELP, COUNTER_NAMES, ffi, lib
 from ._common import NO_BACKEND, _ns, _ntohs, _u8
 from ._statistics import Statistics
 
-SESSIONS_FORMAT = 1   # export_sessions(); bump when its layout changes
+SESSIONS_FORMAT = 2   # export_sessions(); bump when its layout changes (2: bytes each way)
 
 
 def _identity(t: Translation) -> str:
@@ -143,10 +143,21 @@ class Introspection:
 
     def describe_translations(self) -> dict:
         """Each translation (and each removed one whose sessions remain) with
-        its policies and, per backend, state, weight, sessions and new flows:
-        what ``show translations`` prints."""
-        return {"translations": [s.describe_translation() for s in self._sets
-                                 if not s.removed or s.has_sessions()]}
+        its policies and, per backend, state, weight, sessions, new flows,
+        and packets and bytes each way: what ``show translations`` prints.
+        The live sessions' traffic is summed in C, once per call."""
+        boff = [0]
+        for s in self._sets:
+            boff.append(boff[-1] + len(s.translation.backends) + len(s.gone))
+        traffic = ffi.new("uint64_t[]", 4 * max(1, boff[-1]))
+        lib.nat_backend_traffic(self._nat, traffic, ffi.new("uint32_t[]", boff), len(self._sets))
+        out = []
+        for k, s in enumerate(self._sets):
+            if s.removed and not s.has_sessions():
+                continue
+            live = [tuple(traffic[4 * (boff[k] + i) + j] for j in range(4)) for i in range(boff[k + 1] - boff[k])]
+            out.append(s.describe_translation(live))
+        return {"translations": out}
 
     def new_flows(self, translation_id: int) -> int:
         """New flows the translation with this id has taken since the start."""

@@ -72,6 +72,7 @@ struct session {
     uint64_t last_seen_ns;
     uint64_t created_ns;
     uint64_t packets[2];
+    uint64_t bytes[2];    /* frame bytes each way, Ethernet header included */
     uint32_t next[2];
     uint32_t translation;
     uint32_t serial;      /* nat.serial at creation: tells apart the sessions of one slot */
@@ -285,6 +286,8 @@ static void sess_info(const struct nat *nat, uint32_t idx, struct nat_session_in
     o->flags = s->flags;
     o->packets[0] = s->packets[0];
     o->packets[1] = s->packets[1];
+    o->bytes[0] = s->bytes[0];
+    o->bytes[1] = s->bytes[1];
 }
 
 static void sess_free(struct nat *nat, uint32_t idx, uint8_t reason)
@@ -962,6 +965,22 @@ void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backen
     }
 }
 
+void nat_backend_traffic(const struct nat *nat, uint64_t *out, const uint32_t *boff, uint32_t ntrans)
+{
+    for (uint32_t i = 0; i < nat->hwm; i++) {
+        const struct session *s = &nat->s[i];
+        if (!s->in_use || s->translation >= ntrans || s->backend == NAT_NO_BACKEND)
+            continue;
+        uint32_t b = boff[s->translation] + s->backend;
+        if (b >= boff[s->translation + 1])
+            continue;
+        out[4 * b] += s->packets[0];
+        out[4 * b + 1] += s->packets[1];
+        out[4 * b + 2] += s->bytes[0];
+        out[4 * b + 3] += s->bytes[1];
+    }
+}
+
 void nat_profile_usage(const struct nat *nat, uint32_t *counts)
 {
     for (uint32_t i = 0; i < nat->hwm; i++)
@@ -1057,6 +1076,7 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         key_reverse(&to, &s->key[!dir]);
         s->last_seen_ns = now;
         s->packets[dir]++;
+        s->bytes[dir] += f->len;
         if (p.proto == IPPROTO_TCP_)
             s->state = tcp_next[s->state][tcp_event(p.tcp_flags)][dir];
         if (!(flags & NAT_PF_FINAL))
@@ -1269,6 +1289,8 @@ int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint
     s->state = in->state;
     s->packets[0] = in->packets[0];
     s->packets[1] = in->packets[1];
+    s->bytes[0] = in->bytes[0];
+    s->bytes[1] = in->bytes[1];
     return 0;
 }
 

@@ -127,6 +127,7 @@ struct nat_session_info {
     uint8_t reason;          /* expiry events: 0 = timeout, 1 = removed */
     uint16_t _pad;
     uint64_t packets[2];
+    uint64_t bytes[2];
 };
 
 /* Classifier entries: what the core knows of the configuration. */
@@ -216,6 +217,11 @@ void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t 
 /* Sessions per timeout profile into counts[NAT_MAX_PROFILES]: which
  * profiles may be reused for other timeouts. */
 void nat_profile_usage(const struct nat *nat, uint32_t *counts);
+/* Packets and bytes each way of the live sessions per (translation t,
+ * backend b), added into out[4 * (boff[t] + b) ...]: packets to the
+ * backend, from it, bytes to it, from it. One pass, read per statistics
+ * request (what ended sessions carried comes from their events). */
+void nat_backend_traffic(const struct nat *nat, uint64_t *out, const uint32_t *boff, uint32_t ntrans);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
 /* After a reload, what each session is counted against follows the new

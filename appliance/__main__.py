@@ -210,26 +210,25 @@ def _endpoint(addr: str, port: int) -> str:
 def _stats_lines(answer: dict) -> list[str]:
     """show stats as text: every figure of the JSON answer, nested ones as
     dotted names (nat.plugins.first-party:health.probes; the core's
-    counters directly under nat: nat.translated), aligned. Counters
-    that are zero are left out (--json has them); the figures of nat
-    (sessions, capacity, ...) are always shown. Per-translation figures are
-    show translations'."""
+    counters directly under nat: nat.translated), aligned, zeros
+    included: what the JSON has. Per-translation figures are show
+    translations'."""
     rows: list[tuple[str, object]] = []
 
-    def walk(prefix: str, values: dict, always: bool) -> None:
+    def walk(prefix: str, values: dict) -> None:
         for k, v in values.items():
             name = f"{prefix}.{k}"
             if isinstance(v, dict):
-                walk(name, v, False)
-            elif isinstance(v, (int, float, str)) and not isinstance(v, bool) and (always or v):
+                walk(name, v)
+            elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
                 rows.append((name, v))
 
     for section, values in answer.items():
         if isinstance(values, dict):
             figures = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
-            walk(section, figures, section == "nat")
-            walk(section, values.get("counters", {}), False)    # nat.translated, as operations.md names them
-            walk(section, {k: v for k, v in values.items() if isinstance(v, dict) and k != "counters"}, False)
+            walk(section, figures)
+            walk(section, values.get("counters", {}))    # nat.translated, as operations.md names them
+            walk(section, {k: v for k, v in values.items() if isinstance(v, dict) and k != "counters"})
     for sock in answer.get("sockets", []):       # frames received per RX queue, idle ones too
         rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.rx", sock["rx"]))
     width = max((len(n) for n, _ in rows), default=0)

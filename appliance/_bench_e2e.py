@@ -200,7 +200,7 @@ class Bench:
             self.app = None
 
     def appliance_rx(self) -> int:
-        out = self.topo.run(self.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json",
+        out = self.topo.run(self.topo.ns_app, sys.executable, "-P", "-m", "appliance", "show", "stats", "--json",
                             "--control", self.control).stdout
         return json.loads(out)["io"]["rx"]
 

@@ -75,11 +75,11 @@ def run() -> int:
         _say(f"   to the excluded 10.0.0.0/24: {r.stdout.strip()!r}  (original source kept)\n")
 
         _say("3. The session table (appliance show sessions):")
-        out = subprocess.run(["ip", "netns", "exec", topo.ns_app, sys.executable, "-m", "appliance", "show",
+        out = subprocess.run(["ip", "netns", "exec", topo.ns_app, sys.executable, "-P", "-m", "appliance", "show",
                               "sessions", "--control", control], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             _say("   " + line)
-        out = subprocess.run(["ip", "netns", "exec", topo.ns_app, sys.executable, "-m", "appliance", "show",
+        out = subprocess.run(["ip", "netns", "exec", topo.ns_app, sys.executable, "-P", "-m", "appliance", "show",
                               "stats", "--json", "--control", control], capture_output=True, text=True)
         stats = json.loads(out.stdout)
         _say("\n4. Counters (appliance show stats):")

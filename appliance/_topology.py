@@ -186,7 +186,9 @@ def start_appliance(topo: "Topology", config: str, workdir: str, control: str | 
     ready = os.path.join(workdir, "ready")
     if os.path.exists(ready):
         os.unlink(ready)
-    cmd = [sys.executable, "-m", "appliance", "run", "--config", config, "--ready-file", ready]
+    # -P: the installed package, never a ./appliance source tree (unbuilt)
+    # in the working directory the command was started from
+    cmd = [sys.executable, "-P", "-m", "appliance", "run", "--config", config, "--ready-file", ready]
     if control:
         cmd += ["--control", control]
     cmd += list(args)

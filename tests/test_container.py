@@ -22,6 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = "docker.io/library/debian:bookworm-slim"
 IMAGE = "localhost/cnat-appliance:test"
 CA = "/etc/ssl/certs/ca-certificates.crt"
+CAPS = "NET_ADMIN,NET_RAW,BPF,SYS_ADMIN,IPC_LOCK,SYS_NICE"   # also what examples/k8s grants
 
 CONFIG = """
 [[interface]]
@@ -74,7 +75,7 @@ def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
             proc = subprocess.Popen(
                 ["podman", "--runtime", "runc", "run", "--rm", "--name", name,
                  "--network", f"ns:/run/netns/{topo.ns_app}",
-                 "--cap-add", "NET_ADMIN,NET_RAW,BPF,SYS_ADMIN,IPC_LOCK,SYS_NICE", "--device", "/dev/net/tun",
+                 "--cap-add", CAPS, "--device", "/dev/net/tun",
                  "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                  "-v", f"{cfg}:/etc/appliance/appliance.toml:ro", image], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
@@ -88,6 +89,8 @@ def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
             assert r.returncode == 0, log.read_text()
             seen.add(r.stdout.strip())
         assert seen == {"backend0 10.0.0.2", "backend1 10.0.0.2"}
+        r = podman("exec", name, "appliance", "show", "translations")   # the default control socket
+        assert "tcp/30.0.0.2/80" in r.stdout, r.stdout + r.stderr
         podman("stop", "-t", "10", name)
         assert proc.wait(20) == 0, log.read_text()
         assert "appliance: final statistics" in log.read_text()

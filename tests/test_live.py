@@ -1198,3 +1198,32 @@ def test_cnat_verbs_change_the_running_appliance_as_an_overlay_on_the_file(live)
     live.start()
     r = cnat("show", "translation")
     assert "8082" not in r.stdout and "runtime:" not in r.stdout
+
+
+def test_a_configmap_style_symlink_swap_is_reloaded(live):
+    """The kubelet updates a ConfigMap volume by writing a new timestamped
+    directory and renaming a `..data` symlink over the old one; the file
+    the appliance watches is a symlink through `..data`."""
+    live.stop()
+    cm = live.tmp / "configmap"
+    first = cm / "..2026_12_04_1"
+    first.mkdir(parents=True)
+    text = live.config.read_text()
+    (first / "appliance.toml").write_text(text)
+    os.symlink(first.name, cm / "..data")
+    os.symlink("..data/appliance.toml", cm / "appliance.toml")
+    live.config = cm / "appliance.toml"
+    live.start()
+    cli = live.topo.ns_client
+    assert {live.curl(cli, "http://30.0.0.2/") for _ in range(8)} == {"backend0 10.0.0.2", "backend1 10.0.0.2"}
+    second = cm / "..2026_12_04_2"
+    second.mkdir()
+    (second / "appliance.toml").write_text(text.replace(
+        'backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]', 'backends = ["->20.0.1.1 8080"]', 1))
+    os.symlink(second.name, cm / "..data_tmp")
+    os.replace(cm / "..data_tmp", cm / "..data")          # the swap, atomic
+    deadline = time.time() + 10
+    while "configuration reloaded" not in live.log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    assert {live.curl(cli, "http://30.0.0.2/") for _ in range(8)} == {"backend1 10.0.0.2"}
+    assert "takes effect at restart" not in live.log.read_text()   # warnings only for what changed

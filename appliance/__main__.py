@@ -27,12 +27,25 @@ Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage,
 """
 
 
+class _JsonLogs(logging.Formatter):
+    """One JSON object per log line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": round(record.created, 3), "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
 def _finish(sub: argparse.ArgumentParser, help_text: str) -> None:
     if sub.description is None:
         sub.description = help_text[:1].upper() + help_text[1:] + "."
     if not any("--log-level" in a.option_strings for a in sub._actions):
         sub.add_argument("--log-level", default=argparse.SUPPRESS,
                          help="logging level (default WARNING), here or before the command")
+        sub.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
+                         help="log as JSON lines, here or before the command")
     for action in sub._actions:
         if isinstance(action, argparse._SubParsersAction):
             for choice in action._choices_actions:
@@ -44,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"appliance {__version__}")
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    p.add_argument("--log-json", action="store_true",
+                   help="log as JSON lines (time, level, logger, message; exception when there is one)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="live demo on a namespace topology it builds and removes (root)")
@@ -280,6 +295,9 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "log_json", False):
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_JsonLogs())
     from ._config import ConfigError, load_config
 
     if args.command == "demo":

@@ -91,3 +91,22 @@ def test_every_subcommand_has_a_description_and_takes_log_level_after_it():
     assert r.returncode == 0, r.stderr
     assert p.parse_args(["replay", "--config", "c", "i", "o"]).interface == \
         p.parse_args(["explain", "--config", "c", "tcp", "1.2.3.4:1", "5.6.7.8:2"]).interface == "eth0"
+
+
+def test_logs_as_json_lines_before_or_after_the_command(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[translation]]\nproto = "udp"\nvip = "30.0.0.2"\nport = 53\nbackends = ["->20.0.0.1"]\n')
+    cap = tmp_path / "in.pcap"
+    cap.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x02\x00\x04\x00" + bytes(8) + b"\xff\xff\x00\x00\x01\x00\x00\x00")
+    for args in (["--log-json", "--log-level", "INFO", "replay", "--config", str(cfg)],
+                 ["replay", "--config", str(cfg), "--log-json", "--log-level", "INFO"]):
+        r = run(*args, str(cap), str(tmp_path / "out.pcap"))
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr      # the option is taken before the command and after it
+    import json as _json
+    import logging
+
+    from appliance.__main__ import _JsonLogs
+
+    rec = logging.LogRecord("appliance.x", logging.WARNING, __file__, 1, "backend %s is down", ("b",), None)
+    assert _json.loads(_JsonLogs().format(rec))["message"] == "backend b is down"

@@ -709,6 +709,23 @@ class Appliance:
         self.overlay = kept
         return _cnat.apply(file_config, kept)
 
+    def _with_backend_settings(self, config: Config) -> Config:
+        """The configuration with the weights and states `cnat backend set`
+        gave backends at run time, as `cnat save` writes them."""
+        live = self.core.backends
+        out = []
+        for t in config.translations:
+            s = live.get(t.name)
+            if s is None:
+                out.append(t)
+                continue
+            bs = []
+            for i, b in enumerate(t.backends):
+                state = s.state(i) if s.set_by(i) == "cnat" else b.state
+                bs.append(dataclasses.replace(b, weight=s.weights[i], state=state))
+            out.append(dataclasses.replace(t, backends=tuple(bs)))
+        return dataclasses.replace(config, translations=tuple(out))
+
     async def cnat(self, words: list[str]) -> dict:
         """An `appliance cnat` command: a change applied at once (new flows;
         sessions follow their drain policies), or a question."""
@@ -716,8 +733,9 @@ class Appliance:
             cmd = _cnat.parse(words)
         except _cnat.CnatSyntaxError as exc:
             return {"error": str(exc)}
-        if isinstance(cmd, _cnat.Save):
-            return {"toml": _cnat.to_toml(self.config), "runtime": [_cnat.render(c) for c in self.overlay]}
+        if isinstance(cmd, _cnat.Save):   # with what `cnat backend set` changed (not what health checks did)
+            return {"toml": _cnat.to_toml(self._with_backend_settings(self.config)),
+                    "runtime": [_cnat.render(c) for c in self.overlay]}
         if isinstance(cmd, _cnat.Show):
             if cmd.what == "translation":
                 return {**self.core.describe_translations(),

@@ -1179,8 +1179,10 @@ def test_cnat_verbs_change_the_running_appliance_as_an_overlay_on_the_file(live)
     assert r.returncode != 0                                     # the vip drops it again
     # save: the running configuration as TOML; written over the file, the overlay is in it
     cnat("translation", "add", "proto", "UDP", "vip", "30.0.0.2", "5300", "to", "->20.0.1.1", "5353")
+    cnat("backend", "set", "tcp/30.0.0.2/80", "->20.0.1.1 8080", "weight", "3")
     r = cnat("save")
     assert r.returncode == 0 and 'name = "udp/30.0.0.2/5300"' in r.stdout, r.stderr
+    assert '{ to = "->20.0.1.1 8080", weight = 3 }' in r.stdout, r.stdout      # what backend set changed
     saved = live.tmp / "saved.toml"
     saved.write_text(r.stdout)
     reloads = live.log.read_text().count("configuration reloaded")

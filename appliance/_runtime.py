@@ -678,16 +678,21 @@ class Appliance:
                                   max_sessions=self.config.max_sessions)
         self.file_config = new
         new = self._with_overlay(new)
-        self.config = new
-        self.core.apply_config(new)
-        try:   # vips and real-translation ports in the XDP maps
-            self.sync_kernel(await trio.to_thread.run_sync(_read_kernel, self._data_ports()), force=True)
-        except _KERNEL_ERRORS as exc:
-            self._kernel_error(exc)
+        await self._switch_to(new)
         self.config_status["reloads"] += 1
         self.config_status["last_error"] = None
         print(f"appliance: configuration reloaded from {path}: {len(new.translations)} translations", flush=True)
         return True
+
+    async def _switch_to(self, config: Config) -> None:
+        """Serve a new configuration (a reload, a cnat change): the core's,
+        then the vips and real-translation ports in the XDP maps."""
+        self.config = config
+        self.core.apply_config(config)
+        try:
+            self.sync_kernel(await trio.to_thread.run_sync(_read_kernel, self._data_ports()), force=True)
+        except _KERNEL_ERRORS as exc:
+            self._kernel_error(exc)
 
     def _with_overlay(self, file_config: Config) -> Config:
         """The file's configuration with the runtime changes that still fit
@@ -764,12 +769,7 @@ class Appliance:
         except ConfigError as exc:
             return {"error": str(exc)}
         self.overlay = _cnat.simplify(self.overlay + [cmd])
-        self.config = cfg
-        self.core.apply_config(cfg)
-        try:   # vips and real-translation ports in the XDP maps
-            self.sync_kernel(await trio.to_thread.run_sync(_read_kernel, self._data_ports()), force=True)
-        except _KERNEL_ERRORS as exc:
-            self._kernel_error(exc)
+        await self._switch_to(cfg)
         log.warning("runtime change: cnat %s", _cnat.render(cmd))
         return {"ok": _cnat.render(cmd), "translations": len(cfg.translations)}
 

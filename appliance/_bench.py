@@ -77,7 +77,7 @@ def _fastpath(core: NatCore, pristine, chunks: int, now: float, seconds: float) 
         batch.frames[k].data = work + k * FRAME
         batch.frames[k].len = FRAME_LEN
     batch.n = BATCH
-    hits_before = core.statistics().counters["session_hit"]
+    hits_before = core.counters()["session_hit"]
     packets = 0
     i = 0
     t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def _fastpath(core: NatCore, pristine, chunks: int, now: float, seconds: float) 
         if i % 64 == 0 and time.perf_counter() >= deadline:
             break
     elapsed = time.perf_counter() - t0
-    hits = core.statistics().counters["session_hit"] - hits_before
+    hits = core.counters()["session_hit"] - hits_before
     assert hits == packets, "fast-path benchmark frames must all hit their sessions"
     assert batch.frames[0].verdict == Verdict.FORWARD
     return round(packets / elapsed)

@@ -119,7 +119,7 @@ class Nat:
         return self._recorder.expired[before:]
 
     def tick(self) -> None:
-        cap = self.core.statistics().capacity
+        cap = self.core.capacity()
         self.core.expire(self.now, cap)
         for _ in range(1000):
             if self.core._stale_from is None:
@@ -192,7 +192,7 @@ class Nat:
         return None if s is None else (str(s.new_src), s.new_sport)
 
     def counter(self, name: str) -> int:
-        return self.core.statistics().counters[name]
+        return self.core.counters()[name]
 
     @property
     def plugin_errors(self) -> dict[str, int]:

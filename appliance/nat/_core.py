@@ -130,7 +130,6 @@ class NatCore(Expiry, Introspection):
         lib.nat_set_classifier(self._nat, c)
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
         self.config = config
-        self._translations = {t.id: t for t in config.translations}
         self._set_profile(0, config.timeouts)
         self._profiles = {config.timeouts: 0, **{k: v for k, v in self._profiles.items() if v != 0}}
         self._update_snat_ports()
@@ -206,17 +205,12 @@ class NatCore(Expiry, Introspection):
     def _recount(self) -> None:
         """Active sessions per backend, counted in the table (one C pass):
         what the events kept, healed of any event a full ring lost."""
-        boff = [0]
-        for s in self._sets:
-            boff.append(boff[-1] + len(s.translation.backends) + len(s.gone))
-        counts = ffi.new("uint32_t[]", max(1, boff[-1]))
-        lib.nat_backend_counts(self._nat, counts, ffi.new("uint32_t[]", boff), len(self._sets))
-        for k, s in enumerate(self._sets):
+        for s, tally in zip(self._sets, self._tally()):
             n = len(s.translation.backends)
             for i in range(n):
-                s.sessions[i] = counts[boff[k] + i]
+                s.sessions[i] = tally[i][0]
             for g, gone in enumerate(s.gone):
-                gone.sessions = counts[boff[k] + n + g]
+                gone.sessions = tally[n + g][0]
 
     def _set_profile(self, index: int, t: Timeouts) -> None:
         p = ffi.new("struct nat_profile *")
@@ -310,11 +304,11 @@ class NatCore(Expiry, Introspection):
         translation: Optional[Translation] = None
         backend_idx = NO_BACKEND
         if f.translation != lib.NAT_NONE:
-            translation = self._translations.get(f.translation)
-            if translation is None:
+            if f.translation >= len(self.config.translations):   # pragma: no cover - the classifier has no other
                 self._slow_verdict(f, Verdict.DROP, "drop_no_backend")
                 return
-            bset = self._sets[translation.id]
+            bset = self._sets[f.translation]
+            translation = bset.translation
             if translation.allow_from and not _allowed(translation.allow_from, src):
                 bset.denied += 1
                 self._slow_verdict(f, Verdict.DROP, "drop_source_range")

@@ -146,18 +146,22 @@ class Introspection:
         its policies and, per backend, state, weight, sessions, new flows,
         and packets and bytes each way: what ``show translations`` prints.
         The live sessions' traffic is summed in C, once per call."""
+        out = []
+        for s, tally in zip(self._sets, self._tally()):
+            if not s.removed or s.has_sessions():
+                out.append(s.describe_translation([t[1:] for t in tally]))
+        return {"translations": out}
+
+    def _tally(self) -> list[list[tuple[int, ...]]]:
+        """Per set, per backend index (gone ones too): its live sessions'
+        (sessions, packets to, from, bytes to, from), in one C pass."""
         boff = [0]
         for s in self._sets:
             boff.append(boff[-1] + len(s.translation.backends) + len(s.gone))
-        traffic = ffi.new("uint64_t[]", 4 * max(1, boff[-1]))
-        lib.nat_backend_traffic(self._nat, traffic, ffi.new("uint32_t[]", boff), len(self._sets))
-        out = []
-        for k, s in enumerate(self._sets):
-            if s.removed and not s.has_sessions():
-                continue
-            live = [tuple(traffic[4 * (boff[k] + i) + j] for j in range(4)) for i in range(boff[k + 1] - boff[k])]
-            out.append(s.describe_translation(live))
-        return {"translations": out}
+        out = ffi.new("uint64_t[]", 5 * max(1, boff[-1]))
+        lib.nat_backend_tally(self._nat, out, ffi.new("uint32_t[]", boff), len(self._sets))
+        return [[tuple(out[5 * b + j] for j in range(5)) for b in range(boff[k], boff[k + 1])]
+                for k in range(len(self._sets))]
 
     def new_flows(self, translation_id: int) -> int:
         """New flows the translation with this id has taken since the start."""
@@ -197,7 +201,7 @@ class Introspection:
         a = ipaddress.ip_address(address).packed
         port_be = 0 if proto in (1, 58) else _ntohs(port)
         tid = lib.nat_translation_lookup(self._nat, family, _u8(a), proto, port_be)
-        return None if tid == lib.NAT_NONE else self._translations.get(tid)
+        return None if tid == lib.NAT_NONE else self._sets[tid].translation
 
     def flow_hash(self, family: int, proto: int, src: str, sport: int, dst: str, dport: int) -> int:
         """The keyed flow hash (flow_hash_seed) the selectors see as flow.hash.
@@ -246,10 +250,17 @@ class Introspection:
             translation_name=tname, backend_name=bname,
         )
 
-    def statistics(self) -> Statistics:
+    def counters(self) -> dict[str, int]:
+        """The C counters alone (statistics() also reads the whole table
+        for per-backend traffic)."""
         c = lib.nat_counters(self._nat)
-        counters = {name: c[i] for i, name in enumerate(COUNTER_NAMES)}
-        return Statistics(counters=counters, sessions=lib.nat_session_count(self._nat),
+        return {name: c[i] for i, name in enumerate(COUNTER_NAMES)}
+
+    def capacity(self) -> int:
+        return lib.nat_session_capacity(self._nat)
+
+    def statistics(self) -> Statistics:
+        return Statistics(counters=self.counters(), sessions=lib.nat_session_count(self._nat),
                           capacity=lib.nat_session_capacity(self._nat),
                           new_flows_per_translation={s.translation.name: s.flows for s in self._sets
                                                      if not s.removed},

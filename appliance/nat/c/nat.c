@@ -965,7 +965,7 @@ void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backen
     }
 }
 
-void nat_backend_traffic(const struct nat *nat, uint64_t *out, const uint32_t *boff, uint32_t ntrans)
+void nat_backend_tally(const struct nat *nat, uint64_t *out, const uint32_t *boff, uint32_t ntrans)
 {
     for (uint32_t i = 0; i < nat->hwm; i++) {
         const struct session *s = &nat->s[i];
@@ -974,10 +974,12 @@ void nat_backend_traffic(const struct nat *nat, uint64_t *out, const uint32_t *b
         uint32_t b = boff[s->translation] + s->backend;
         if (b >= boff[s->translation + 1])
             continue;
-        out[4 * b] += s->packets[0];
-        out[4 * b + 1] += s->packets[1];
-        out[4 * b + 2] += s->bytes[0];
-        out[4 * b + 3] += s->bytes[1];
+        uint64_t *o = out + 5 * (size_t)b;
+        o[0]++;
+        o[1] += s->packets[0];
+        o[2] += s->packets[1];
+        o[3] += s->bytes[0];
+        o[4] += s->bytes[1];
     }
 }
 
@@ -986,18 +988,6 @@ void nat_profile_usage(const struct nat *nat, uint32_t *counts)
     for (uint32_t i = 0; i < nat->hwm; i++)
         if (nat->s[i].in_use)
             counts[nat->s[i].profile]++;
-}
-
-void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t *boff, uint32_t ntrans)
-{
-    for (uint32_t i = 0; i < nat->hwm; i++) {
-        const struct session *s = &nat->s[i];
-        if (!s->in_use || s->translation >= ntrans || s->backend == NAT_NO_BACKEND)
-            continue;
-        uint32_t b = boff[s->translation] + s->backend;
-        if (b < boff[s->translation + 1])
-            counts[b]++;
-    }
 }
 
 void nat_session_reset(struct nat *nat, uint32_t index)

@@ -210,18 +210,16 @@ int nat_session_remove(struct nat *nat, uint32_t index);
 void nat_session_reset(struct nat *nat, uint32_t index);
 /* Clear that mark on every session of (translation, backend): it is back. */
 void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backend);
-/* Sessions per (translation t, backend b) into counts[boff[t] + b], for b
- * below boff[t + 1] - boff[t]: the per-backend counts recounted at a reload
- * (they are kept from events, which a full event ring would lose). */
-void nat_backend_counts(const struct nat *nat, uint32_t *counts, const uint32_t *boff, uint32_t ntrans);
 /* Sessions per timeout profile into counts[NAT_MAX_PROFILES]: which
  * profiles may be reused for other timeouts. */
 void nat_profile_usage(const struct nat *nat, uint32_t *counts);
-/* Packets and bytes each way of the live sessions per (translation t,
- * backend b), added into out[4 * (boff[t] + b) ...]: packets to the
- * backend, from it, bytes to it, from it. One pass, read per statistics
- * request (what ended sessions carried comes from their events). */
-void nat_backend_traffic(const struct nat *nat, uint64_t *out, const uint32_t *boff, uint32_t ntrans);
+/* The live sessions per (translation t, backend b), for b below
+ * boff[t + 1] - boff[t], added into out[5 * (boff[t] + b) ...]: sessions,
+ * packets to the backend, from it, bytes to it, from it. One pass over the
+ * table: a reload recounts sessions with it (they are kept from events,
+ * which a full ring would lose), a statistics request reads the traffic
+ * (what ended sessions carried comes from their events). */
+void nat_backend_tally(const struct nat *nat, uint64_t *out, const uint32_t *boff, uint32_t ntrans);
 /* Iterate: next in-use index >= start, or NAT_NONE. */
 uint32_t nat_session_next(const struct nat *nat, uint32_t start);
 /* After a reload, what each session is counted against follows the new

@@ -23,7 +23,7 @@ import math
 import dataclasses
 from typing import Callable, Optional, Sequence
 
-from ._types import BACKEND_STATES, Translation
+from ._types import BACKEND_STATES, NO_BACKEND, Translation
 
 _RANK = {state: i for i, state in enumerate(BACKEND_STATES)}   # active < draining < down
 
@@ -184,7 +184,7 @@ class BackendSet:
 
     def _keep_gone(self, name: str, rewrite: str, sessions: int, new_flows: int, ended: list[int]) -> int:
         if sessions <= 0:
-            return NO_INDEX
+            return NO_BACKEND
         n = len(self.translation.backends)
         for k, g in enumerate(self.gone):   # gone twice: one entry
             if (g.name, g.rewrite) == (name, rewrite):
@@ -262,6 +262,3 @@ class BackendSet:
         n = len(self.translation.backends)
         return list(range(n)) + [n + k for k, g in enumerate(self.gone) if g.sessions > 0]
 
-
-#: a session whose backend is not counted anywhere (C's NAT_NO_BACKEND)
-NO_INDEX = 0xFFFF

@@ -32,6 +32,10 @@ def proto_number(name: str, family: int) -> int:
 #: leaves ``active`` follow its translation's drain policy.
 BACKEND_STATES = ("active", "draining", "down")
 
+#: A session's backend index when it has none (SNAT only, or removed):
+#: nat.h's NAT_NO_BACKEND (tests/test_lockstep.py checks they agree).
+NO_BACKEND = 0xFFFF
+
 
 @dataclasses.dataclass(frozen=True)
 class Backend:

@@ -26,6 +26,9 @@ def test_verdicts_match():
 
     assert [(v.name, int(v)) for v in Verdict] == [("FORWARD", 0), ("PASS", 1), ("DROP", 2), ("MISS", 3)]
     assert Verdict.MISS == lib.NAT_MISS and Verdict.FORWARD == lib.NAT_FORWARD
+    from appliance._types import NO_BACKEND
+
+    assert NO_BACKEND == lib.NAT_NO_BACKEND
     # one name per meaning: the core's verdicts are not exported under the hooks' names
     assert not hasattr(appliance.nat, "DROP") and not hasattr(appliance.nat, "FORWARD")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from .._types import NO_BACKEND as NO_BACKEND   # one name, shared with _backends
 from ._binding import ffi, lib
 
 
@@ -16,9 +17,6 @@ class Verdict(enum.IntEnum):
     PASS = lib.NAT_PASS
     DROP = lib.NAT_DROP
     MISS = lib.NAT_MISS
-
-
-NO_BACKEND = lib.NAT_NO_BACKEND
 
 
 def _ns(now: float) -> int:

@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument("--flows", type=int, default=131_072,
                     help="established flows the fast-path traffic spreads over (default 131072)")
     bc.add_argument("--seconds", type=float, default=3.0, help="fast-path measurement time (default 3)")
+    bc.add_argument("--workers", type=int, default=1,
+                    help="threads running the fast path at once over one table, each on its own lane and CPU "
+                    "(default 1)")
     be = bsub.add_parser("e2e", help="live, against nftables DNAT on the same topology (root): udp pps, "
                          "tcp connections/s, bulk tcp, CPU per packet")
     be.add_argument("--json", action="store_true", help="print one JSON object")
@@ -468,7 +471,11 @@ def _main(argv: list[str] | None = None) -> int:
         elif args.bench == "core":
             from . import _bench
 
-            result = _bench.run(sessions=args.sessions, fastpath_flows=args.flows, seconds=args.seconds)
+            if args.workers < 1:
+                raise SystemExit("appliance: error: bench core --workers: must be at least 1")
+
+            result = _bench.run(sessions=args.sessions, fastpath_flows=args.flows, seconds=args.seconds,
+                                 workers=args.workers)
         else:
             parser.parse_args(["bench", "--help"])
             return 2

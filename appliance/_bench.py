@@ -5,12 +5,16 @@
   session install, C re-run), in batches of 256, until ``sessions`` exist.
 - bytes_per_session: growth of the process's resident memory while those
   sessions were created, divided by their number (table, buckets and all).
-- fastpath_pps: established-flow frames through NatCore.process in batches
+- fastpath_pps: established-flow frames through the fast path in batches
   of 256, spread in random order over ``fastpath_flows`` sessions of a table
-  sized for them. Each batch first restores its frames from a pristine copy
-  (one memmove per batch, included in the time) because the NAT rewrites
-  frames in place. fastpath_pps_in_full_table: the same traffic against the
-  table holding all ``sessions`` (bigger hash buckets, more cache misses).
+  sized for them, by ``workers`` threads at once, each on its own lane
+  (nat_lane_bench: a loop in C, as a datapath worker's, so that the threads
+  measure the core and not the GIL) and pinned to its own CPU where the
+  affinity mask has one. Each batch first copies its frames from a pristine
+  copy (one memcpy per batch, included in the time, as an RX copy would be)
+  because the NAT rewrites frames in place. fastpath_pps_in_full_table: the
+  same traffic against the table holding all ``sessions`` (bigger hash
+  buckets, more cache misses). fastpath_pps_per_worker: each thread's share.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import ipaddress
 import os
 import random
 import struct
+import threading
 import time
 
 from ._config import parse_config
@@ -70,30 +75,45 @@ def _fill(buf, frames: list[bytes]) -> None:
         ffi.memmove(buf + i * FRAME, fr, len(fr))
 
 
-def _fastpath(core: NatCore, pristine, chunks: int, now: float, seconds: float) -> int:
-    batch = Batch(BATCH, FRAME)
-    work = batch.buf
-    for k in range(BATCH):
-        batch.frames[k].data = work + k * FRAME
-        batch.frames[k].len = FRAME_LEN
-    batch.n = BATCH
+def _fastpath(core: NatCore, pristine: list, chunks: int, now: float, seconds: float,
+              workers: int = 1) -> tuple[int, list[int]]:
+    """(frames per second over all workers, frames per second per worker);
+    worker k sends pristine[k]."""
+    cpus = sorted(os.sched_getaffinity(0))
+    lanes = [core.lane() for _ in range(workers)]
+    done = [0] * workers
+    start = threading.Barrier(workers + 1)
+    stop = threading.Event()
     hits_before = core.counters()["session_hit"]
-    packets = 0
-    i = 0
+
+    def worker(k: int) -> None:
+        if len(cpus) >= workers:
+            os.sched_setaffinity(0, {cpus[k % len(cpus)]})   # this thread only
+        work = ffi.new("uint8_t[]", BATCH * FRAME)
+        frames = ffi.new("struct nat_frame[]", BATCH)
+        lane = lanes[k].pointer
+        start.wait()
+        while not stop.is_set():   # ~64 batches a call: the GIL is taken once per ~2 ms
+            got = lib.nat_lane_bench(lane, pristine[k], chunks, BATCH, FRAME, FRAME_LEN, work, frames,
+                                     int(now * 1e9), 64)
+            assert got == 64 * BATCH, "fast-path benchmark frames must all be forwarded"
+            done[k] += got
+
+    threads = [threading.Thread(target=worker, args=(k,), name=f"bench-worker-{k}") for k in range(workers)]
+    for t in threads:
+        t.start()
+    start.wait()
     t0 = time.perf_counter()
-    deadline = t0 + seconds
-    while True:
-        ffi.memmove(work, pristine + (i % chunks) * BATCH * FRAME, BATCH * FRAME)
-        core.process(batch, now)
-        packets += BATCH
-        i += 1
-        if i % 64 == 0 and time.perf_counter() >= deadline:
-            break
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - t0
     hits = core.counters()["session_hit"] - hits_before
-    assert hits == packets, "fast-path benchmark frames must all hit their sessions"
-    assert batch.frames[0].verdict == Verdict.FORWARD
-    return round(packets / elapsed)
+    assert hits == sum(done), "fast-path benchmark frames must all hit their sessions"
+    for lane in lanes:
+        lane.close()
+    return round(sum(done) / elapsed), [round(d / elapsed) for d in done]
 
 
 # The first-party policy plugins, each on its own translation shape.
@@ -126,7 +146,7 @@ def _new_sessions_per_s(extra: str, sessions: int, first_party: bool = True) -> 
 
 
 def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float = 3.0,
-        seed: int = 1) -> dict:
+        seed: int = 1, workers: int = 1) -> dict:
     rnd = random.Random(seed)
     core = NatCore(parse_config(CONFIG.format(max=max(sessions, fastpath_flows))), Plugins(entry_points=False),
                    table_seed=seed)
@@ -161,11 +181,16 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
         _fill(batch.buf, [_frame(start + k) for k in range(n)])
         batch.n = n
         small.process(batch, now)
-    order = [rnd.randrange(fastpath_flows) for _ in range(64 * BATCH)]
-    pristine = ffi.new("uint8_t[]", len(order) * FRAME)
-    _fill(pristine, [_frame(i) for i in order])
-    pps_small = _fastpath(small, pristine, len(order) // BATCH, now, seconds)
-    pps_big = _fastpath(core, pristine, len(order) // BATCH, now, seconds)
+    # Worker k gets the flows i with i % workers == k, as RSS gives each
+    # queue its own flows: the workers share the table, not its sessions.
+    chunks = 64
+    pristine = []
+    for k in range(workers):
+        order = [k + workers * rnd.randrange(fastpath_flows // workers) for _ in range(chunks * BATCH)]
+        pristine.append(ffi.new("uint8_t[]", len(order) * FRAME))
+        _fill(pristine[k], [_frame(i) for i in order])
+    pps_small, per_worker = _fastpath(small, pristine, chunks, now, seconds, workers)
+    pps_big, per_worker_big = _fastpath(core, pristine, chunks, now, seconds, workers)
     # the same table with only the built-ins: established flows never enter
     # Python, so loading the first-party plugins must not cost them anything
     bare = NatCore(parse_config(CONFIG.format(max=fastpath_flows)), Plugins(entry_points=False, first_party=False),
@@ -175,7 +200,7 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
         _fill(batch.buf, [_frame(start + k) for k in range(n)])
         batch.n = n
         bare.process(batch, now)
-    pps_bare = _fastpath(bare, pristine, len(order) // BATCH, now, seconds)
+    pps_bare, _ = _fastpath(bare, pristine, chunks, now, seconds, workers)
     per_policy = {f"new_sessions_per_s_{name}": _new_sessions_per_s(extra, min(sessions, 200_000))
                   for name, extra in POLICIES.items()}
 
@@ -183,6 +208,9 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
         "fastpath_pps": pps_small,
         "fastpath_pps_in_full_table": pps_big,
         "fastpath_pps_builtins_only": pps_bare,
+        "fastpath_pps_per_worker": per_worker,
+        "fastpath_pps_in_full_table_per_worker": per_worker_big,
+        "workers": workers,
         **per_policy,
         "new_sessions_per_s": round(created / t_new),
         "bytes_per_session": round((rss1 - rss0) / sessions, 1),

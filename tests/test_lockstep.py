@@ -52,7 +52,7 @@ def test_public_names():
     assert {n for n in dir(appliance) if not n.startswith("_")} >= {
         "Config", "ConfigError", "load_config", "parse_config"}
     assert {n for n in appliance.nat.__dict__ if not n.startswith("_") and n[0].isupper()} == {
-        "Verdict", "Batch", "NatCore", "Statistics", "Backend", "BackendSet", "Flow",
+        "Verdict", "Batch", "NatCore", "Lane", "Statistics", "Backend", "BackendSet", "Flow",
         "SessionInfo", "Timeouts", "Translation"}
 
 

@@ -10,4 +10,5 @@ from .._types import Translation as Translation
 from ._batch import Batch as Batch
 from ._common import Verdict as Verdict
 from ._core import NatCore as NatCore
+from ._lane import Lane as Lane
 from ._statistics import Statistics as Statistics

@@ -27,6 +27,7 @@ from .._backends import BackendSet
 from .._config import Config
 from .._types import Backend, Flow, Timeouts, Translation, proto_number
 from ._batch import Batch
+from ._lane import Lane
 from ._binding import COUNTER_INDEX, ffi, lib
 from ._common import NO_BACKEND, Verdict, _ntohs, _ns, _u8
 from ._expiry import Expiry, _Drain
@@ -265,6 +266,10 @@ class NatCore(Expiry, Introspection):
         from a loop that runs nat_process() itself (the live datapath's
         io_poll); afterwards the frame has its final verdict."""
         self._new_flow(f, now_ns, 0)
+
+    def lane(self) -> Lane:
+        """A fast path over this core's table for another thread."""
+        return Lane(self._nat)
 
     def nat_process_pointer(self):
         """(struct nat *, nat_process function pointer) for C loops."""

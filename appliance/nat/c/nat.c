@@ -15,6 +15,8 @@
 #include "nat.h"
 #include "csum.h"
 
+#include <sched.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,8 +126,32 @@ struct nat {
     struct frag *frag;
     struct nat_session_info *ev;
     uint32_t ev_head, ev_len;
-    uint64_t counters[NAT_C__COUNT];
+    uint64_t counters[NAT_C__COUNT];   /* the writer's (the slow path's thread) */
+    /* Readers on other threads (nat_lane_process); see "Lanes" below. */
+    struct nat_lane *lanes[NAT_MAX_LANES];
+    uint32_t n_lanes;
+    uint32_t *limbo;      /* freed slots not reused yet: a ring of max_sessions */
+    uint32_t limbo_head, limbo_sealed, limbo_len;   /* [head, head+sealed) sealed, then new */
+    uint64_t limbo_snap[NAT_MAX_LANES];
+    uint64_t slots_recycled;
+    int frag_lock;
 };
+
+/* A reader thread's own state: its counters (summed by nat_counters_sum),
+ * and what tells the writer it holds no reference into the table: online
+ * is 1 only inside nat_lane_process(), and qc advances at every call. */
+struct nat_lane {
+    struct nat *nat;
+    uint64_t counters[NAT_C__COUNT];
+    uint64_t qc;
+    uint32_t online;
+    uint32_t slot;
+};
+
+/* The lane of the calling thread while it is inside nat_lane_process();
+ * NULL on the writer's thread. Initial-exec: one %fs-relative load. */
+static __thread struct nat_lane *tls_lane __attribute__((tls_model("initial-exec")));
+#define CTR(nat) (tls_lane ? tls_lane->counters : ((struct nat *)(nat))->counters)
 
 /* ---------------------------------------------------------------------------
  * TCP session states as a table: next state for (state, event, direction).
@@ -235,14 +261,23 @@ static inline uint64_t sess_expires(const struct nat *nat, const struct session 
     return s->last_seen_ns + 1000000ull * nat->profile[s->profile].ms[state_lifetime[s->state]];
 }
 
+/* Chains are read by lanes while the writer links and unlinks: links are
+ * published with release stores and read with acquire loads (plain moves on
+ * x86; they keep the compiler from reordering), so a lane sees a session's
+ * keys before the link to it. An unlinked session keeps its next[] until
+ * its slot is reused, which waits for the lanes (limbo, below), so a lane
+ * walking it reaches the rest of its old chain. A walk longer than the
+ * table can only be a lane racing a reuse: it gives up (a miss, which the
+ * writer settles). */
 static inline uint32_t table_lookup(const struct nat *nat, const struct nat_key *k)
 {
-    uint32_t ref = nat->bucket[key_hash64(nat->table_seed, k) & nat->bucket_mask];
-    while (ref != NAT_NONE) {
+    uint32_t ref = __atomic_load_n(&nat->bucket[key_hash64(nat->table_seed, k) & nat->bucket_mask],
+                                   __ATOMIC_ACQUIRE);
+    for (uint32_t steps = 0; ref != NAT_NONE && steps <= 2 * nat->max_sessions; steps++) {
         const struct session *s = &nat->s[ref >> 1];
         if (key_eq(&s->key[ref & 1], k))
             return ref;
-        ref = s->next[ref & 1];
+        ref = __atomic_load_n(&s->next[ref & 1], __ATOMIC_ACQUIRE);
     }
     return NAT_NONE;
 }
@@ -252,7 +287,7 @@ static void table_link(struct nat *nat, uint32_t idx, int dir)
     struct session *s = &nat->s[idx];
     uint32_t *head = &nat->bucket[key_hash64(nat->table_seed, &s->key[dir]) & nat->bucket_mask];
     s->next[dir] = *head;
-    *head = (idx << 1) | (uint32_t)dir;
+    __atomic_store_n(head, (idx << 1) | (uint32_t)dir, __ATOMIC_RELEASE);
 }
 
 static void table_unlink(struct nat *nat, uint32_t idx, int dir)
@@ -262,7 +297,7 @@ static void table_unlink(struct nat *nat, uint32_t idx, int dir)
     uint32_t *link = &nat->bucket[key_hash64(nat->table_seed, &s->key[dir]) & nat->bucket_mask];
     while (*link != NAT_NONE) {
         if (*link == want) {
-            *link = s->next[dir];
+            __atomic_store_n(link, s->next[dir], __ATOMIC_RELEASE);
             return;
         }
         link = &nat->s[*link >> 1].next[*link & 1];
@@ -290,6 +325,8 @@ static void sess_info(const struct nat *nat, uint32_t idx, struct nat_session_in
     o->bytes[1] = s->bytes[1];
 }
 
+static void limbo_poll(struct nat *nat);
+
 static void sess_free(struct nat *nat, uint32_t idx, uint8_t reason)
 {
     struct session *s = &nat->s[idx];
@@ -299,26 +336,100 @@ static void sess_free(struct nat *nat, uint32_t idx, uint8_t reason)
         o->reason = reason;
         nat->ev_len++;
     } else {
-        nat->counters[NAT_C_EXPIRY_EVENTS_LOST]++;
+        CTR(nat)[NAT_C_EXPIRY_EVENTS_LOST]++;
     }
     table_unlink(nat, idx, 0);
     table_unlink(nat, idx, 1);
     s->in_use = 0;
+    nat->n_sessions--;
+    if (nat->n_lanes) {           /* a lane may be reading it: reuse it later */
+        nat->limbo[(nat->limbo_head + nat->limbo_len) % nat->max_sessions] = idx;
+        nat->limbo_len++;
+        if (!nat->limbo_sealed)
+            limbo_poll(nat);      /* its grace period starts now */
+        return;
+    }
     s->next[0] = nat->free_head;
     nat->free_head = idx;
-    nat->n_sessions--;
 }
 
-/* A live session for key, or NAT_NONE; an expired one is removed on sight. */
+/* ---------------------------------------------------------------------------
+ * Limbo: slots freed while lanes exist wait for a grace period, RCU's idea
+ * with the lanes' calls as quiescent states. The oldest freed slots are
+ * sealed with a snapshot of every lane's call count; once each lane has
+ * called again or is outside a call, no lane can hold them and they join the free
+ * list. Checked by the writer when it needs a slot and at each expiry
+ * tick, never waited for: a new flow never blocks on a lane.
+ */
+static int lanes_passed(const struct nat *nat)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the unlinks before, the lanes' state after */
+    for (uint32_t i = 0; i < NAT_MAX_LANES; i++) {
+        const struct nat_lane *l = nat->lanes[i];
+        if (l && __atomic_load_n(&l->online, __ATOMIC_ACQUIRE) &&
+            __atomic_load_n(&l->qc, __ATOMIC_ACQUIRE) == nat->limbo_snap[i])
+            return 0;
+    }
+    return 1;
+}
+
+static void limbo_poll(struct nat *nat)
+{
+    if (nat->limbo_sealed && lanes_passed(nat)) {
+        for (uint32_t k = 0; k < nat->limbo_sealed; k++) {
+            uint32_t idx = nat->limbo[nat->limbo_head];
+            nat->limbo_head = (nat->limbo_head + 1) % nat->max_sessions;
+            nat->s[idx].next[0] = nat->free_head;
+            nat->free_head = idx;
+        }
+        nat->slots_recycled += nat->limbo_sealed;
+        nat->limbo_len -= nat->limbo_sealed;
+        nat->limbo_sealed = 0;
+    }
+    if (!nat->limbo_sealed && nat->limbo_len) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (uint32_t i = 0; i < NAT_MAX_LANES; i++)
+            nat->limbo_snap[i] = nat->lanes[i] ? __atomic_load_n(&nat->lanes[i]->qc, __ATOMIC_ACQUIRE) : 0;
+        nat->limbo_sealed = nat->limbo_len;
+    }
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Until a slot is free again, or limit_ns. */
+static void limbo_wait(struct nat *nat, uint64_t limit_ns)
+{
+    uint64_t until = mono_ns() + limit_ns;
+    for (limbo_poll(nat); nat->free_head == NAT_NONE && nat->limbo_len && mono_ns() < until; limbo_poll(nat))
+        sched_yield();
+}
+
+/* Gone for lookups: expired, or ended by a lane (NAT_SF_DEAD). */
+static inline int sess_gone(const struct nat *nat, const struct session *s, uint64_t now)
+{
+    return now > sess_expires(nat, s) || (__atomic_load_n(&s->flags, __ATOMIC_RELAXED) & NAT_SF_DEAD);
+}
+
+/* A live session for key, or NAT_NONE. The writer removes a gone one on
+ * sight; a lane leaves it to the writer. */
 static inline uint32_t lookup_live(struct nat *nat, const struct nat_key *k, uint64_t now)
 {
     uint32_t ref = table_lookup(nat, k);
     if (ref == NAT_NONE)
         return ref;
     struct session *s = &nat->s[ref >> 1];
-    if (now > sess_expires(nat, s)) {
-        sess_free(nat, ref >> 1, 0);
-        nat->counters[NAT_C_SESSION_EXPIRED_LAZY]++;
+    if (sess_gone(nat, s, now)) {
+        if (!tls_lane) {
+            int dead = (s->flags & NAT_SF_DEAD) != 0;
+            sess_free(nat, ref >> 1, (uint8_t)dead);
+            if (!dead)
+                CTR(nat)[NAT_C_SESSION_EXPIRED_LAZY]++;
+        }
         return NAT_NONE;
     }
     return ref;
@@ -427,10 +538,14 @@ int nat_classifier_add_address(struct nat_classifier *c, uint8_t family, const u
     return 0;
 }
 
+static void lanes_synchronize(struct nat *nat);
+
 void nat_set_classifier(struct nat *nat, struct nat_classifier *c)
 {
-    nat_classifier_destroy(nat->cls);
-    nat->cls = c;
+    struct nat_classifier *old = nat->cls;
+    __atomic_store_n(&nat->cls, c, __ATOMIC_RELEASE);
+    lanes_synchronize(nat);   /* a lane may still be reading the old one */
+    nat_classifier_destroy(old);
 }
 
 uint32_t nat_translation_lookup(const struct nat *nat, uint8_t family, const uint8_t *addr,
@@ -688,7 +803,7 @@ static void rewrite_l4(struct nat *nat, struct pkt *p, uint16_t sport, uint16_t 
         } else {
             uint16_t c = ld16(l4 + 6);
             if (c == 0 && p->family == NAT_AF_INET) {
-                nat->counters[NAT_C_UDP_ZERO_CSUM]++;  /* RFC 768: 0 = no checksum */
+                CTR(nat)[NAT_C_UDP_ZERO_CSUM]++;  /* RFC 768: 0 = no checksum */
             } else {
                 uint16_t nc = csum_apply(c, acc);
                 if (nc == 0)
@@ -759,7 +874,7 @@ static void frag_record(struct nat *nat, const struct pkt *p, uint8_t verdict, u
     else if (!(g->used && g->expires_ns >= now)) pick = g;
     else {
         pick = f->expires_ns <= g->expires_ns ? f : g;
-        nat->counters[NAT_C_FRAG_TABLE_EVICT]++;
+        CTR(nat)[NAT_C_FRAG_TABLE_EVICT]++;
     }
     memset(pick, 0, sizeof *pick);
     memcpy(pick->src, p->key.src, 16);
@@ -783,20 +898,20 @@ static inline void verdict(struct nat *nat, struct nat_frame *f, uint8_t v, uint
     f->verdict = v;
     f->reason = reason;
     if (v == NAT_FORWARD) {
-        nat->counters[NAT_C_TRANSLATED]++;
+        CTR(nat)[NAT_C_TRANSLATED]++;
     } else if (v == NAT_PASS) {
-        nat->counters[NAT_C_PASSED]++;
-        nat->counters[reason]++;
+        CTR(nat)[NAT_C_PASSED]++;
+        CTR(nat)[reason]++;
     } else if (v == NAT_DROP) {
-        nat->counters[NAT_C_DROPPED]++;
-        nat->counters[reason]++;
+        CTR(nat)[NAT_C_DROPPED]++;
+        CTR(nat)[reason]++;
     }
 }
 
 void nat_count_event(struct nat *nat, uint16_t counter)
 {
     if (counter < NAT_C__COUNT)
-        nat->counters[counter]++;
+        CTR(nat)[counter]++;
 }
 
 void nat_count_verdict(struct nat *nat, uint8_t v, uint16_t reason)
@@ -817,14 +932,31 @@ static inline int nat_owned_dst(const struct nat *nat, const struct pkt *p, uint
            (nat->snat_family & (p->family == NAT_AF_INET ? 1 : 2));
 }
 
+/* The fragment table is shared by the lanes (a datagram's fragments may
+ * arrive on different queues) and rarely used: a spinlock. */
+static inline void frag_lock(struct nat *nat)
+{
+    while (__atomic_exchange_n(&nat->frag_lock, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&nat->frag_lock, __ATOMIC_RELAXED))
+            __builtin_ia32_pause();
+}
+
+static inline void frag_unlock(struct nat *nat) { __atomic_store_n(&nat->frag_lock, 0, __ATOMIC_RELEASE); }
+
 static void handle_later_fragment(struct nat *nat, struct nat_frame *f, struct pkt *p,
                                   uint64_t now)
 {
+    frag_lock(nat);
     struct frag *fe = frag_find(nat, p, now);
+    struct frag copy;
+    if (fe)
+        copy = *fe;
+    frag_unlock(nat);
     if (fe) {
+        fe = &copy;
         if (fe->verdict == NAT_FORWARD) {
             rewrite_addrs(p, fe->new_src, fe->new_dst);
-            nat->counters[NAT_C_FRAG_FOLLOWED]++;
+            CTR(nat)[NAT_C_FRAG_FOLLOWED]++;
             f->session = NAT_NONE;
             verdict(nat, f, NAT_FORWARD, NAT_C_TRANSLATED);
         } else if (fe->verdict == NAT_PASS) {
@@ -907,7 +1039,7 @@ static int handle_icmp_error(struct nat *nat, struct nat_frame *f, struct pkt *p
         icmp_acc += out_acc;
     }
     st16(icmp + 2, csum_apply(ld16(icmp + 2), icmp_acc));
-    nat->counters[NAT_C_ICMP_ERROR_TRANSLATED]++;
+    CTR(nat)[NAT_C_ICMP_ERROR_TRANSLATED]++;
     f->session = idx;
     f->serial = nat->s[idx].serial;
     f->dir = (uint8_t)d;
@@ -925,8 +1057,11 @@ static int reset_on(struct nat *nat, struct nat_frame *f, struct pkt *p, uint32_
 {
     uint8_t *tcp = p->l4;
     unsigned doff = p->proto == IPPROTO_TCP_ && p->l4len >= 20 ? (unsigned)(tcp[12] >> 4) * 4 : 0;
-    sess_free(nat, idx, 1);
-    nat->counters[NAT_C_SESSION_REMOVED]++;
+    if (tls_lane)          /* a lane never frees: the writer will */
+        __atomic_fetch_or(&nat->s[idx].flags, NAT_SF_DEAD, __ATOMIC_RELAXED);
+    else
+        sess_free(nat, idx, 1);
+    CTR(nat)[NAT_C_SESSION_REMOVED]++;
     f->session = NAT_NONE;
     if (p->proto != IPPROTO_TCP_ || (doff >= 20 && (tcp[13] & 0x04)))
         return 1;                                    /* a last datagram, or a RST already */
@@ -961,7 +1096,7 @@ void nat_sessions_unreset(struct nat *nat, uint32_t translation, uint16_t backen
     for (uint32_t i = 0; i < nat->hwm; i++) {
         struct session *s = &nat->s[i];
         if (s->in_use && s->translation == translation && s->backend == backend)
-            s->flags &= (uint8_t)~NAT_SF_RESET;
+            __atomic_fetch_and(&s->flags, (uint8_t)~NAT_SF_RESET, __ATOMIC_RELAXED);
     }
 }
 
@@ -993,7 +1128,7 @@ void nat_profile_usage(const struct nat *nat, uint32_t *counts)
 void nat_session_reset(struct nat *nat, uint32_t index)
 {
     if (index < nat->max_sessions && nat->s[index].in_use)
-        nat->s[index].flags |= NAT_SF_RESET;
+        __atomic_fetch_or(&nat->s[index].flags, NAT_SF_RESET, __ATOMIC_RELAXED);
 }
 
 static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint32_t flags)
@@ -1067,18 +1202,24 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         s->last_seen_ns = now;
         s->packets[dir]++;
         s->bytes[dir] += f->len;
-        if (p.proto == IPPROTO_TCP_)
-            s->state = tcp_next[s->state][tcp_event(p.tcp_flags)][dir];
+        if (p.proto == IPPROTO_TCP_) {
+            /* the two directions may be on two lanes at once */
+            uint8_t st = __atomic_load_n(&s->state, __ATOMIC_RELAXED), to_st;
+            while ((to_st = tcp_next[st][tcp_event(p.tcp_flags)][dir]) != st &&
+                   !__atomic_compare_exchange_n(&s->state, &st, to_st, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                ;
+        }
         if (!(flags & NAT_PF_FINAL))
-            nat->counters[NAT_C_SESSION_HIT]++;
+            CTR(nat)[NAT_C_SESSION_HIT]++;
         f->session = idx;
         f->serial = s->serial;
         f->dir = (uint8_t)dir;
-        if (s->flags & NAT_SF_BYPASS) {
+        uint8_t sflags = __atomic_load_n(&s->flags, __ATOMIC_RELAXED);
+        if (sflags & NAT_SF_BYPASS) {
             verdict(nat, f, NAT_PASS, NAT_C_PASS_NO_SNAT);
         } else {
             rewrite_packet(nat, &p, &to);
-            if (!(s->flags & NAT_SF_RESET) || reset_on(nat, f, &p, idx))
+            if (!(sflags & NAT_SF_RESET) || reset_on(nat, f, &p, idx))
                 verdict(nat, f, NAT_FORWARD, NAT_C_TRANSLATED);
             else
                 verdict(nat, f, NAT_DROP, NAT_C_DROP_POLICY);
@@ -1118,8 +1259,11 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
     }
 
 done:
-    if (p.frag == FRAG_FIRST)
+    if (p.frag == FRAG_FIRST) {
+        frag_lock(nat);
         frag_record(nat, &p, f->verdict, now);  /* p.key still holds the original addresses */
+        frag_unlock(nat);
+    }
 }
 
 /* The session-table bucket of a plain TCP/UDP frame (untagged IPv4 without
@@ -1201,7 +1345,7 @@ uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint
         }
         process_one(nat, f, now, flags);
         if (f->verdict == NAT_MISS) {
-            nat->counters[NAT_C_SESSION_MISS]++;
+            CTR(nat)[NAT_C_SESSION_MISS]++;
             return i + 1;
         }
     }
@@ -1222,9 +1366,11 @@ static uint32_t reclaim_one(struct nat *nat, uint64_t now)
         uint32_t idx = nat->scan_cursor < nat->hwm ? nat->scan_cursor : 0;
         nat->scan_cursor = (idx + 1) % nat->hwm;
         struct session *s = &nat->s[idx];
-        if (s->in_use && now > sess_expires(nat, s)) {
-            sess_free(nat, idx, 0);
-            nat->counters[NAT_C_SESSION_EXPIRED_SCAN]++;
+        if (s->in_use && sess_gone(nat, s, now)) {
+            int dead = (s->flags & NAT_SF_DEAD) != 0;
+            sess_free(nat, idx, (uint8_t)dead);
+            if (!dead)
+                CTR(nat)[NAT_C_SESSION_EXPIRED_SCAN]++;
             return 1;
         }
     }
@@ -1239,8 +1385,18 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
         return -1;
     if (lookup_live(nat, fwd, now_ns) != NAT_NONE || lookup_live(nat, rev, now_ns) != NAT_NONE)
         return -1;
-    if (nat->free_head == NAT_NONE && nat->hwm == nat->max_sessions && !reclaim_one(nat, now_ns))
-        return -2;
+    if (nat->free_head == NAT_NONE && nat->hwm == nat->max_sessions) {
+        limbo_poll(nat);
+        if (nat->free_head == NAT_NONE && !nat->limbo_len && !reclaim_one(nat, now_ns))
+            return -2;
+        /* Freed into limbo, where lanes may still read them: a full table
+         * is rare, and a lane moves on within a batch; wait up to 1 ms for
+         * that rather than refuse the flow. */
+        if (nat->free_head == NAT_NONE)
+            limbo_wait(nat, 1000000);
+        if (nat->free_head == NAT_NONE)
+            return -2;
+    }
     uint32_t idx;
     if (nat->free_head != NAT_NONE) {
         idx = nat->free_head;
@@ -1316,7 +1472,7 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
 uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key, uint64_t now_ns)
 {
     uint32_t ref = table_lookup(nat, key);
-    if (ref == NAT_NONE || now_ns > sess_expires(nat, &nat->s[ref >> 1]))
+    if (ref == NAT_NONE || sess_gone(nat, &nat->s[ref >> 1], now_ns))
         return NAT_NONE;
     return ref >> 1;
 }
@@ -1333,8 +1489,10 @@ int nat_session_remove(struct nat *nat, uint32_t index)
 {
     if (index >= nat->max_sessions || !nat->s[index].in_use)
         return -1;
+    int dead = (nat->s[index].flags & NAT_SF_DEAD) != 0;   /* counted by its lane */
     sess_free(nat, index, 1);
-    nat->counters[NAT_C_SESSION_REMOVED]++;
+    if (!dead)
+        CTR(nat)[NAT_C_SESSION_REMOVED]++;
     return 0;
 }
 
@@ -1410,6 +1568,7 @@ int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred
 uint32_t nat_expire(struct nat *nat, uint64_t now_ns, uint32_t budget)
 {
     uint32_t removed = 0;
+    limbo_poll(nat);
     if (nat->hwm == 0)
         return 0;
     if (budget > nat->hwm)
@@ -1418,9 +1577,11 @@ uint32_t nat_expire(struct nat *nat, uint64_t now_ns, uint32_t budget)
         uint32_t idx = nat->scan_cursor < nat->hwm ? nat->scan_cursor : 0;
         nat->scan_cursor = (idx + 1) % nat->hwm;
         struct session *s = &nat->s[idx];
-        if (s->in_use && now_ns > sess_expires(nat, s)) {
-            sess_free(nat, idx, 0);
-            nat->counters[NAT_C_SESSION_EXPIRED_SCAN]++;
+        if (s->in_use && sess_gone(nat, s, now_ns)) {
+            int dead = (s->flags & NAT_SF_DEAD) != 0;
+            sess_free(nat, idx, (uint8_t)dead);
+            if (!dead)
+                CTR(nat)[NAT_C_SESSION_EXPIRED_SCAN]++;
             removed++;
         }
     }
@@ -1436,6 +1597,107 @@ uint32_t nat_drain_events(struct nat *nat, struct nat_session_info *out, uint32_
         nat->ev_len--;
     }
     return n;
+}
+
+/* ---------------------------------------------------------------------------
+ * Lanes (see nat.h)
+ */
+struct nat_lane *nat_lane_create(struct nat *nat)
+{
+    for (uint32_t i = 0; i < NAT_MAX_LANES; i++) {
+        if (nat->lanes[i])
+            continue;
+        struct nat_lane *l = calloc(1, sizeof *l);
+        if (!l)
+            return NULL;
+        l->nat = nat;
+        l->slot = i;
+        __atomic_store_n(&nat->lanes[i], l, __ATOMIC_SEQ_CST);
+        nat->n_lanes++;
+        return l;
+    }
+    return NULL;
+}
+
+/* The writer's: its counters join the writer's, so none are lost. */
+void nat_lane_destroy(struct nat_lane *lane)
+{
+    if (!lane)
+        return;
+    struct nat *nat = lane->nat;
+    for (unsigned i = 0; i < NAT_C__COUNT; i++)
+        nat->counters[i] += lane->counters[i];
+    __atomic_store_n(&nat->lanes[lane->slot], NULL, __ATOMIC_SEQ_CST);
+    nat->n_lanes--;
+    if (!nat->n_lanes) {   /* nothing can read limbo's slots any more */
+        nat->limbo_sealed = nat->limbo_len;
+        limbo_poll(nat);
+    }
+    free(lane);
+}
+
+uint32_t nat_lane_process(struct nat_lane *lane, struct nat_frame *frames, uint32_t n,
+                          uint64_t now_ns, uint32_t flags)
+{
+    __atomic_store_n(&lane->online, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&lane->qc, 1, __ATOMIC_SEQ_CST);   /* a full barrier: then the table */
+    tls_lane = lane;
+    uint32_t done = nat_process(lane->nat, frames, n, now_ns, flags);
+    tls_lane = NULL;
+    __atomic_store_n(&lane->online, 0, __ATOMIC_RELEASE);   /* holds nothing from here on */
+    return done;
+}
+
+const uint64_t *nat_lane_counters(const struct nat_lane *lane) { return lane->counters; }
+
+void nat_counters_sum(const struct nat *nat, uint64_t *out)
+{
+    memcpy(out, nat->counters, sizeof nat->counters);
+    for (uint32_t i = 0; i < NAT_MAX_LANES; i++) {
+        const struct nat_lane *l = __atomic_load_n(&nat->lanes[i], __ATOMIC_ACQUIRE);
+        if (l)
+            for (unsigned c = 0; c < NAT_C__COUNT; c++)
+                out[c] += __atomic_load_n(&l->counters[c], __ATOMIC_RELAXED);
+    }
+}
+
+uint64_t nat_slots_recycled(const struct nat *nat) { return nat->slots_recycled; }
+
+/* Wait until no lane can hold what was unlinked before the call. */
+static void lanes_synchronize(struct nat *nat)
+{
+    uint64_t snap[NAT_MAX_LANES];
+    if (!nat->n_lanes)
+        return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (uint32_t i = 0; i < NAT_MAX_LANES; i++)
+        snap[i] = nat->lanes[i] ? __atomic_load_n(&nat->lanes[i]->qc, __ATOMIC_ACQUIRE) : 0;
+    for (uint32_t i = 0; i < NAT_MAX_LANES; i++) {
+        const struct nat_lane *l = nat->lanes[i];
+        while (l && __atomic_load_n(&l->online, __ATOMIC_ACQUIRE) &&
+               __atomic_load_n(&l->qc, __ATOMIC_ACQUIRE) == snap[i])
+            sched_yield();
+    }
+}
+
+uint64_t nat_lane_bench(struct nat_lane *lane, const uint8_t *pristine, uint32_t nchunks,
+                        uint32_t batch, uint32_t stride, uint32_t len, uint8_t *work,
+                        struct nat_frame *frames, uint64_t now_ns, uint64_t iterations)
+{
+    uint64_t forwarded = 0;
+    for (uint64_t it = 0; it < iterations; it++) {
+        memcpy(work, pristine + (size_t)(it % nchunks) * batch * stride, (size_t)batch * stride);
+        for (uint32_t k = 0; k < batch; k++) {
+            frames[k].data = work + (size_t)k * stride;
+            frames[k].len = len;
+            frames[k].port = 0;
+        }
+        for (uint32_t done = 0; done < batch;)
+            done += nat_lane_process(lane, frames + done, batch - done, now_ns, 0);
+        for (uint32_t k = 0; k < batch; k++)
+            forwarded += frames[k].verdict == NAT_FORWARD;
+    }
+    return forwarded;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1461,7 +1723,8 @@ struct nat *nat_create(uint32_t max_sessions, uint64_t table_seed)
     nat->bucket = malloc((size_t)nb * sizeof *nat->bucket);
     nat->frag = calloc(NAT_FRAG_SLOTS, sizeof *nat->frag);
     nat->ev = calloc(NAT_EVENT_RING, sizeof *nat->ev);
-    if (!nat->s || !nat->bucket || !nat->frag || !nat->ev) {
+    nat->limbo = malloc((size_t)max_sessions * sizeof *nat->limbo);
+    if (!nat->s || !nat->bucket || !nat->frag || !nat->ev || !nat->limbo) {
         nat_destroy(nat);
         return NULL;
     }
@@ -1485,6 +1748,7 @@ void nat_destroy(struct nat *nat)
     free(nat->bucket);
     free(nat->frag);
     free(nat->ev);
+    free(nat->limbo);
     nat_classifier_destroy(nat->cls);
     free(nat);
 }
@@ -1493,7 +1757,8 @@ size_t nat_memory_bytes(const struct nat *nat)
 {
     return sizeof *nat + (size_t)nat->max_sessions * sizeof *nat->s +
            ((size_t)nat->bucket_mask + 1) * sizeof *nat->bucket +
-           NAT_FRAG_SLOTS * sizeof *nat->frag + NAT_EVENT_RING * sizeof *nat->ev;
+           NAT_FRAG_SLOTS * sizeof *nat->frag + NAT_EVENT_RING * sizeof *nat->ev +
+           (size_t)nat->max_sessions * sizeof *nat->limbo;
 }
 
 void nat_set_flow_hash_seed(struct nat *nat, uint64_t seed) { nat->flow_seed = seed; }

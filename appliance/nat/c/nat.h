@@ -31,6 +31,7 @@ enum nat_counter {
 #define NAT_MAX_PORTS 256        /* ingress interfaces the core tells apart */
 #define NAT_MAX_PROFILES 256     /* distinct timeout profiles at once */
 #define NAT_PORT_LO 1024         /* lowest source port handed out (ICMP ids: 0) */
+#define NAT_MAX_LANES 64         /* reader threads (datapath workers) at once */
 
 enum nat_verdict {
     NAT_FORWARD = 0,   /* rewritten by a session: send it on */
@@ -111,6 +112,7 @@ struct nat_profile {
 #define NAT_SF_SNAT 2         /* source rewritten by SNAT */
 #define NAT_SF_BYPASS 4       /* no rewrite: kept so the flow stays in C */
 #define NAT_SF_RESET 8        /* drain = "reset": the next segment goes on as a RST, the session ends */
+#define NAT_SF_DEAD 16        /* ended by a reader (a reset sent): gone for lookups, freed by the writer */
 
 /* A session as shown to Python (copy, never a pointer into the table). */
 struct nat_session_info {
@@ -137,6 +139,7 @@ struct nat_session_info {
 
 struct nat;
 struct nat_classifier;
+struct nat_lane;
 
 const char *nat_build_version(void);
 unsigned nat_counter_count(void);
@@ -236,6 +239,35 @@ void nat_sessions_remap(struct nat *nat, const uint32_t *tmap, uint32_t ntrans,
 int nat_alloc_port(const struct nat *nat, struct nat_key *rev,
                    int32_t preferred, uint16_t lo, uint16_t hi, uint64_t salt,
                    uint64_t now_ns);
+
+/* Lanes: threads other than the writer's that run the fast path over the
+ * same table at the same time (the datapath workers). Everything else in
+ * this header is the writer's: one thread (the slow path's) at a time.
+ * A lane looks sessions up without locks; it never frees or inserts one
+ * (an expired or dead session is a miss for it, which the writer settles),
+ * and the writer reuses a freed slot only after every lane that was inside
+ * nat_lane_process() when the slot was unlinked has returned. So a lane
+ * holds no reference into the table between calls: what it keeps of a
+ * frame's session is (session, serial), checked again when used.
+ * Each lane counts in its own counters; nat_counters_sum() adds them up. */
+struct nat_lane *nat_lane_create(struct nat *nat);
+void nat_lane_destroy(struct nat_lane *lane);
+/* nat_process() on a lane: same frames, verdicts and stop at NAT_MISS. */
+uint32_t nat_lane_process(struct nat_lane *lane, struct nat_frame *frames, uint32_t n,
+                          uint64_t now_ns, uint32_t flags);
+const uint64_t *nat_lane_counters(const struct nat_lane *lane);
+/* The writer's counters plus every lane's, into out[NAT_C__COUNT]. */
+void nat_counters_sum(const struct nat *nat, uint64_t *out);
+/* Slots freed while lanes existed and reused since (after a grace period). */
+uint64_t nat_slots_recycled(const struct nat *nat);
+/* The benchmark's worker loop (appliance bench core --workers): batches
+ * copied from pristine (nchunks chunks of batch frames, stride bytes apart,
+ * len bytes each) into work, as an RX ring would, then run through the lane;
+ * iterations batches. In C so that N threads measure the core, not the GIL.
+ * Returns the frames that got NAT_FORWARD. */
+uint64_t nat_lane_bench(struct nat_lane *lane, const uint8_t *pristine, uint32_t nchunks,
+                        uint32_t batch, uint32_t stride, uint32_t len, uint8_t *work,
+                        struct nat_frame *frames, uint64_t now_ns, uint64_t iterations);
 
 /* Incremental expiry: examine at most budget slots from where the last
  * call stopped; returns the number of sessions removed. */

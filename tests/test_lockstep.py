@@ -62,8 +62,13 @@ def test_io_shim_matches_package_and_counters():
     from appliance.io_uring._binding import lib as io_lib
 
     assert io_ffi.string(io_lib.io_build_version()).decode() == appliance.__version__
-    header = (pathlib.Path(appliance.__file__).parent / "io_uring" / "c" / "io.h").read_text()
-    enum = re.findall(r"^\s+IO_C_(\w+),", header, re.M)
-    assert [n.lower() for n in enum if n != "_COUNT"] == list(IO_NAMES)
+    from appliance.io_uring._binding import STEER_COUNTER_NAMES
+
+    io_dir = pathlib.Path(appliance.__file__).parent / "io_uring"
+    listed = re.findall(r"^_\((\w+),", (io_dir / "c" / "io_counters.def").read_text(), re.M)
+    assert [n.lower() for n in listed] == list(IO_NAMES)
+    assert [getattr(io_lib, "IO_C_" + n) for n in listed] == list(range(len(listed))) and io_lib.IO_C__COUNT == len(listed)
+    steer = re.findall(r"^_\((\w+),", (io_dir / "bpf" / "steer_counters.def").read_text(), re.M)
+    assert [n.lower() for n in steer] == list(STEER_COUNTER_NAMES) and "held" in STEER_COUNTER_NAMES
     # the NAT frame passes between the two modules unchanged
     assert io_ffi.sizeof("struct nat_frame") == ffi.sizeof("struct nat_frame")

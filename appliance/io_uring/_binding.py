@@ -15,10 +15,10 @@ if _built != __version__:  # pragma: no cover - depends on the install
     raise ImportError(f"stale AF_XDP shim: compiled for {_built}, package is {__version__}; "
                       "rebuild with `pip install -e .`")
 
-COUNTER_NAMES = (
-    "rx", "tx", "to_kernel_local", "to_kernel_no_route", "to_kernel_no_neigh", "to_kernel_ttl",
-    "to_kernel_mtu", "drop_nat", "drop_tx_full", "drop_kernel_write", "rx_batches", "fwd_cache_hit", "naps",
-    "icmp_too_big", "icmp_time_exceeded", "drop_new_flow_busy",
-    "icmp_no_route", "icmp_host_unreachable", "neigh_answered", "drop_blackhole",
-)
-assert len(COUNTER_NAMES) == lib.IO_C__COUNT, "io.h counters and COUNTER_NAMES disagree"
+COUNTER_NAMES: tuple[str, ...] = tuple(
+    ffi.string(lib.io_counter_name(i)).decode().lower() for i in range(lib.io_counter_count()))
+COUNTER_HELP: tuple[str, ...] = tuple(
+    ffi.string(lib.io_counter_help(i)).decode() for i in range(lib.io_counter_count()))
+# The XDP program's counters (bpf/steer_counters.def), by index in its map.
+STEER_COUNTER_NAMES: tuple[str, ...] = tuple(
+    ffi.string(lib.io_steer_counter_name(i)).decode().lower() for i in range(lib.io_steer_counter_count()))

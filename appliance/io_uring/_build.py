@@ -38,9 +38,20 @@ def build_bpf() -> None:
     subprocess.run(cmd, check=True)
 
 
+def _counters_enum() -> str:
+    """enum io_counter for the cdef, from io_counters.def: cffi checks each
+    value against the compiler's (io.h builds the same enum from the file)."""
+    names = re.findall(r"^_\((\w+),", (C_DIR / "io_counters.def").read_text(), re.M)
+    return "enum io_counter {\n" + "".join(f"    IO_C_{n},\n" for n in names) + "    IO_C__COUNT\n};\n"
+
+
 def _cdef() -> str:
     header = (C_DIR / "io.h").read_text()
     body = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", header, re.S).group(1)
+    body = body.replace("/* IO_COUNTERS: the enum io_counter, generated from io_counters.def */", _counters_enum())
+    steer = re.findall(r"^#define (STEER_\w+) ", (HERE / "bpf" / "steer.h").read_text(), re.M)
+    body = body.replace("/* STEER_DEFINES: bpf/steer.h's constants, generated; values from the compiler */",
+                        "".join(f"#define {name} ...\n" for name in steer))
     return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
 
 
@@ -52,10 +63,10 @@ ffibuilder.set_source(
     "appliance.io_uring._io_c",
     '#include "io.h"\n',
     sources=[_rel(C_DIR / "io.c")],
-    include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR)],
+    include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR), _rel(HERE / "bpf")],
     libraries=["xdp", "bpf"],
     define_macros=[("IO_BUILD_VERSION", '"%s"' % nat_build._version())],
-    depends=[_rel(p) for p in sorted(C_DIR.iterdir())],
+    depends=[_rel(p) for p in sorted(C_DIR.iterdir()) + sorted((HERE / "bpf").glob("*.[hd]*"))],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
 )
 

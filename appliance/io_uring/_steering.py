@@ -16,14 +16,14 @@ import pathlib
 import socket
 import time
 
-from ._binding import ffi, lib
+from ._binding import STEER_COUNTER_NAMES, ffi, lib
 
 OBJ = pathlib.Path(__file__).resolve().parent / "steer.bpf.o"
 
-ADDR_HOST = 1   # STEER_ADDR_HOST in bpf/steer.h
-ADDR_NAT = 2    # STEER_ADDR_NAT
-ADDR_ECHO = 4   # STEER_ADDR_ECHO
-MAX_IFINDEX = 65536   # STEER_MAX_IFINDEX in bpf/steer.h
+ADDR_HOST = lib.STEER_ADDR_HOST   # bpf/steer.h, through the io shim
+ADDR_NAT = lib.STEER_ADDR_NAT
+ADDR_ECHO = lib.STEER_ADDR_ECHO
+MAX_IFINDEX = lib.STEER_MAX_IFINDEX
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
@@ -173,15 +173,14 @@ class Steering:
             self.host_ports.discard(p)
 
     def counters(self) -> dict[str, int]:
-        names = ("unused", "pass_kernel", "pass_ttl", "pass_host", "pass_no_socket", "held")
         ncpu = _possible_cpus()
         out = {}
         vals = ffi.new("uint64_t[]", ncpu)
-        for i, name in enumerate(names):
+        for i, name in enumerate(STEER_COUNTER_NAMES):
             key = ffi.new("uint32_t *", i)
             if lib.io_map_lookup(self.maps["counters"], key, vals) == 0:
                 out[name] = sum(vals[j] for j in range(ncpu))
-        out.pop("unused", None)
+        out.pop("redirect", None)   # the appliance's io.rx counts those
         return out
 
 

@@ -23,14 +23,11 @@ struct steer_port {
     __u8 addr[16];
 };
 
-enum {
-    STEER_C_REDIRECT,        /* unused: redirected frames are the appliance's io.rx */
-    STEER_C_PASS_KERNEL,     /* not IP, multicast, neighbour discovery */
-    STEER_C_PASS_TTL,        /* transit TTL/hop limit expiring here: the kernel answers */
-    STEER_C_PASS_HOST,       /* addressed to the host, not a NAT port */
-    STEER_C_PASS_NO_SOCKET,  /* interface without an AF_XDP socket */
-    STEER_C_HELD,            /* dropped: no socket while the appliance restarts (hold) */
-    STEER_C__COUNT,
+enum steer_counter {
+#define _(name, text) STEER_C_##name,
+#include "steer_counters.def"
+#undef _
+    STEER_C__COUNT
 };
 
 #endif

@@ -1381,3 +1381,27 @@ int io_timer_slack(uint64_t ns)
 }
 
 const char *io_build_version(void) { return IO_BUILD_VERSION; }
+
+static const char *const counter_names[] = {
+#define _(name, text) #name,
+#include "io_counters.def"
+#undef _
+};
+
+static const char *const counter_help[] = {
+#define _(name, text) text,
+#include "io_counters.def"
+#undef _
+};
+
+static const char *const steer_counter_names[] = {
+#define _(name, text) #name,
+#include "steer_counters.def"
+#undef _
+};
+
+unsigned io_counter_count(void) { return IO_C__COUNT; }
+const char *io_counter_name(unsigned i) { return i < IO_C__COUNT ? counter_names[i] : NULL; }
+const char *io_counter_help(unsigned i) { return i < IO_C__COUNT ? counter_help[i] : NULL; }
+unsigned io_steer_counter_count(void) { return STEER_C__COUNT; }
+const char *io_steer_counter_name(unsigned i) { return i < STEER_C__COUNT ? steer_counter_names[i] : NULL; }

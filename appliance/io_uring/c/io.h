@@ -15,36 +15,30 @@
 #define APPLIANCE_IO_H
 
 #include <stdint.h>
+#include <linux/types.h>
 #include "nat.h"
+#include "steer.h"
+
+/* Why a frame went to the kernel or was dropped by the forwarding step. */
+enum io_counter {
+#define _(name, text) IO_C_##name,
+#include "io_counters.def"
+#undef _
+    IO_C__COUNT
+};
 
 /* CFFI-BEGIN */
 #define IO_FRAME_SIZE 2048     /* UMEM chunk: a 1500-byte MTU frame and headroom */
 #define IO_MAX_PORTS 64
 
-/* Why a frame went to the kernel or was dropped by the forwarding step. */
-enum io_counter {
-    IO_C_RX,
-    IO_C_TX,
-    IO_C_TO_KERNEL_LOCAL,      /* addressed to the host after NAT */
-    IO_C_TO_KERNEL_NO_ROUTE,   /* no route, or one the kernel serves: through a non-data interface, unreachable, prohibit, throw */
-    IO_C_TO_KERNEL_NO_NEIGH,   /* neighbour not resolved yet: the kernel resolves */
-    IO_C_TO_KERNEL_TTL,        /* TTL/hop limit would expire here */
-    IO_C_TO_KERNEL_MTU,        /* larger than the egress MTU: the kernel sends the ICMP error */
-    IO_C_DROP_NAT,             /* dropped by the NAT core */
-    IO_C_DROP_TX_FULL,         /* egress TX ring or UMEM full */
-    IO_C_DROP_KERNEL_WRITE,    /* the TAP write failed */
-    IO_C_RX_BATCHES,           /* non-empty io_rx() calls (rx / rx_batches = mean batch) */
-    IO_C_FWD_CACHE_HIT,        /* frames forwarded with the session's cached next hop */
-    IO_C_NAPS,                 /* naps io_poll() took on empty rings */
-    IO_C_ICMP_TOO_BIG,         /* ICMP too-big errors sent for translated frames */
-    IO_C_ICMP_TIME_EXCEEDED,   /* ICMP time-exceeded errors sent for translated frames */
-    IO_C_DROP_NEW_FLOW_BUSY,   /* new flows' frames dropped unresolved: the slow path was behind */
-    IO_C_ICMP_NO_ROUTE,        /* ICMP network unreachable sent for translated frames */
-    IO_C_ICMP_HOST_UNREACHABLE, /* ICMP host unreachable sent for translated frames */
-    IO_C_NEIGH_ANSWERED,       /* ARP requests / neighbour solicitations answered for vips, SNAT addresses */
-    IO_C_DROP_BLACKHOLE,       /* towards a blackhole route: dropped, as the kernel drops them */
-    IO_C__COUNT,
-};
+/* IO_COUNTERS: the enum io_counter, generated from io_counters.def */
+unsigned io_counter_count(void);
+const char *io_counter_name(unsigned i);
+const char *io_counter_help(unsigned i);
+/* The XDP program's counters (bpf/steer_counters.def). */
+unsigned io_steer_counter_count(void);
+const char *io_steer_counter_name(unsigned i);
+/* STEER_DEFINES: bpf/steer.h's constants, generated; values from the compiler */
 
 struct io_port;
 struct io_ctx;

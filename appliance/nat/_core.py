@@ -273,12 +273,12 @@ class NatCore(Expiry, Introspection):
 
     def nat_process_pointer(self):
         """(struct nat *, nat_process function pointer) for C loops."""
-        return self._nat, ffi.cast("void *", ffi.addressof(lib, "nat_process"))
+        return self._nat, ffi.cast("nat_process_fn", ffi.addressof(lib, "nat_process"))
 
     def session_get_pointer(self):
         """(struct nat *, nat_session_get function pointer) for C code that
         needs a session's keys (the datapath's ICMP errors)."""
-        return self._nat, ffi.cast("void *", ffi.addressof(lib, "nat_session_get"))
+        return self._nat, ffi.cast("nat_session_get_fn", ffi.addressof(lib, "nat_session_get"))
 
 
     def _slow_verdict(self, f, verdict: int, reason: str) -> None:

@@ -106,7 +106,7 @@ struct io_ctx {
     uint64_t counters[IO_C__COUNT];
     /* for ICMP "too big" errors the appliance sends itself */
     struct nat *nat;
-    int (*session_get)(const struct nat *, uint32_t, struct nat_session_info *);
+    nat_session_get_fn session_get;
     uint8_t port_addr[IO_MAX_PORTS][2][16];  /* [port][v4, v6]: source of our ICMP errors */
     uint8_t port_has_addr[IO_MAX_PORTS][2];
     uint64_t icmp_tokens_at;                 /* token bucket of those errors */
@@ -803,10 +803,10 @@ int io_route_resolve(struct io_ctx *ctx, uint8_t family, const uint8_t *src, con
     return rc;
 }
 
-void io_set_nat(struct io_ctx *ctx, struct nat *nat, void *session_get_fn)
+void io_set_nat(struct io_ctx *ctx, struct nat *nat, nat_session_get_fn session_get)
 {
     ctx->nat = nat;
-    ctx->session_get = (int (*)(const struct nat *, uint32_t, struct nat_session_info *))session_get_fn;
+    ctx->session_get = session_get;
 }
 
 int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu)
@@ -1264,7 +1264,6 @@ int io_map_lookup(int fd, const void *key, void *value)
     return bpf_map_lookup_elem(fd, key, value) ? -errno : 0;
 }
 
-typedef uint32_t (*nat_process_fn)(struct nat *, struct nat_frame *, uint32_t, uint64_t, uint32_t);
 
 static uint64_t realtime_ns(void)
 {
@@ -1323,10 +1322,9 @@ static uint32_t rx_any(struct io_port *const *ports, uint32_t nports, struct nat
 }
 
 int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
-            void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
+            nat_process_fn process, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
             uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st)
 {
-    nat_process_fn process = (nat_process_fn)nat_fn;
     uint64_t start = now_ns(), end = start + budget_ns;
     if (ctx->miss_at)
         slow_credit_update(ctx, start);   /* back from the slow path */

@@ -97,13 +97,13 @@ struct io_poll_state {
     uint32_t port;     /* ports[] index the current batch came from */
 };
 int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
-            void *nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
+            nat_process_fn nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
             uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st);
 /* For the ICMP "too big" errors about translated frames, which quote the
  * frame as sent: the NAT module's session table and its nat_session_get()
  * (by pointer, as nat_process() in io_poll), and each port's own address
  * per family (the errors' source; cleared and re-set from the kernel's). */
-void io_set_nat(struct io_ctx *ctx, struct nat *nat, void *session_get_fn);
+void io_set_nat(struct io_ctx *ctx, struct nat *nat, nat_session_get_fn session_get);
 void io_port_addresses_clear(struct io_ctx *ctx);
 /* The port's MTU changed in the kernel (frames longer go to the kernel). */
 int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu);

@@ -1703,6 +1703,9 @@ uint64_t nat_lane_bench(struct nat_lane *lane, const uint8_t *pristine, uint32_t
 /* ---------------------------------------------------------------------------
  * Lifecycle and introspection
  */
+_Static_assert(__builtin_types_compatible_p(__typeof__(&nat_process), nat_process_fn), "nat_process_fn");
+_Static_assert(__builtin_types_compatible_p(__typeof__(&nat_session_get), nat_session_get_fn), "nat_session_get_fn");
+
 const char *nat_build_version(void) { return NAT_BUILD_VERSION; }
 unsigned nat_counter_count(void) { return NAT_C__COUNT; }
 const char *nat_counter_name(unsigned i) { return i < NAT_C__COUNT ? counter_names[i] : NULL; }

@@ -181,6 +181,12 @@ uint32_t nat_translation_lookup(const struct nat *nat, uint8_t family,
 uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n,
                      uint64_t now_ns, uint32_t flags);
 
+/* nat_process() and nat_session_get() as the io module calls them, through
+ * pointers (the two cffi modules link separately): nat.c checks that these
+ * types are those of the functions, so a changed signature fails to build. */
+typedef uint32_t (*nat_process_fn)(struct nat *, struct nat_frame *, uint32_t, uint64_t, uint32_t);
+typedef int (*nat_session_get_fn)(const struct nat *, uint32_t, struct nat_session_info *);
+
 uint32_t nat_flow_hash(const struct nat *nat, const struct nat_key *key);
 /* 0: added (index in *out); -1: a key exists already; -2: table full. */
 int nat_session_add(struct nat *nat, const struct nat_key *fwd,

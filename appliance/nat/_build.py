@@ -46,11 +46,14 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "appliance.nat._nat_c",
     '#include "nat.h"\n',
-    sources=[_rel(C_DIR / "nat.c")],
+    sources=[_rel(p) for p in sorted(C_DIR.glob("*.c"))],   # one object per file
     include_dirs=[_rel(C_DIR)],
     depends=[_rel(p) for p in sorted(C_DIR.iterdir())],
     define_macros=[("NAT_BUILD_VERSION", '"%s"' % _version())],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    # -flto: the per-packet helpers called across the files inline as they
+    # did in one file (bench core's fastpath_pps would tell otherwise)
+    extra_compile_args=["-O2", "-flto", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_link_args=["-O2", "-flto"],
 )
 
 if __name__ == "__main__":

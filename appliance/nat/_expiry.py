@@ -29,7 +29,7 @@ STALE_SWEEP_BUDGET = 1024
 STALE_SWEEP_INTERVAL = 0.01
 
 
-EVENT_RING = 4096     # NAT_EVENT_RING in nat.c
+EVENT_RING = 4096     # NAT_EVENT_RING in nat_internal.h
 
 # drain = "reset": TCP sessions that no packet came for within this many
 # seconds of being marked are removed without one (idle connections; a

@@ -175,9 +175,9 @@ def _error(msg: str) -> int:
 def _cnat_command(args) -> int:
     import trio
 
-    from . import _runtime
     from ._cnat import CnatSyntaxError, Save, Show, parse
     from ._controlpath import default_control_path
+    from .runtime import query
 
     control = args.control or default_control_path()
     try:
@@ -186,9 +186,9 @@ def _cnat_command(args) -> int:
         return _error(str(exc))
     try:
         if isinstance(cmd, Show) and cmd.what == "session":
-            answer = trio.run(_runtime.query, control, "sessions limit=0")
+            answer = trio.run(query, control, "sessions limit=0")
         else:
-            answer = trio.run(_runtime.query, control, "cnat " + json.dumps(args.words))
+            answer = trio.run(query, control, "cnat " + json.dumps(args.words))
     except OSError as exc:
         return _error(f"{control}: cannot reach the appliance: {exc.strerror or exc}")
     if "error" in answer:
@@ -315,7 +315,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         import trio
 
-        from . import _metrics, _runtime
+        from . import _metrics, runtime
 
         try:
             cfg = load_config(args.config)
@@ -341,7 +341,7 @@ def _main(argv: list[str] | None = None) -> int:
                     group = grp.getgrnam(args.control_group).gr_gid
                 except KeyError:
                     return _error(f"--control-group: no group named '{args.control_group}'")
-            return trio.run(_runtime.run, cfg, args.ready_file, control, args.nice, args.state_file, metrics,
+            return trio.run(runtime.run, cfg, args.ready_file, control, args.nice, args.state_file, metrics,
                             group)
         except SteeringError as exc:
             return _error(f"{exc} (appliance run needs root: CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
@@ -354,7 +354,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "show":
         import trio
 
-        from . import _runtime
+        from . import runtime
 
         from ._controlpath import default_control_path
 
@@ -365,7 +365,7 @@ def _main(argv: list[str] | None = None) -> int:
                 return _error("--limit: must be 0 (all) or more")
             command += f" limit={args.limit}" + (f" match={args.match}" if args.match else "")
         try:
-            answer = trio.run(_runtime.query, control, command)
+            answer = trio.run(runtime.query, control, command)
         except OSError as exc:
             hint = ""
             if isinstance(exc, FileNotFoundError) and not args.control:

@@ -193,9 +193,9 @@ def test_routes_as_ip_json_gives_them(entry, want):
 def test_routes_packed_off_the_datapath_load_as_given():
     """The runtime packs the kernel's routes in a worker thread
     (_pack_tables) and loads them with one C call (io_routes_load)."""
-    from appliance import _runtime
-    assert _runtime._ROUTE_ENTRY.size == ffi.sizeof("struct io_route_entry")
-    assert _runtime._NEXTHOP_ENTRY.size == ffi.sizeof("struct io_nexthop_entry")
+    from appliance.runtime import _kernel_tables
+    assert _kernel_tables._ROUTE_ENTRY.size == ffi.sizeof("struct io_route_entry")
+    assert _kernel_tables._NEXTHOP_ENTRY.size == ffi.sizeof("struct io_nexthop_entry")
     ip = ipaddress.ip_address
     routes = (
         _kernel.Route(ipaddress.ip_network("20.0.0.0/16"), "unicast",
@@ -210,13 +210,13 @@ def test_routes_packed_off_the_datapath_load_as_given():
         ("fe80::1", "eth9", MAC[6]),                          # not a data interface: not loaded
         ("10.0.1.9", "a1", None)))                            # FAILED
     snap = _kernel.Snapshot((), routes, neighbours, (), (), digest=1)
-    packed = _runtime._pack_tables(snap, {"a1": 1, "a2": 2})
-    assert _runtime._NEIGH_ENTRY.size == ffi.sizeof("struct io_neigh_entry")
+    packed = _kernel_tables._pack_tables(snap, {"a1": 1, "a2": 2})
+    assert _kernel_tables._NEIGH_ENTRY.size == ffi.sizeof("struct io_neigh_entry")
     t = Tables()
     assert lib.io_routes_load(t.ctx, ffi.from_buffer("struct io_route_entry[]", packed.routes), packed.n_routes,
                               ffi.from_buffer("struct io_nexthop_entry[]", packed.nexthops), packed.n_nexthops) == 0
     assert lib.io_neigh_load(t.ctx, ffi.from_buffer("struct io_neigh_entry[]", packed.neighbours),
-                             len(packed.neighbours) // _runtime._NEIGH_ENTRY.size) == 0
+                             len(packed.neighbours) // _kernel_tables._NEIGH_ENTRY.size) == 0
     assert packed.neighbour_macs == {(1, ip("10.0.1.1")): MAC[1], (2, ip("10.0.2.1")): MAC[2],
                                      (2, ip("fe80::1")): MAC[5], (1, ip("10.0.1.9")): None}
     t.route("10.0.1.0/24", [(None, 1, 1)])

@@ -268,7 +268,7 @@ async def _listing(core, args, other_turns):
     import trio
     import trio.testing
 
-    from appliance._runtime import Appliance
+    from appliance.runtime import Appliance
 
     ours, theirs = trio.testing.memory_stream_pair()
     app = types.SimpleNamespace(core=core)

@@ -6,7 +6,7 @@ import ipaddress
 import dpkt
 import pytest
 
-from appliance._runtime import _HostPorts
+from appliance.runtime._host_ports import _HostPorts
 from packets import Harness, icmp_echo, tcp, udp
 
 CONF = """

@@ -1,0 +1,43 @@
+"""``appliance run``: the live datapath under trio.
+
+One task for all AF_XDP sockets: wait on them while all are idle; while
+busy, C (io_poll) receives from them round robin, NATs and forwards
+batches of up to 256 frames for up to 2 ms per call, returning to Python only for a new
+flow (the slow path) or to yield. Beside them: the session scanner, the kernel follower (netlink), the
+configuration watcher (a valid new file is applied, an invalid one is
+reported and the last good one keeps serving), the control socket and the
+signal handler. On SIGTERM/SIGINT everything is
+cancelled and the XDP programs are detached; a start after SIGKILL replaces
+the stale programs.
+
+One module per plane:
+
+- ``_datapath``: the data plane (AF_XDP sockets, TAP, XDP attach, the
+  io_poll loop, the session timers, io and socket counters);
+- ``_kernel_tables``: the kernel's tables read, packed (cffi) and applied
+  to the datapath and the XDP maps; the netlink follower;
+- ``_host_ports``: the host ports steered to us (XDP `ports` map);
+- ``_reload``: the watched configuration file and the `cnat` overlay on it;
+- ``_control``: the control socket and introspection (show, cnat), query;
+- ``_state``: the state file (sessions saved at a stop, restored at a start);
+- ``_appliance``: :class:`Appliance`, the planes composed;
+- ``_run``: :func:`run`, which wires it all together.
+
+Structure: :class:`Appliance` holds the state the planes share (its
+``__init__``: config, core, steering, ctx, ports, statuses) and is made of
+one mixin per plane (``Datapath``, ``KernelTables``, ``ConfigReload``,
+``ControlSocket``), whose methods were the class's own and use that state
+through ``self``. The planes are layered, imports and calls alike one way:
+``_control`` → ``_reload`` → ``_kernel_tables`` → ``_datapath``
+(``_host_ports`` beside). The datapath imports none of the other modules
+and calls no method of theirs; ``Appliance.open`` opens the datapath, then
+has the control plane load the kernel's tables into it. ``_appliance``
+imports the planes, ``_run`` imports ``_appliance``, ``_control`` and
+``_state``; this package's face is what other modules use.
+"""
+
+from ._appliance import Appliance
+from ._control import query
+from ._run import run
+
+__all__ = ["Appliance", "query", "run"]

@@ -1,0 +1,255 @@
+"""The control socket and introspection: `appliance show` (stats,
+translations, the session listing), `appliance cnat` (its verbs
+dispatched: questions answered, changes applied through the reload), and
+the client side (query).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from typing import Optional
+
+import trio
+
+from .. import _cnat
+from .._config import Config, ConfigError
+
+log = logging.getLogger("appliance.run")
+
+SESSIONS_LIMIT = 1000     # `show sessions` without --limit
+SESSIONS_SLICE = 64       # sessions described between two turns of the datapath (~2.5 ms)
+
+
+class ControlSocket:
+    """The control socket's part of :class:`~appliance.runtime.Appliance`."""
+
+    def _with_backend_settings(self, config: Config) -> Config:
+        """The configuration with the weights and states `cnat backend set`
+        gave backends at run time, as `cnat save` writes them."""
+        live = self.core.backends
+        out = []
+        for t in config.translations:
+            s = live.get(t.name)
+            if s is None:
+                out.append(t)
+                continue
+            bs = []
+            for i, b in enumerate(t.backends):
+                state = s.state(i) if s.set_by(i) == "cnat" else b.state
+                bs.append(dataclasses.replace(b, weight=s.weights[i], state=state))
+            out.append(dataclasses.replace(t, backends=tuple(bs)))
+        return dataclasses.replace(config, translations=tuple(out))
+
+    async def cnat(self, words: list[str]) -> dict:
+        """An `appliance cnat` command: a change applied at once (new flows;
+        sessions follow their drain policies), or a question."""
+        try:
+            cmd = _cnat.parse(words)
+        except _cnat.CnatSyntaxError as exc:
+            return {"error": str(exc)}
+        if isinstance(cmd, _cnat.Save):   # with what `cnat backend set` changed (not what health checks did)
+            return {"toml": _cnat.to_toml(self._with_backend_settings(self.config)),
+                    "runtime": [_cnat.render(c) for c in self.overlay]}
+        if isinstance(cmd, _cnat.Show):
+            if cmd.what == "translation":
+                return {**self.core.describe_translations(),
+                        "runtime": [_cnat.render(c) for c in self.overlay]}
+            if cmd.what == "snat":
+                sn = self.config.snat
+                return {"snat": None if sn is None else {
+                    "ip4": str(sn.ip4) if sn.ip4 else None, "ip6": str(sn.ip6) if sn.ip6 else None,
+                    "interfaces": list(sn.interfaces), "exclude": [str(n) for n in sn.exclude],
+                    "policy": sn.policy}, "runtime": [_cnat.render(c) for c in self.overlay
+                                                      if isinstance(c, (_cnat.SnatWith, _cnat.SnatExclude))]}
+            return {"error": "cnat show session: ask with `appliance cnat show session` (streamed)"}
+        if isinstance(cmd, _cnat.BackendSet):
+            s = self.core.backends.get(cmd.translation)
+            i = None if s is None else s.index(cmd.backend)
+            if i is None:
+                return {"error": f"no backend '{cmd.backend}' in a translation '{cmd.translation}'"}
+            if cmd.action == "weight":
+                s.set_weight(i, cmd.weight)
+            else:
+                s.set_state(i, {"drain": "draining", "down": "down", "up": None}[cmd.action], by="cnat")
+            return {"ok": _cnat.render(cmd), "backend": s.describe(i)}
+        try:
+            cfg = _cnat.apply(self.file_config, self.overlay + [cmd])
+            self.plugins.check(cfg)
+        except ConfigError as exc:
+            return {"error": str(exc)}
+        self.overlay = _cnat.simplify(self.overlay + [cmd])
+        await self._switch_to(cfg)
+        log.warning("runtime change: cnat %s", _cnat.render(cmd))
+        return {"ok": _cnat.render(cmd), "translations": len(cfg.translations)}
+
+    def answer(self, command: str) -> dict:
+        """A control-socket request: "stats" or "translations" ("sessions"
+        is streamed: :meth:`send_sessions`)."""
+        if command == "stats":
+            return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
+                    "sockets": self.socket_counters(), "xdp": self.steering.counters(),
+                    "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
+                    "config": dict(self.config_status)}
+        if command == "translations":   # with each backend's state and figures
+            return self.core.describe_translations()
+        return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
+
+    async def send_sessions(self, stream, args: list[str]) -> None:
+        """Answer "sessions [limit=N] [match=ADDRESS]": at most N sessions
+        (0: all) in table order, those with ADDRESS on either side of either
+        direction if given, as one JSON object with the table's total. A
+        session costs 20-40 us to describe, so the table is walked in slices
+        with the datapath running in between (100,000 sessions once stalled
+        it for ~2 s); the answer is no atomic snapshot."""
+        limit, match = SESSIONS_LIMIT, None
+        for arg in args:
+            key, _, value = arg.partition("=")
+            try:
+                if key == "limit":
+                    limit = int(value)
+                elif key == "match":
+                    match = ipaddress.ip_address(value)
+                else:
+                    raise ValueError(f"unknown argument {arg!r}")
+            except ValueError as exc:
+                await stream.send_all(json.dumps({"error": f"sessions: {arg}: {exc}"}).encode() + b"\n")
+                return
+        total = self.core.statistics().sessions
+        await stream.send_all(b'{"total": %d, "sessions": [' % total)
+        shown, i, nat = 0, 0, self.core
+        while limit == 0 or shown < limit:
+            chunk = []
+            for _ in range(SESSIONS_SLICE):
+                i = nat.next_session_index(i)
+                if i is None:
+                    break
+                s = nat.session(i)
+                i += 1
+                if s is None or (match is not None and match not in (s.src, s.dst, s.new_src, s.new_dst)):
+                    continue
+                chunk.append(json.dumps(_session_json(s)))
+                if len(chunk) + shown == limit:
+                    break
+            if chunk:
+                await stream.send_all((", " if shown else "").encode() + ", ".join(chunk).encode())
+                shown += len(chunk)
+            if i is None or (limit and shown >= limit):
+                break
+            await trio.sleep(0)   # the datapath's turn
+        await stream.send_all(b'], "shown": %d}\n' % shown)
+
+    async def control_loop(self, sock: socket.socket, path: str) -> None:
+        """Answer `appliance show` on a :func:`_listening_socket`."""
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._control_client, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            if os.path.exists(path):
+                os.unlink(path)
+
+    async def _control_client(self, stream) -> None:
+        async with stream:
+            try:
+                data = b""
+                with trio.move_on_after(5):
+                    while not data.endswith(b"\n") and len(data) < 65536:
+                        chunk = await stream.receive_some(1024)
+                        if not chunk:
+                            break
+                        data += chunk
+                text = data.decode(errors="replace")
+                command, *args = text.split() or [""]
+                if command == "sessions":
+                    await self.send_sessions(stream, args)
+                elif command == "cnat":   # cnat ["word", ...]: words may hold spaces (backend names)
+                    try:
+                        words = json.loads(text[len("cnat"):])
+                        assert isinstance(words, list) and all(isinstance(w, str) for w in words)
+                    except (ValueError, AssertionError):
+                        answer = {"error": 'cnat: expected a JSON list of words: cnat ["show", "translation"]'}
+                    else:
+                        async with self._reloading:    # one change at a time, file reloads included
+                            answer = await self.cnat(words)
+                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+                else:
+                    await stream.send_all(json.dumps(self.answer(command)).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass   # the asker went away: its business, not the appliance's
+
+
+def _session_json(s) -> dict:
+    return {"index": s.index, "proto": s.proto, "src": f"{s.src}", "sport": s.sport, "dst": f"{s.dst}",
+            "dport": s.dport, "new_src": f"{s.new_src}", "new_sport": s.new_sport, "new_dst": f"{s.new_dst}",
+            "new_dport": s.new_dport, "translation": s.translation, "backend": s.backend, "state": s.state,
+            "kind": s.kind, "expires_in": round(s.expires - time.time(), 3), "packets": list(s.packets)}
+
+
+async def query(path: str, command: str) -> dict:
+    """Ask a running appliance over its control socket."""
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(command.encode() + b"\n")
+        data = b""
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def _control_socket(path: str, group: Optional[int]) -> socket.socket:
+    """The control socket: root's (and group's) only, mode 0660 (0600
+    without a group). The default directory (/run/appliance) is made if
+    missing; another missing one is the operator's typo: an error."""
+    from .._controlpath import CONTROL_DIR
+
+    if os.path.dirname(os.path.abspath(path)) == CONTROL_DIR:
+        os.makedirs(CONTROL_DIR, mode=0o755, exist_ok=True)
+    old = os.umask(0o177)     # no moment where others could connect
+    try:
+        sock = _listening_socket(socket.AF_UNIX, path)
+    finally:
+        os.umask(old)
+    if group is not None:
+        os.chown(path, -1, group)
+        os.chmod(path, 0o660)
+    return sock
+
+
+def _listening_socket(family: int, address) -> socket.socket:
+    """A listening socket for the control socket or the metrics, bound
+    before the loop starts so that a taken port or a bad path is a clear
+    error at start (OSError), not a failed task."""
+    if family == socket.AF_UNIX and os.path.exists(address):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+        except OSError:
+            os.unlink(address)   # left by a killed run: nobody answers
+        else:   # not ours to take: the running appliance would lose it
+            raise OSError(errno.EADDRINUSE, "another appliance is serving it")
+        finally:
+            probe.close()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,237 @@
+"""The data plane: the AF_XDP sockets (one per data interface and queue),
+the TAP device and the XDP steering program they are opened with, and the
+established-flow loop (io_poll in C) that serves them; the session timers
+and the datapath's own counters.
+
+Imports nothing of the runtime's other modules: the control plane
+(_kernel_tables, _reload) and the control socket (_control) build on it,
+never the other way.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pathlib
+import resource
+import select
+import socket
+import time
+
+import trio
+
+from ..io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
+from ..io_uring._binding import ffi as io_ffi
+from ..io_uring._binding import lib as io
+from ..io_uring._tap import Tap, _sysctl
+from ..nat import Batch
+
+log = logging.getLogger("appliance.run")
+
+BATCH = 256
+# UMEM per socket: 8192 RX + 4096 TX chunks of 2 KiB = 24 MiB. The RX
+# frames buffer 8 ms at 1 Mpps: a burst of new flows (each a few us in the
+# slow path) or a scheduling hiccup of the process. TX frames are in flight
+# only between a kick and its completion.
+UMEM_RX_FRAMES = 8192
+UMEM_TX_FRAMES = 4096
+# When every RX ring is empty, io_poll() naps RX_NAP_NS and looks again, for
+# up to RX_IDLE_NS; then the task sleeps on the sockets (epoll). A nap costs
+# no wake-up on the sender's CPU and lets frames gather into bigger batches;
+# a spin (the old way) burned the core at any load and a sleep through epoll
+# at every empty ring made each sender flush pay for a wake-up. At 1 Mpps a
+# 20 us nap gathers ~20 frames into an RX ring of 8192. The nap ends up to
+# RX_TIMER_SLACK_NS late (Linux's default slack is 50 us).
+RX_NAP_NS = 20_000
+RX_IDLE_NS = 500_000
+RX_TIMER_SLACK_NS = 5_000
+# How long io_poll() may run before Python yields to the other trio tasks
+# (control socket, timers, kernel follower): each return costs the
+# interpreter ~20-40 us, 1-2 % of the core at one return per millisecond.
+POLL_BUDGET_NS = 2_000_000
+
+
+# The largest frame an AF_XDP socket in copy mode receives: its UMEM chunk
+# less the kernel's XDP headroom (256). Longer frames are dropped by the
+# kernel (xsk_rx_dropped), so a data interface's MTU may not allow them.
+MAX_RX_FRAME = io.IO_FRAME_SIZE - 256
+MAX_MTU = MAX_RX_FRAME - 14
+
+
+def _iface_info(name: str) -> tuple[int, bytes, int, int]:
+    base = pathlib.Path("/sys/class/net") / name
+    if not base.exists():
+        raise SystemExit(f"appliance: error: interface '{name}' does not exist in this network namespace "
+                         f"(ip link show: a [[interface]] name must be one of its interfaces)")
+    ifindex = socket.if_nametoindex(name)
+    mac = bytes.fromhex((base / "address").read_text().strip().replace(":", ""))
+    mtu = int((base / "mtu").read_text())
+    if mtu > MAX_MTU:
+        raise SystemExit(f"appliance: error: interface '{name}' has MTU {mtu}; the appliance receives frames "
+                         f"of up to {MAX_RX_FRAME} bytes (MTU {MAX_MTU}), larger ones would be lost: "
+                         f"lower it (ip link set {name} mtu 1500)")
+    queues = len([q for q in (base / "queues").iterdir() if q.name.startswith("rx-")]) or 1
+    return ifindex, mac, mtu, queues
+
+
+class _IdleWait:
+    """Sleep until one of the AF_XDP sockets has frames, registered on their
+    wait queues only while asleep.
+
+    trio keeps a waited-on fd in its epoll set, so a socket's wait queue
+    would have a sleeper for good, and every flush of frames into it
+    (softirq, on the sending CPU) and every free of a frame it transmitted
+    would take the wait-queue lock and run epoll's callback. Measured with
+    perf in the bench e2e topology: 9 % of the generator's CPU in
+    __xsk_map_flush -> sock_def_readable, and 5 % of the appliance's in
+    sock_wfree on the transmitting socket. So the sockets sit in a private
+    epoll set only while we sleep, and trio waits on that set. epoll_ctl(ADD)
+    polls the socket, so frames that arrived between the last receive and
+    the ADD wake us at once: no lost wake-up.
+    """
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+        self.epoll = select.epoll()
+
+    async def wait(self) -> None:
+        for fd in self.fds:
+            self.epoll.register(fd, select.EPOLLIN)
+        try:
+            await trio.lowlevel.wait_readable(self.epoll.fileno())
+        finally:
+            for fd in self.fds:
+                self.epoll.unregister(fd)
+
+    def close(self) -> None:
+        self.epoll.close()
+
+
+class Datapath:
+    """The data plane's part of :class:`~appliance.runtime.Appliance`
+    (which holds the state: config, core, steering, tap, ctx, ports,
+    _ifindex, interface_state)."""
+
+    def open(self) -> None:
+        """The TAP device, the AF_XDP sockets, the XDP programs attached
+        (the kernel's tables then come from the control plane:
+        Appliance.open)."""
+        if not self.config.interfaces:
+            raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
+        _sysctl("net.ipv4.ip_forward", "1")
+        _sysctl("net.ipv6.conf.all.forwarding", "1")
+        # UMEM pages are locked memory: 24 MiB per socket (UMEM_*_FRAMES)
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            pass   # without CAP_SYS_RESOURCE; CAP_IPC_LOCK or a high enough limit also do
+        try:
+            self.tap = Tap()
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:   # the TAP device is one per namespace: it is our lock
+                raise SystemExit(f"appliance: error: another appliance is running in this network namespace "
+                                 f"(its TAP device {Tap.NAME} is in use); stop it first") from None
+            raise SystemExit(f"appliance: error: cannot create the TAP device {Tap.NAME} "
+                             f"(/dev/net/tun): {exc.strerror or exc}") from None
+        self.ctx = io_ffi.gc(io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions),
+                              io.io_ctx_destroy)
+        io.io_set_nat(self.ctx, *self.core.session_get_pointer())
+        key = 0
+        for itf in self.config.interfaces:
+            name = itf.name
+            ifindex, mac, mtu, queues = _iface_info(name)
+            self._ifindex[name] = ifindex
+            self.interface_state[name] = "up"
+            port_id = self.core.port(name)
+            self.steering.set_ifbase(ifindex, key)
+            for q in range(queues):
+                mode = "zero-copy"
+                p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"], key,
+                                    UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 1)
+                if p == io_ffi.NULL:   # the driver has no zero-copy (veth): copy mode
+                    mode = "copy"
+                    p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"],
+                                        key, UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 0)
+                if p == io_ffi.NULL:
+                    err = io_ffi.errno
+                    hint = (" (UMEM is locked memory: raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
+                            if err == errno.ENOBUFS else "")
+                    raise SystemExit(f"appliance: error: cannot open AF_XDP socket on {name} queue {q}: "
+                                     f"{os.strerror(err)}{hint}")
+                log.info("%s queue %d: AF_XDP socket in %s mode", name, q, mode)
+                self.ports.append((name, q, p))
+                key += 1
+            mode = self.steering.attach(ifindex, name, itf.xdp_mode)
+            log.info("%s: XDP attached in %s mode", name, mode)
+
+    def close(self) -> None:
+        self.steering.detach_all()
+        for _, _, p in self.ports:
+            io.io_port_close(p)
+        self.ports.clear()
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+
+    def io_counters(self) -> dict[str, int]:
+        c = io.io_ctx_counters(self.ctx)
+        out = {name: c[i] for i, name in enumerate(IO_COUNTER_NAMES)}
+        # the kernel's own drops on our sockets (ring full, fill ring empty)
+        names = ("xsk_rx_dropped", "xsk_rx_invalid_descs", "xsk_tx_invalid_descs", "xsk_rx_ring_full",
+                 "xsk_rx_fill_ring_empty", "xsk_tx_ring_empty")
+        st = io_ffi.new("uint64_t[6]")
+        for name in names:
+            out[name] = 0
+        for _, _, p in self.ports:
+            if io.io_port_kernel_stats(p, st) == 0:
+                for i, name in enumerate(names):
+                    out[name] += st[i]
+        return out
+
+    def socket_counters(self) -> list[dict]:
+        """Frames received per AF_XDP socket: how RSS spread the traffic."""
+        return [{"interface": name, "queue": q, "rx": io.io_port_rx(p)} for name, q, p in self.ports]
+
+    async def rx_loop(self) -> None:
+        """The established-flow loop runs in C (io_poll: receive from every
+        socket round robin, NAT, forward, for up to POLL_BUDGET_NS per
+        call); Python sees only new flows, idle periods and its turns to
+        yield. One loop for all sockets: the process has one core, and a
+        socket is on a wait queue only while every socket is idle."""
+        batch = Batch(BATCH, 0)
+        frames = batch.frames
+        handles = [p for _, _, p in self.ports]
+        ports = io_ffi.new("struct io_port *[]", handles)
+        idle = _IdleWait([io.io_port_fd(p) for p in handles])
+        state = io_ffi.new("struct io_poll_state *")
+        nat, nat_fn = self.core.nat_process_pointer()
+        poll, ctx, core, nports = io.io_poll, self.ctx, self.core, len(handles)
+        io.io_timer_slack(RX_TIMER_SLACK_NS)
+        clock = time.monotonic_ns
+        try:
+            deadline = clock() + POLL_BUDGET_NS
+            while True:
+                # The budget spans the new flows resolved in between: a flood
+                # of them would otherwise return MISS, never BUDGET, and starve
+                # every other task (timers, control socket, kernel follower).
+                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS,
+                          max(0, deadline - clock()), state)
+                if rc == io.IO_POLL_MISS:
+                    core.resolve_miss(frames + (state.next - 1), state.now_ns)
+                    continue
+                core.drain_events()
+                if rc == io.IO_POLL_IDLE:
+                    io.io_flush(ctx)
+                    await idle.wait()
+                else:
+                    await trio.lowlevel.checkpoint()
+                deadline = clock() + POLL_BUDGET_NS
+        finally:
+            idle.close()
+
+    async def timer_loop(self) -> None:
+        while True:
+            now = time.time()
+            self.core.expire(now)
+            await trio.sleep_until(trio.current_time() + (self.core.next_deadline(now) - now))

@@ -192,10 +192,9 @@ def test_routes_as_ip_json_gives_them(entry, want):
 
 def test_routes_packed_off_the_datapath_load_as_given():
     """The runtime packs the kernel's routes in a worker thread
-    (_pack_tables) and loads them with one C call (io_routes_load)."""
+    (_pack_tables, into cffi arrays of struct io_route_entry etc.) and loads
+    them with one C call (io_routes_load): the tables round-trip."""
     from appliance.runtime import _kernel_tables
-    assert _kernel_tables._ROUTE_ENTRY.size == ffi.sizeof("struct io_route_entry")
-    assert _kernel_tables._NEXTHOP_ENTRY.size == ffi.sizeof("struct io_nexthop_entry")
     ip = ipaddress.ip_address
     routes = (
         _kernel.Route(ipaddress.ip_network("20.0.0.0/16"), "unicast",
@@ -211,12 +210,22 @@ def test_routes_packed_off_the_datapath_load_as_given():
         ("10.0.1.9", "a1", None)))                            # FAILED
     snap = _kernel.Snapshot((), routes, neighbours, (), (), digest=1)
     packed = _kernel_tables._pack_tables(snap, {"a1": 1, "a2": 2})
-    assert _kernel_tables._NEIGH_ENTRY.size == ffi.sizeof("struct io_neigh_entry")
+    assert (packed.n_routes, packed.n_nexthops, packed.n_neighbours) == (5, 4, 4)
+    r, h, n = packed.routes, packed.nexthops, packed.neighbours
+    assert (bytes(r[1].prefix), r[1].family, r[1].plen, r[1].kind, r[1].n_nh) == (
+        ip("fd20::").packed, 6, 64, lib.IO_ROUTE_FORWARD, 1)
+    assert (bytes(r[0].prefix), r[0].family, r[3].kind, r[3].n_nh, r[4].kind) == (
+        ip("20.0.0.0").packed + bytes(12), 4, lib.IO_ROUTE_BLACKHOLE, 0, lib.IO_ROUTE_KERNEL)
+    assert [(bytes(x.gw[0:4]), x.port_id, x.weight) for x in (h[1], h[3])] == [
+        (ip("10.0.2.1").packed, 2, 3), (bytes(4), -1, 1)]                 # no gateway; not a data interface
+    assert [(bytes(e.addr[0:4]), bytes(e.mac), e.family, e.failed, e.port_id) for e in (n[0], n[3])] == [
+        (ip("10.0.1.1").packed, MAC[1], 4, 0, 1), (ip("10.0.1.9").packed, bytes(6), 4, 1, 1)]
     t = Tables()
-    assert lib.io_routes_load(t.ctx, ffi.from_buffer("struct io_route_entry[]", packed.routes), packed.n_routes,
-                              ffi.from_buffer("struct io_nexthop_entry[]", packed.nexthops), packed.n_nexthops) == 0
-    assert lib.io_neigh_load(t.ctx, ffi.from_buffer("struct io_neigh_entry[]", packed.neighbours),
-                             len(packed.neighbours) // _kernel_tables._NEIGH_ENTRY.size) == 0
+    assert lib.io_routes_load(t.ctx, packed.routes, packed.n_routes, packed.nexthops, packed.n_nexthops) == 0
+    assert lib.io_neigh_load(t.ctx, packed.neighbours, packed.n_neighbours) == 0
+    sizes = ffi.new("uint32_t[2]")
+    lib.io_table_sizes(t.ctx, sizes, sizes + 1)
+    assert (sizes[0], sizes[1]) == (5, 4)
     assert packed.neighbour_macs == {(1, ip("10.0.1.1")): MAC[1], (2, ip("10.0.2.1")): MAC[2],
                                      (2, ip("fe80::1")): MAC[5], (1, ip("10.0.1.9")): None}
     t.route("10.0.1.0/24", [(None, 1, 1)])

@@ -27,13 +27,15 @@ Structure: :class:`Appliance` holds the state the planes share (its
 ``__init__``: config, core, steering, ctx, ports, statuses) and is made of
 one mixin per plane (``Datapath``, ``KernelTables``, ``ConfigReload``,
 ``ControlSocket``), whose methods were the class's own and use that state
-through ``self``. The planes are layered, imports and calls alike one way:
-``_control`` → ``_reload`` → ``_kernel_tables`` → ``_datapath``
-(``_host_ports`` beside). The datapath imports none of the other modules
-and calls no method of theirs; ``Appliance.open`` opens the datapath, then
-has the control plane load the kernel's tables into it. ``_appliance``
-imports the planes, ``_run`` imports ``_appliance``, ``_control`` and
-``_state``; this package's face is what other modules use.
+through ``self``. The planes are layered and depend one way, control
+plane → datapath: ``_control`` calls into ``_reload`` (cnat changes) and
+the others' counters, ``_reload`` imports and calls ``_kernel_tables``,
+which imports and calls ``_datapath``; ``_host_ports`` and ``_state`` stand
+aside. The datapath imports none of the other modules and calls no method
+of theirs: ``Appliance.open`` opens the datapath, then has the control plane
+load the kernel's tables into it. ``_appliance`` imports the planes,
+``_run`` imports ``_appliance``, ``_control`` (the listening sockets) and
+``_state``; this package's names are what other modules use.
 """
 
 from ._appliance import Appliance

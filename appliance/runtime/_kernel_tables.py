@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import os
 import pathlib
-import struct
 import subprocess
 from typing import Optional
 
@@ -70,45 +69,56 @@ class _Tables:
     ~1 ms of C on the datapath's thread (one io_route_add() call each from
     Python took 55 ms there)."""
 
-    routes: bytes
+    routes: object             # struct io_route_entry[n_routes] (cffi)
     n_routes: int
-    nexthops: bytes
+    nexthops: object           # struct io_nexthop_entry[n_nexthops], the routes' in their order
     n_nexthops: int
     links: dict
-    neighbours: bytes          # struct io_neigh_entry[] of the data interfaces' neighbours
+    neighbours: object         # struct io_neigh_entry[n_neighbours] of the data interfaces' neighbours
+    n_neighbours: int
     neighbour_macs: dict       # (port, address) -> MAC (None: FAILED), as those entries have them
 
 
 _ROUTE_KINDS = {"unicast": io.IO_ROUTE_FORWARD, "local": io.IO_ROUTE_LOCAL, "blackhole": io.IO_ROUTE_BLACKHOLE,
                 "unreachable": io.IO_ROUTE_UNREACHABLE, "prohibit": io.IO_ROUTE_PROHIBIT}
-_ROUTE_ENTRY = struct.Struct("=16sBBBB")      # struct io_route_entry
-_NEXTHOP_ENTRY = struct.Struct("=16siI")      # struct io_nexthop_entry
-_NEIGH_ENTRY = struct.Struct("=16s6sBBi")     # struct io_neigh_entry
 
 
 def _pack_tables(snap: _kernel.Snapshot, ports: dict[str, int]) -> _Tables:
     """ports: data interface -> the datapath's port id; next hops through
-    other interfaces get -1 (the kernel forwards those frames)."""
-    routes, hops = bytearray(), bytearray()
-    n_routes = n_hops = 0
-    for r in snap.routes:
-        if len(r.nexthops) > 255:
-            continue
+    other interfaces get -1 (the kernel forwards those frames). The arrays
+    come zeroed: an IPv4 address fills 4 of its 16 bytes, a FAILED
+    neighbour has no MAC."""
+    kept = [r for r in snap.routes if len(r.nexthops) <= 255]
+    routes = io_ffi.new("struct io_route_entry[]", len(kept))
+    hops = io_ffi.new("struct io_nexthop_entry[]", sum(len(r.nexthops) for r in kept))
+    k = 0
+    for i, r in enumerate(kept):
         net = r.network
-        routes += _ROUTE_ENTRY.pack(net.network_address.packed, net.version, net.prefixlen,
-                                    _ROUTE_KINDS.get(r.kind, io.IO_ROUTE_KERNEL), len(r.nexthops))
-        n_routes += 1
+        e = routes[i]
+        e.prefix = net.network_address.packed
+        e.family = net.version
+        e.plen = net.prefixlen
+        e.kind = _ROUTE_KINDS.get(r.kind, io.IO_ROUTE_KERNEL)
+        e.n_nh = len(r.nexthops)
         for h in r.nexthops:
-            hops += _NEXTHOP_ENTRY.pack(h.gateway.packed if h.gateway is not None else b"",
-                                        ports.get(h.dev, -1), h.weight)
-            n_hops += 1
-    neighbours, macs = bytearray(), {}
-    for n in snap.neighbours:
-        if n.dev in ports:   # the others' routes are the kernel's to follow
-            neighbours += _NEIGH_ENTRY.pack(n.address.packed, n.mac or b"", n.address.version, n.mac is None,
-                                            ports[n.dev])
-            macs[(ports[n.dev], n.address)] = n.mac
-    return _Tables(bytes(routes), n_routes, bytes(hops), n_hops, _links(snap, set(ports)), bytes(neighbours), macs)
+            x = hops[k]
+            if h.gateway is not None:
+                x.gw = h.gateway.packed
+            x.port_id = ports.get(h.dev, -1)
+            x.weight = h.weight
+            k += 1
+    ours = [n for n in snap.neighbours if n.dev in ports]   # the others' routes are the kernel's to follow
+    neighbours, macs = io_ffi.new("struct io_neigh_entry[]", len(ours)), {}
+    for i, n in enumerate(ours):
+        e = neighbours[i]
+        e.addr = n.address.packed
+        if n.mac is not None:
+            e.mac = n.mac
+        e.family = n.address.version
+        e.failed = n.mac is None
+        e.port_id = ports[n.dev]
+        macs[(ports[n.dev], n.address)] = n.mac
+    return _Tables(routes, len(kept), hops, k, _links(snap, set(ports)), neighbours, len(ours), macs)
 
 
 def _read_kernel(ports: dict[str, int]) -> tuple[_kernel.Snapshot, _Tables]:
@@ -156,9 +166,7 @@ class KernelTables:
             return
         self._snapshot = snap
         data = set(self.config.interface_names)
-        rc = io.io_routes_load(self.ctx, io_ffi.from_buffer("struct io_route_entry[]", tables.routes),
-                               tables.n_routes, io_ffi.from_buffer("struct io_nexthop_entry[]", tables.nexthops),
-                               tables.n_nexthops)
+        rc = io.io_routes_load(self.ctx, tables.routes, tables.n_routes, tables.nexthops, tables.n_nexthops)
         if rc != 0:   # counted; the other routes are in (ENOMEM: those before it)
             self._kernel_error(OSError(-rc if rc < 0 else errno.EINVAL,
                                        f"{os.strerror(-rc) if rc < 0 else f'{rc} routes refused'}"))
@@ -178,9 +186,7 @@ class KernelTables:
                 for name, _, p in self.ports:
                     if name == dev:
                         io.io_port_set_mac(p, mac)
-        entries = len(tables.neighbours) // _NEIGH_ENTRY.size
-        refused = io.io_neigh_load(self.ctx, io_ffi.from_buffer("struct io_neigh_entry[]", tables.neighbours),
-                                   entries)
+        refused = io.io_neigh_load(self.ctx, tables.neighbours, tables.n_neighbours)
         self._neigh = dict(tables.neighbour_macs)
         if refused:   # counted; frames towards them go to the kernel
             self._kernel_error(OSError(errno.ENOSPC, f"{refused} neighbours refused (more than 32768)"))

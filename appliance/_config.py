@@ -21,6 +21,7 @@ from typing import Optional
 
 from ._types import BACKEND_STATES, Backend, Drain, HealthCheck, IPAddress, Timeouts, Translation
 
+MAX_WORKERS = 64   # io.h IO_MAX_WORKERS
 DEFAULT_MAX_SESSIONS = 1 << 20
 
 
@@ -112,6 +113,7 @@ class Config:
     max_sessions: int = DEFAULT_MAX_SESSIONS
     interfaces: tuple[InterfaceConfig, ...] = ()   # data interfaces of `appliance run`
     locality: tuple[tuple[str, str], ...] = ()     # [locality] labels: this appliance's own
+    workers: Optional[int] = None                  # [datapath] workers; None: one per usable CPU
 
     @property
     def interface_names(self) -> tuple[str, ...]:
@@ -380,7 +382,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         raise ConfigError(path, "", f"TOML syntax error: {msg}", int(m.group(1)) if m else None) from None
     r = _Reader(path, text)
     known_top = {"flow_hash_seed", "timeouts", "snat", "translation", "plugins", "sessions", "interface",
-                 "locality"}
+                 "locality", "datapath"}
 
     seed = r.take(data, None, None, "flow_hash_seed", (int,), 0)
     if not 0 <= seed < 1 << 64:
@@ -397,6 +399,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     if not 1 <= max_sessions <= 1 << 30:
         raise r.error("sessions", None, "max", "must be between 1 and 2^30")
     r.no_leftovers(s, "sessions", None, {"max"})
+
+    # [datapath]
+    dp = r.take(data, None, None, "datapath", (dict,), {})
+    workers = r.take(dp, "datapath", None, "workers", (int,), None)
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise r.error("datapath", None, "workers", f"must be between 1 and {MAX_WORKERS}")
+    r.no_leftovers(dp, "datapath", None, {"workers"})
 
     # [snat]
     snat = None
@@ -576,7 +585,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
                   max_sessions=max_sessions, interfaces=tuple(interfaces),
-                  locality=tuple(sorted(labels.items())))
+                  locality=tuple(sorted(labels.items())), workers=workers)
 
 
 def load_config(path: str | pathlib.Path) -> Config:

@@ -9,17 +9,27 @@ The XDP program is compiled with ``clang -target bpf`` into
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
 import subprocess
-import sys
 
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "nat"))
-import _build as nat_build  # noqa: E402  (the NAT core's ffibuilder)
+
+
+def _load_nat_build():
+    """The NAT core's build script, as a module of its own (it is a file
+    beside this one, not an importable package at build time)."""
+    spec = importlib.util.spec_from_file_location("appliance_nat_build", HERE.parent / "nat" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+nat_build = _load_nat_build()
 
 C_DIR = HERE / "c"
 NAT_C_DIR = HERE.parent / "nat" / "c"
@@ -62,12 +72,14 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "appliance.io_uring._io_c",
     '#include "io.h"\n',
-    sources=[_rel(C_DIR / "io.c")],
+    sources=[_rel(p) for p in sorted(C_DIR.glob("*.c"))],   # one object per file (io.h lists them)
     include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR), _rel(HERE / "bpf")],
-    libraries=["xdp", "bpf"],
+    libraries=["xdp", "bpf", "pthread"],
     define_macros=[("IO_BUILD_VERSION", '"%s"' % nat_build._version())],
     depends=[_rel(p) for p in sorted(C_DIR.iterdir()) + sorted((HERE / "bpf").glob("*.[hd]*"))],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    # -flto: the per-packet calls between the files inline as within one
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-flto", "-pthread"],
+    extra_link_args=["-flto", "-O2", "-pthread"],
 )
 
 if __name__ == "__main__":

@@ -275,10 +275,20 @@ class NatCore(Expiry, Introspection):
         """(struct nat *, nat_process function pointer) for C loops."""
         return self._nat, ffi.cast("nat_process_fn", ffi.addressof(lib, "nat_process"))
 
-    def session_get_pointer(self):
-        """(struct nat *, nat_session_get function pointer) for C code that
-        needs a session's keys (the datapath's ICMP errors)."""
-        return self._nat, ffi.cast("nat_session_get_fn", ffi.addressof(lib, "nat_session_get"))
+    def session_peek_pointer(self):
+        """(struct nat *, nat_session_peek function pointer) for C code that
+        needs a session's keys on any thread (the datapath's ICMP errors)."""
+        return self._nat, ffi.cast("nat_session_peek_fn", ffi.addressof(lib, "nat_session_peek"))
+
+    def settle_queued(self, f) -> None:
+        """A frame a worker thread queued (a ``struct nat_frame *``: a new
+        flow's, or a fragment behind one): run it again here, where earlier
+        queued frames may have installed its session, and resolve it if it
+        is still a new flow. Its clock is its own ts_ns. Afterwards the frame
+        has its final verdict."""
+        lib.nat_process(self._nat, f, 1, 0, lib.NAT_PF_FRAME_TIME | lib.NAT_PF_FINAL)
+        if f.verdict == Verdict.MISS:
+            self._new_flow(f, f.ts_ns, 0)
 
 
     def _slow_verdict(self, f, verdict: int, reason: str) -> None:

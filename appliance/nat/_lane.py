@@ -25,6 +25,10 @@ class Lane:
         """The ``struct nat_lane *`` for C loops (nat_lane_process)."""
         return self._lane
 
+    def process_pointer(self):
+        """nat_lane_process as the function pointer C loops call."""
+        return ffi.cast("nat_lane_process_fn", ffi.addressof(lib, "nat_lane_process"))
+
     def process(self, batch: Batch, now: float) -> int:
         """Run frames through the fast path up to the first NAT_MISS;
         returns how many were processed (cffi releases the GIL meanwhile)."""

@@ -93,8 +93,7 @@ class ControlSocket:
         """A control-socket request: "stats" or "translations" ("sessions"
         is streamed: :meth:`send_sessions`)."""
         if command == "stats":
-            return {"nat": self.core.statistics().as_dict(), "io": self.io_counters(),
-                    "sockets": self.socket_counters(), "xdp": self.steering.counters(),
+            return {"nat": self.core.statistics().as_dict(), **self.datapath_stats(),
                     "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
                     "config": dict(self.config_status)}
         if command == "translations":   # with each backend's state and figures

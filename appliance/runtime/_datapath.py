@@ -1,7 +1,9 @@
 """The data plane: the AF_XDP sockets (one per data interface and queue),
-the TAP device and the XDP steering program they are opened with, and the
-established-flow loop (io_poll in C) that serves them; the session timers
-and the datapath's own counters.
+the TAP device and the XDP steering program they are opened with, the
+workers that serve them (the established-flow loop in C: io_poll on the
+trio thread for one worker, io_worker_run on a thread of its own per worker
+for more), the new flows they hand to the slow path, the session timers and
+the datapath's own counters.
 
 Imports nothing of the runtime's other modules: the control plane
 (_kernel_tables, _reload) and the control socket (_control) build on it,
@@ -17,7 +19,9 @@ import pathlib
 import resource
 import select
 import socket
+import threading
 import time
+from typing import Optional
 
 import trio
 
@@ -50,6 +54,14 @@ RX_TIMER_SLACK_NS = 5_000
 # (control socket, timers, kernel follower): each return costs the
 # interpreter ~20-40 us, 1-2 % of the core at one return per millisecond.
 POLL_BUDGET_NS = 2_000_000
+# With worker threads the slow path (this thread: hooks, timers, control)
+# runs at this much lower priority than they: where it shares a CPU with a
+# busy worker, it gets about a quarter of it (CFS weights 1024 : 335), the
+# share io_poll gives new flows on one worker (io_poll.c, IO_SLOW_SHARE).
+SLOW_PATH_NICE = 5
+# New flows settled per turn of a worker's queue before the other trio tasks
+# run (~5 us each).
+MISS_SLICE = 64
 
 
 # The largest frame an AF_XDP socket in copy mode receives: its UMEM chunk
@@ -57,6 +69,23 @@ POLL_BUDGET_NS = 2_000_000
 # kernel (xsk_rx_dropped), so a data interface's MTU may not allow them.
 MAX_RX_FRAME = io.IO_FRAME_SIZE - 256
 MAX_MTU = MAX_RX_FRAME - 14
+
+
+def worker_count(configured: Optional[int], queues: dict[str, int]) -> int:
+    """[datapath] workers, or its default: one per CPU the process may run
+    on, capped by the RX queues of the interface with the fewest. Every
+    worker serves a queue of every interface (it transmits through its own
+    socket there), so more are an error."""
+    fewest = min(queues.values())
+    if configured is None:
+        return max(1, min(len(os.sched_getaffinity(0)), fewest))
+    if configured > fewest:
+        name = min(queues, key=queues.get)
+        raise SystemExit(f"appliance: error: [datapath] workers = {configured}, but interface '{name}' has "
+                         f"{fewest} RX queue{'s' if fewest != 1 else ''}: each worker needs a queue of every "
+                         f"data interface (more queues: ethtool -L {name} combined N; veth: numrxqueues and "
+                         f"numtxqueues when it is created)")
+    return configured
 
 
 def _iface_info(name: str) -> tuple[int, bytes, int, int]:
@@ -113,12 +142,17 @@ class Datapath:
     (which holds the state: config, core, steering, tap, ctx, ports,
     _ifindex, interface_state)."""
 
+    workers: list = []        # struct io_worker * per worker
+    worker_cpus: list = []    # the CPU each worker thread is pinned to (None: not pinned)
+
     def open(self) -> None:
         """The TAP device, the AF_XDP sockets, the XDP programs attached
         (the kernel's tables then come from the control plane:
         Appliance.open)."""
         if not self.config.interfaces:
             raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
+        infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
+        n_workers = worker_count(self.config.workers, {name: info[3] for name, info in infos.items()})
         _sysctl("net.ipv4.ip_forward", "1")
         _sysctl("net.ipv6.conf.all.forwarding", "1")
         # UMEM pages are locked memory: 24 MiB per socket (UMEM_*_FRAMES)
@@ -134,24 +168,28 @@ class Datapath:
                                  f"(its TAP device {Tap.NAME} is in use); stop it first") from None
             raise SystemExit(f"appliance: error: cannot create the TAP device {Tap.NAME} "
                              f"(/dev/net/tun): {exc.strerror or exc}") from None
-        self.ctx = io_ffi.gc(io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions),
-                              io.io_ctx_destroy)
-        io.io_set_nat(self.ctx, *self.core.session_get_pointer())
+        ctx = io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions, n_workers)
+        if ctx == io_ffi.NULL:
+            raise SystemExit(f"appliance: error: cannot set up the datapath: {os.strerror(io_ffi.errno)}")
+        self.ctx = io_ffi.gc(ctx, io.io_ctx_destroy)
+        self.workers = [io.io_ctx_worker(self.ctx, i) for i in range(n_workers)]
+        io.io_set_nat(self.ctx, *self.core.session_peek_pointer())
         key = 0
         for itf in self.config.interfaces:
             name = itf.name
-            ifindex, mac, mtu, queues = _iface_info(name)
+            ifindex, mac, mtu, queues = infos[name]
             self._ifindex[name] = ifindex
             self.interface_state[name] = "up"
             port_id = self.core.port(name)
             self.steering.set_ifbase(ifindex, key)
             for q in range(queues):
+                w = self.workers[q % n_workers]   # queue q: worker q mod N
                 mode = "zero-copy"
-                p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"], key,
+                p = io.io_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"], key,
                                     UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 1)
                 if p == io_ffi.NULL:   # the driver has no zero-copy (veth): copy mode
                     mode = "copy"
-                    p = io.io_port_open(self.ctx, name.encode(), q, port_id, self.steering.maps["xsks"],
+                    p = io.io_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"],
                                         key, UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 0)
                 if p == io_ffi.NULL:
                     err = io_ffi.errno
@@ -159,11 +197,14 @@ class Datapath:
                             if err == errno.ENOBUFS else "")
                     raise SystemExit(f"appliance: error: cannot open AF_XDP socket on {name} queue {q}: "
                                      f"{os.strerror(err)}{hint}")
-                log.info("%s queue %d: AF_XDP socket in %s mode", name, q, mode)
+                log.info("%s queue %d: AF_XDP socket in %s mode, worker %d", name, q, mode, q % n_workers)
                 self.ports.append((name, q, p))
                 key += 1
             mode = self.steering.attach(ifindex, name, itf.xdp_mode)
             log.info("%s: XDP attached in %s mode", name, mode)
+        cpus = sorted(os.sched_getaffinity(0))
+        # one CPU each while there are enough; else the scheduler places them
+        self.worker_cpus = cpus[:n_workers] if n_workers > 1 and len(cpus) >= n_workers else [None] * n_workers
 
     def close(self) -> None:
         self.steering.detach_all()
@@ -175,7 +216,8 @@ class Datapath:
             self.tap = None
 
     def io_counters(self) -> dict[str, int]:
-        c = io.io_ctx_counters(self.ctx)
+        c = io_ffi.new("uint64_t[]", len(IO_COUNTER_NAMES))
+        io.io_counters_sum(self.ctx, c)
         out = {name: c[i] for i, name in enumerate(IO_COUNTER_NAMES)}
         # the kernel's own drops on our sockets (ring full, fill ring empty)
         names = ("xsk_rx_dropped", "xsk_rx_invalid_descs", "xsk_tx_invalid_descs", "xsk_rx_ring_full",
@@ -191,22 +233,46 @@ class Datapath:
 
     def socket_counters(self) -> list[dict]:
         """Frames received per AF_XDP socket: how RSS spread the traffic."""
-        return [{"interface": name, "queue": q, "rx": io.io_port_rx(p)} for name, q, p in self.ports]
+        n = len(self.workers) or 1
+        return [{"interface": name, "queue": q, "worker": q % n, "rx": io.io_port_rx(p)}
+                for name, q, p in self.ports]
+
+    def worker_counters(self) -> list[dict]:
+        """Per worker: its CPU, its share of the frames, and its new flows."""
+        out = []
+        for i, w in enumerate(self.workers):
+            c = io.io_worker_counters(w)
+            out.append({"worker": i, "cpu": self.worker_cpus[i] if i < len(self.worker_cpus) else None,
+                        "rx": c[io.IO_C_RX], "tx": c[io.IO_C_TX],
+                        "new_flow_queued": c[io.IO_C_NEW_FLOW_QUEUED],
+                        "drop_new_flow_busy": c[io.IO_C_DROP_NEW_FLOW_BUSY],
+                        "new_flow_waiting": io.io_worker_miss_waiting(w)})
+        return out
+
+    def datapath_stats(self) -> dict:
+        """The datapath's part of `show stats` and of the final statistics
+        (read before close: the sockets' own counters go with them)."""
+        return {"io": self.io_counters(), "sockets": self.socket_counters(), "workers": self.worker_counters(),
+                "xdp": self.steering.counters()}
 
     async def rx_loop(self) -> None:
-        """The established-flow loop runs in C (io_poll: receive from every
-        socket round robin, NAT, forward, for up to POLL_BUDGET_NS per
-        call); Python sees only new flows, idle periods and its turns to
-        yield. One loop for all sockets: the process has one core, and a
-        socket is on a wait queue only while every socket is idle."""
+        if len(self.workers) > 1:
+            await self._worker_threads()
+        else:
+            await self._poll_loop(self.workers[0])
+
+    async def _poll_loop(self, worker) -> None:
+        """One worker, on this thread: the established-flow loop runs in C
+        (io_poll: receive from every socket round robin, NAT, forward, for
+        up to POLL_BUDGET_NS per call); Python sees only new flows, idle
+        periods and its turns to yield. A socket is on a wait queue only
+        while every socket is idle."""
         batch = Batch(BATCH, 0)
         frames = batch.frames
-        handles = [p for _, _, p in self.ports]
-        ports = io_ffi.new("struct io_port *[]", handles)
-        idle = _IdleWait([io.io_port_fd(p) for p in handles])
+        idle = _IdleWait([io.io_port_fd(p) for _, _, p in self.ports])
         state = io_ffi.new("struct io_poll_state *")
         nat, nat_fn = self.core.nat_process_pointer()
-        poll, ctx, core, nports = io.io_poll, self.ctx, self.core, len(handles)
+        poll, core = io.io_poll, self.core
         io.io_timer_slack(RX_TIMER_SLACK_NS)
         clock = time.monotonic_ns
         try:
@@ -215,20 +281,86 @@ class Datapath:
                 # The budget spans the new flows resolved in between: a flood
                 # of them would otherwise return MISS, never BUDGET, and starve
                 # every other task (timers, control socket, kernel follower).
-                rc = poll(ctx, ports, nports, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS,
+                rc = poll(worker, nat, nat_fn, frames, BATCH, RX_NAP_NS, RX_IDLE_NS,
                           max(0, deadline - clock()), state)
                 if rc == io.IO_POLL_MISS:
                     core.resolve_miss(frames + (state.next - 1), state.now_ns)
                     continue
                 core.drain_events()
                 if rc == io.IO_POLL_IDLE:
-                    io.io_flush(ctx)
+                    io.io_flush(worker)
                     await idle.wait()
                 else:
                     await trio.lowlevel.checkpoint()
                 deadline = clock() + POLL_BUDGET_NS
         finally:
             idle.close()
+
+    async def _worker_threads(self) -> None:
+        """More than one worker: a thread each, in C without the GIL
+        (io_worker_run, over a lane of the core), pinned to a CPU of its
+        own; this thread settles their new flows, in order per worker."""
+        lanes = [self.core.lane() for _ in self.workers]
+        threads = []
+        try:
+            for i, (w, lane) in enumerate(zip(self.workers, lanes)):
+                t = threading.Thread(target=self._worker_main, args=(i, w, lane, self.worker_cpus[i]),
+                                     name=f"appliance-worker-{i}", daemon=True)
+                t.start()
+                threads.append(t)
+            # after the threads were made: they keep the priority they inherited
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SLOW_PATH_NICE))
+            async with trio.open_nursery() as nursery:
+                for w in self.workers:
+                    nursery.start_soon(self._settle_loop, w)
+        finally:
+            for w in self.workers:
+                io.io_worker_stop(w)
+            for t in threads:
+                t.join()
+            for lane in lanes:
+                lane.close()   # its counters join the core's
+
+    @staticmethod
+    def _worker_main(index: int, worker, lane, cpu: Optional[int]) -> None:
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(0, {cpu})   # this thread only
+            except OSError as exc:
+                log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, exc.strerror)
+        io.io_timer_slack(RX_TIMER_SLACK_NS)
+        log.info("worker %d: running%s", index, f" on CPU {cpu}" if cpu is not None else "")
+        rc = io.io_worker_run(worker, lane.pointer, lane.process_pointer(), RX_NAP_NS, RX_IDLE_NS)
+        if rc:
+            log.error("worker %d stopped: %s", index, os.strerror(-rc))
+
+    async def _settle_loop(self, worker) -> None:
+        """A worker's queued new flows, in its order: each run again on the
+        core (an earlier one may have made its session) and resolved by the
+        hooks if still new, then handed back for the worker to transmit."""
+        fd = io.io_worker_miss_fd(worker)
+        peek, done, settle, core = io.io_worker_miss_peek, io.io_worker_miss_done, self.core.settle_queued, self.core
+        null = io_ffi.NULL
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                os.read(fd, 8)   # then peek until empty: what comes later writes it again
+            except BlockingIOError:
+                pass
+            while True:
+                k = 0
+                while k < MISS_SLICE:
+                    f = peek(worker, k)
+                    if f == null:
+                        break
+                    settle(f)
+                    k += 1
+                if not k:
+                    break
+                done(worker, k)
+                core.drain_events()
+                await trio.lowlevel.checkpoint()
 
     async def timer_loop(self) -> None:
         while True:

@@ -82,11 +82,12 @@ class ConfigReload:
             return False
         for what, old_v, new_v in (("[[interface]]", self.config.interfaces, new.interfaces),
                                    ("[plugins] modules", self.config.plugin_modules, new.plugin_modules),
-                                   ("[sessions] max", self.config.max_sessions, new.max_sessions)):
+                                   ("[sessions] max", self.config.max_sessions, new.max_sessions),
+                                   ("[datapath] workers", self.config.workers, new.workers)):
             if old_v != new_v:
                 log.warning("%s changed in %s: takes effect at restart", what, path)
         new = dataclasses.replace(new, interfaces=self.config.interfaces, plugin_modules=self.config.plugin_modules,
-                                  max_sessions=self.config.max_sessions)
+                                  max_sessions=self.config.max_sessions, workers=self.config.workers)
         self.file_config = new
         new = self._with_overlay(new)
         await self._switch_to(new)

@@ -100,8 +100,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                     break
     finally:
         # read before close: the sockets' own counters go with the sockets
-        final = {"nat": app.core.statistics().as_dict(), "io": app.io_counters(),
-                 "sockets": app.socket_counters(), "xdp": app.steering.counters(),
+        final = {"nat": app.core.statistics().as_dict(), **app.datapath_stats(),
                  "interfaces": dict(app.interface_state), "kernel": app.kernel_figures()} if app.ctx else None
         if state_file and serving:   # a start that failed half-way has nothing to hand over
             _save_sessions(app, state_file)

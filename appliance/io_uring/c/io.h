@@ -8,6 +8,19 @@
  * TTL, and queues it on the egress port's TX ring -- or hands it to the
  * kernel through a TAP device when the appliance cannot forward it itself.
  *
+ * Workers: each socket belongs to one struct io_worker, which polls it and
+ * transmits through its own socket on each interface; what the per-packet
+ * path writes (counters, next-hop cache, TX rings, ICMP rate limit) is the
+ * worker's. The tables are the context's, read by every worker, changed by
+ * the control plane only between their batches. One worker runs on the
+ * caller's thread (io_poll); more run on threads of their own
+ * (io_worker_run), each over a lane of the NAT core.
+ *
+ * Files: io_ctx.c (context, workers, pausing), io_port.c (sockets, rings),
+ * io_route.c, io_neigh.c (tables), io_forward.c, io_icmp.c (our answers),
+ * io_poll.c (one worker), io_worker.c (worker threads), io_xdp.c (BPF);
+ * io_internal.h is what they share.
+ *
  * Declarations between CFFI-BEGIN/CFFI-END are the cffi cdef
  * (appliance/io_uring/_build.py).
  */
@@ -30,6 +43,7 @@ enum io_counter {
 /* CFFI-BEGIN */
 #define IO_FRAME_SIZE 2048     /* UMEM chunk: a 1500-byte MTU frame and headroom */
 #define IO_MAX_PORTS 64
+#define IO_MAX_WORKERS 64
 
 /* IO_COUNTERS: the enum io_counter, generated from io_counters.def */
 unsigned io_counter_count(void);
@@ -42,21 +56,30 @@ const char *io_steer_counter_name(unsigned i);
 
 struct io_port;
 struct io_ctx;
+struct io_worker;
 
 const char *io_build_version(void);
 
 /* max_sessions: size of the NAT session table; each session caches its
- * next hop per direction (port and MAC), revalidated by a generation number
- * that changes whenever the routes or neighbours do. */
-struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions);
+ * next hop per direction (port and MAC) in each worker, revalidated by a
+ * generation number that changes whenever the routes or neighbours do.
+ * n_workers: 1 (io_poll on the caller's thread) to IO_MAX_WORKERS (threads
+ * running io_worker_run). NULL with errno set on failure. */
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions, uint32_t n_workers);
 void io_ctx_destroy(struct io_ctx *ctx);
-const uint64_t *io_ctx_counters(const struct io_ctx *ctx);
+uint32_t io_ctx_workers(const struct io_ctx *ctx);
+struct io_worker *io_ctx_worker(struct io_ctx *ctx, uint32_t i);
+/* Every worker's counters added up into out[IO_C__COUNT]; one worker's. */
+void io_counters_sum(const struct io_ctx *ctx, uint64_t *out);
+const uint64_t *io_worker_counters(const struct io_worker *w);
 
-/* Open an AF_XDP socket on ifname/queue, insert it into xsks_map_fd at key.
- * Its UMEM has nrx frames for the fill/RX rings and ntx for the TX pool
- * (both powers of two, at least IO_BATCH_MAX). Returns NULL with errno set
- * on failure. */
-struct io_port *io_port_open(struct io_ctx *ctx, const char *ifname, uint32_t queue,
+/* Open an AF_XDP socket on ifname/queue for worker w, insert it into
+ * xsks_map_fd at key. Its UMEM has nrx frames for the fill/RX rings and ntx
+ * for the TX pool (both powers of two, at least IO_BATCH_MAX). The worker's
+ * first socket on an interface is the one it transmits through there, so a
+ * worker needs one on every interface. Returns NULL with errno set on
+ * failure. */
+struct io_port *io_port_open(struct io_worker *w, const char *ifname, uint32_t queue,
                              uint16_t port_id, int xsks_map_fd, uint32_t key,
                              uint32_t nrx, uint32_t ntx, const uint8_t *mac, uint32_t mtu,
                              int zerocopy);
@@ -66,12 +89,13 @@ void io_port_close(struct io_port *p);
  * tx_ring_empty_descs. Returns 0 or -errno. */
 int io_port_kernel_stats(const struct io_port *p, uint64_t *out6);
 int io_port_fd(const struct io_port *p);
-/* Frames received on this socket (the context's "rx" counts them all). */
+/* Frames received on this socket (the workers' "rx" count them all). */
 uint64_t io_port_rx(const struct io_port *p);
 /* Move received frames into frames[] (at most max); returns how many. */
 uint32_t io_rx(struct io_port *p, struct nat_frame *frames, uint32_t max);
-/* The established-flow loop in one call, over all the appliance's sockets
- * (one worker polls every RX ring, as a VPP worker does): receive a batch
+/* The established-flow loop of the single worker, on the caller's thread,
+ * over all the worker's sockets (as a VPP worker polls its RX queues):
+ * receive a batch
  * from the next non-empty ring (round robin), run it through the NAT core
  * (nat_fn is nat_process() of the NAT module, passed as a pointer), forward
  * it; repeat for up to budget_ns (0: finish the current batch, or the next
@@ -96,14 +120,31 @@ struct io_poll_state {
     uint64_t now_ns;   /* the current batch's time */
     uint32_t port;     /* ports[] index the current batch came from */
 };
-int io_poll(struct io_ctx *ctx, struct io_port *const *ports, uint32_t nports, struct nat *nat,
-            nat_process_fn nat_fn, struct nat_frame *frames, uint32_t max, uint64_t nap_ns,
-            uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st);
-/* For the ICMP "too big" errors about translated frames, which quote the
- * frame as sent: the NAT module's session table and its nat_session_get()
- * (by pointer, as nat_process() in io_poll), and each port's own address
- * per family (the errors' source; cleared and re-set from the kernel's). */
-void io_set_nat(struct io_ctx *ctx, struct nat *nat, nat_session_get_fn session_get);
+int io_poll(struct io_worker *w, struct nat *nat, nat_process_fn nat_fn, struct nat_frame *frames,
+            uint32_t max, uint64_t nap_ns, uint64_t idle_ns, uint64_t budget_ns, struct io_poll_state *st);
+/* A worker thread's loop (with more than one worker): polls the worker's
+ * sockets, NATs on its lane (nat_lane_process, by pointer), forwards, until
+ * io_worker_stop(). It naps nap_ns on empty rings for up to idle_ns, then
+ * sleeps on its sockets. Call it with the GIL released (cffi does) from
+ * the thread that is to be the worker: it touches no Python object. A new
+ * flow's frame is queued for the slow path, which takes it with
+ * io_worker_miss_peek() (the k-th waiting, k from 0; NULL: no more), runs it
+ * through nat_process() again and settles it (the verdict it leaves is the
+ * frame's), then hands back the first n with io_worker_miss_done(); the
+ * worker transmits them. io_worker_miss_fd() (an eventfd) is readable when
+ * frames were queued: read it, then peek until NULL. Returns 0, or -errno. */
+int io_worker_run(struct io_worker *w, struct nat_lane *lane, nat_lane_process_fn process, uint64_t nap_ns,
+                  uint64_t idle_ns);
+void io_worker_stop(struct io_worker *w);
+int io_worker_miss_fd(const struct io_worker *w);
+struct nat_frame *io_worker_miss_peek(struct io_worker *w, uint32_t k);
+void io_worker_miss_done(struct io_worker *w, uint32_t n);
+uint32_t io_worker_miss_waiting(const struct io_worker *w);
+/* For the ICMP errors about translated frames, which quote the frame as
+ * sent: the NAT module's session table and its nat_session_peek() (by
+ * pointer, as nat_process() in io_poll), and each port's own address per
+ * family (the errors' source; cleared and re-set from the kernel's). */
+void io_set_nat(struct io_ctx *ctx, struct nat *nat, nat_session_peek_fn session_peek);
 void io_port_addresses_clear(struct io_ctx *ctx);
 /* The port's MTU changed in the kernel (frames longer go to the kernel). */
 int io_port_set_mtu(struct io_ctx *ctx, int port_id, uint32_t mtu);
@@ -114,12 +155,15 @@ int io_port_address(struct io_ctx *ctx, int port_id, uint8_t family, const uint8
 /* The calling thread's timer slack (how late a nap may end; Linux's default
  * is 50 us). Returns 0 or -errno. */
 int io_timer_slack(uint64_t ns);
-/* Forward a processed batch received on p, then recycle its buffers. */
-void io_forward(struct io_ctx *ctx, struct io_port *p, struct nat_frame *frames, uint32_t n);
-/* Kick TX rings that need a wakeup, reap completions. */
-void io_flush(struct io_ctx *ctx);
+/* Forward a processed batch received on p (by p's worker), then recycle
+ * its buffers. */
+void io_forward(struct io_port *p, struct nat_frame *frames, uint32_t n);
+/* Kick the worker's TX rings that need a wakeup, reap completions. */
+void io_flush(struct io_worker *w);
 
-/* Forwarding tables (replaced wholesale by the netlink follower). */
+/* Forwarding tables (replaced wholesale by the netlink follower). Every
+ * change below waits for the workers to finish their batch and holds them
+ * until it is done. */
 void io_routes_clear(struct io_ctx *ctx);
 /* A route's kind: the kernel's route types. */
 #define IO_ROUTE_FORWARD 0      /* unicast: through its next hops */

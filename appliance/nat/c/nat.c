@@ -23,7 +23,10 @@ static const char *const counter_help[] = {
 
 /* Lifecycle and introspection */
 _Static_assert(__builtin_types_compatible_p(__typeof__(&nat_process), nat_process_fn), "nat_process_fn");
-_Static_assert(__builtin_types_compatible_p(__typeof__(&nat_session_get), nat_session_get_fn), "nat_session_get_fn");
+_Static_assert(__builtin_types_compatible_p(__typeof__(&nat_lane_process), nat_lane_process_fn),
+               "nat_lane_process_fn");
+_Static_assert(__builtin_types_compatible_p(__typeof__(&nat_session_peek), nat_session_peek_fn),
+               "nat_session_peek_fn");
 
 const char *nat_build_version(void) { return NAT_BUILD_VERSION; }
 unsigned nat_counter_count(void) { return NAT_C__COUNT; }

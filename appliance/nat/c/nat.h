@@ -42,7 +42,7 @@ enum nat_verdict {
 
 /* Flags for nat_process(). */
 #define NAT_PF_FRAME_TIME 1  /* use frames[i].ts_ns instead of now_ns */
-#define NAT_PF_FINAL 2       /* slow-path re-run: not counted as hit or miss */
+#define NAT_PF_FINAL 2       /* slow-path re-run (a lane's miss, again): not counted as hit or miss */
 
 enum nat_family { NAT_AF_INET = 4, NAT_AF_INET6 = 6 };
 
@@ -181,11 +181,22 @@ uint32_t nat_translation_lookup(const struct nat *nat, uint8_t family,
 uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n,
                      uint64_t now_ns, uint32_t flags);
 
-/* nat_process() and nat_session_get() as the io module calls them, through
- * pointers (the two cffi modules link separately): nat.c checks that these
- * types are those of the functions, so a changed signature fails to build. */
+/* A session's info by index, if it is still the session of serial (from a
+ * frame nat_process() or a lane returned): 0, else -1. Any thread may call
+ * it while the writer changes the table: the serial is read before and
+ * after the copy (a seqlock), and nat_session_add() clears it before it
+ * reuses a slot, so a copy torn by a reuse is refused, never returned. */
+int nat_session_peek(const struct nat *nat, uint32_t index, uint32_t serial,
+                     struct nat_session_info *out);
+
+/* nat_process(), nat_lane_process() and nat_session_peek() as the io module
+ * calls them, through pointers (the two cffi modules link separately):
+ * nat.c checks that these types are those of the functions, so a changed
+ * signature fails to build. */
 typedef uint32_t (*nat_process_fn)(struct nat *, struct nat_frame *, uint32_t, uint64_t, uint32_t);
-typedef int (*nat_session_get_fn)(const struct nat *, uint32_t, struct nat_session_info *);
+typedef uint32_t (*nat_lane_process_fn)(struct nat_lane *, struct nat_frame *, uint32_t, uint64_t,
+                                        uint32_t);
+typedef int (*nat_session_peek_fn)(const struct nat *, uint32_t, uint32_t, struct nat_session_info *);
 
 uint32_t nat_flow_hash(const struct nat *nat, const struct nat_key *key);
 /* 0: added (index in *out); -1: a key exists already; -2: table full. */

@@ -228,7 +228,8 @@ uint32_t nat_process(struct nat *nat, struct nat_frame *frames, uint32_t n, uint
         }
         process_one(nat, f, now, flags);
         if (f->verdict == NAT_MISS) {
-            CTR(nat)[NAT_C_SESSION_MISS]++;
+            if (!(flags & NAT_PF_FINAL))
+                CTR(nat)[NAT_C_SESSION_MISS]++;
             return i + 1;
         }
     }

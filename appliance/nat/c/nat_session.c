@@ -148,18 +148,23 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
         idx = nat->hwm++;
     }
     struct session *s = &nat->s[idx];
+    /* nat_session_peek() readers: a serial of 0 is no session's */
+    __atomic_store_n(&s->serial, 0, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     memset(s, 0, sizeof *s);
     s->key[0] = *fwd;
     s->key[1] = *rev;
     s->key[0].zero = s->key[1].zero = 0;
     s->created_ns = s->last_seen_ns = now_ns;
-    s->serial = ++nat->serial;
     s->translation = translation;
     s->backend = backend;
     s->profile = profile;
     s->flags = flags;
     s->state = fwd->proto == IPPROTO_TCP_ ? NAT_ST_TCP_NEW : NAT_ST_OTHER;
     s->in_use = 1;
+    if (++nat->serial == 0)
+        nat->serial = 1;
+    __atomic_store_n(&s->serial, nat->serial, __ATOMIC_RELEASE);
     table_link(nat, idx, 0);
     table_link(nat, idx, 1);
     nat->n_sessions++;
@@ -197,6 +202,19 @@ int nat_session_get(const struct nat *nat, uint32_t index, struct nat_session_in
         return -1;
     sess_info(nat, index, out);
     return 0;
+}
+
+int nat_session_peek(const struct nat *nat, uint32_t index, uint32_t serial,
+                     struct nat_session_info *out)
+{
+    if (index >= nat->max_sessions || !serial)
+        return -1;
+    const struct session *s = &nat->s[index];
+    if (__atomic_load_n(&s->serial, __ATOMIC_ACQUIRE) != serial || !s->in_use)
+        return -1;
+    sess_info(nat, index, out);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s->serial, __ATOMIC_RELAXED) == serial ? 0 : -1;
 }
 
 int nat_session_remove(struct nat *nat, uint32_t index)

@@ -64,15 +64,19 @@ class Live2(Live):
         # native: a veth then delivers on its RX queue of the number sent on (generic
         # XDP records the TX queue number less one)
         super().__init__(tmp_path, queues=2, xdp_mode="native")
-        t = self.topo
-        _pin_queue(self, t.ns_client, "c0", 0)
-        _pin_queue(self, t.ns_pod, "p0", 0)
-        _pin_queue(self, t.ns_out, "o0", 1)
-        for ns in t.ns_backends:
-            _pin_queue(self, ns, "b0", 1)
-        self.stop()
-        self.config.write_text(self.config.read_text() + WORKERS)
-        self.start()
+        try:
+            t = self.topo
+            _pin_queue(self, t.ns_client, "c0", 0)
+            _pin_queue(self, t.ns_pod, "p0", 0)
+            _pin_queue(self, t.ns_out, "o0", 1)
+            for ns in t.ns_backends:
+                _pin_queue(self, ns, "b0", 1)
+            self.stop()
+            self.config.write_text(self.config.read_text() + WORKERS)
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def worker_rx(self) -> dict:
         """(interface, queue) -> frames received, from the final statistics."""

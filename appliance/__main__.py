@@ -249,6 +249,12 @@ def _stats_lines(answer: dict) -> list[str]:
             walk(section, {k: v for k, v in values.items() if isinstance(v, dict) and k != "counters"})
     for sock in answer.get("sockets", []):       # frames received per RX queue, idle ones too
         rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.rx", sock["rx"]))
+        if "worker" in sock:
+            rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.worker", sock["worker"]))
+    for w in answer.get("workers", []):          # the spread over the datapath's workers
+        for key, value in w.items():
+            if key != "worker" and value is not None:
+                rows.append((f"workers.{w['worker']}.{key}", value))
     width = max((len(n) for n, _ in rows), default=0)
     return [f"{n:{width}} {str(v).replace(' ', '_') if isinstance(v, str) else v}" for n, v in rows]
 

@@ -75,7 +75,24 @@ BAD = [
     ("missing port", GOOD.replace("port = 80\n", ""), 14, "translation[0]", "missing required key 'port'"),
     ("bad xdp_mode", GOOD + '\n[[interface]]\nname = "n0"\nxdp_mode = "fast"\n', 25, "interface[0].xdp_mode",
      "'fast' is not one of auto, native, generic"),
+    ("no workers", GOOD + "\n[datapath]\nworkers = 0\n", 24, "datapath.workers", "must be between 1 and 64"),
+    ("workers as text", GOOD + '\n[datapath]\nworkers = "2"\n', 24, "datapath.workers", "expected an integer"),
+    ("unknown datapath key", GOOD + "\n[datapath]\nthreads = 2\n", 24, "datapath.threads", "unknown key"),
 ]
+
+
+def test_datapath_workers_default_and_value():
+    assert parse_config(GOOD, "x.toml").workers is None       # one per usable CPU, capped by RX queues
+    assert parse_config(GOOD + "\n[datapath]\nworkers = 2\n", "x.toml").workers == 2
+
+
+def test_workers_are_capped_by_the_fewest_rx_queues():
+    from appliance.runtime._datapath import worker_count
+
+    assert worker_count(None, {"a0": 4, "a1": 1}) == 1
+    assert worker_count(2, {"a0": 2, "a1": 4}) == 2
+    with pytest.raises(SystemExit, match="workers = 3, but interface 'a0' has 2 RX queues"):
+        worker_count(3, {"a0": 2, "a1": 4})
 
 
 @pytest.mark.parametrize("what,text,line,key,reason", BAD, ids=[b[0] for b in BAD])

@@ -1,9 +1,12 @@
 """``appliance run``: the live datapath under trio.
 
-One task for all AF_XDP sockets: wait on them while all are idle; while
-busy, C (io_poll) receives from them round robin, NATs and forwards
-batches of up to 256 frames for up to 2 ms per call, returning to Python only for a new
-flow (the slow path) or to yield. Beside them: the session scanner, the kernel follower (netlink), the
+With one datapath worker, one task for all AF_XDP sockets: wait on them
+while all are idle; while busy, C (io_poll) receives from them round robin,
+NATs and forwards batches of up to 256 frames for up to 2 ms per call,
+returning to Python only for a new flow (the slow path) or to yield. With
+more (``[datapath] workers``), a thread per worker runs that loop in C
+without the GIL and queues its new flows to this thread, which settles them
+in order. Beside them: the session scanner, the kernel follower (netlink), the
 configuration watcher (a valid new file is applied, an invalid one is
 reported and the last good one keeps serving), the control socket and the
 signal handler. On SIGTERM/SIGINT everything is
@@ -13,7 +16,7 @@ the stale programs.
 One module per plane:
 
 - ``_datapath``: the data plane (AF_XDP sockets, TAP, XDP attach, the
-  io_poll loop, the session timers, io and socket counters);
+  workers and their loops, the session timers, io, socket and worker counters);
 - ``_kernel_tables``: the kernel's tables read, packed (cffi) and applied
   to the datapath and the XDP maps; the netlink follower;
 - ``_host_ports``: the host ports steered to us (XDP `ports` map);

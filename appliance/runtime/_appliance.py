@@ -36,6 +36,8 @@ class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket):
         self.tap: Optional[Tap] = None
         self.ctx = None
         self.ports = []
+        self.workers: list = []       # struct io_worker * per datapath worker
+        self.worker_cpus: list = []   # the CPU each worker thread is pinned to (None: not pinned)
         self._snapshot = None
         self._host_ports = _HostPorts(self.steering)
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}

@@ -142,9 +142,6 @@ class Datapath:
     (which holds the state: config, core, steering, tap, ctx, ports,
     _ifindex, interface_state)."""
 
-    workers: list = []        # struct io_worker * per worker
-    worker_cpus: list = []    # the CPU each worker thread is pinned to (None: not pinned)
-
     def open(self) -> None:
         """The TAP device, the AF_XDP sockets, the XDP programs attached
         (the kernel's tables then come from the control plane:
@@ -214,6 +211,12 @@ class Datapath:
         if self.tap is not None:
             self.tap.close()
             self.tap = None
+
+    def io_counter(self, index: int) -> int:
+        """One io counter (io.IO_C_*), summed over the workers."""
+        c = io_ffi.new("uint64_t[]", len(IO_COUNTER_NAMES))
+        io.io_counters_sum(self.ctx, c)
+        return c[index]
 
     def io_counters(self) -> dict[str, int]:
         c = io_ffi.new("uint64_t[]", len(IO_COUNTER_NAMES))

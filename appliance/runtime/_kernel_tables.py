@@ -244,7 +244,7 @@ class KernelTables:
         dead backend does not cost ten snapshots (thirty `ip` runs) a
         second. Netlink's reports are followed at once, as ever."""
         mon = _kernel.Monitor()
-        last_no_neigh = self.io_counters()["to_kernel_no_neigh"]
+        last_no_neigh = self.io_counter(io.IO_C_TO_KERNEL_NO_NEIGH)
         wait, not_before = KERNEL_NEIGH_CHECK, 0.0
         next_read = 0.0
         try:
@@ -252,7 +252,7 @@ class KernelTables:
                 with trio.move_on_after(KERNEL_NEIGH_CHECK):
                     await trio.lowlevel.wait_readable(mon.fileno())
                 notes = mon.drain()
-                no_neigh = self.io_counters()["to_kernel_no_neigh"]
+                no_neigh = self.io_counter(io.IO_C_TO_KERNEL_NO_NEIGH)
                 if notes.neighbours and self.apply_neighbours(notes.neighbours):
                     last_no_neigh = no_neigh   # the kernel resolved what those frames waited for
                 changed = notes.other

@@ -159,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="runs per mode, the modes alternating; medians reported (default 7: single runs "
                     "vary by 1.5x on a shared VM)")
     be.add_argument("--seconds", type=float, default=4.0, help="seconds per UDP/iperf3 run (default 4)")
+    be.add_argument("--workers", type=int, default=1,
+                    help="datapath workers; more than 1: veths with that many queues, the native XDP hook, and "
+                    "on the same topology also one worker on CPU 1 (one_worker) and the N workers all on CPU 1 "
+                    "(same_cpu) (default 1)")
     # every subcommand: a description in its --help (its one-line help when
     # it has none of its own), and --log-level after it too
     for action in p._subparsers._group_actions:
@@ -473,7 +477,9 @@ def _main(argv: list[str] | None = None) -> int:
         if args.bench == "e2e":
             from . import _bench_e2e
 
-            result = _bench_e2e.run(seconds=args.seconds, runs=args.runs)
+            if args.workers < 1:
+                raise SystemExit("appliance: error: bench e2e --workers: must be at least 1")
+            result = _bench_e2e.run(seconds=args.seconds, runs=args.runs, workers=args.workers)
         elif args.bench == "core":
             from . import _bench
 
@@ -488,13 +494,13 @@ def _main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(result, sort_keys=True))
         else:
-            for k, v in result.items():
-                if isinstance(v, dict):   # bench e2e's per-run samples
-                    for mode, series in v.items():
-                        for name, values in series.items():
-                            print(f"{k}.{mode}.{name:14} {values}")
-                else:
-                    print(f"{k:24} {v}")
+            def lines(prefix: str, d: dict) -> None:
+                for k, v in d.items():
+                    if isinstance(v, dict):   # bench e2e's one_worker and per-run samples
+                        lines(f"{prefix}{k}.", v)
+                    else:
+                        print(f"{prefix + k:24} {v}")
+            lines("", result)
         return 0
 
     parser.print_help()

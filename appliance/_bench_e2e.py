@@ -18,11 +18,26 @@ medians over the runs are reported, with every run's values under
 - TCP connections/s: ab without keep-alive, against a small asyncio HTTP
   server; tcp_tw_reuse on the client, few TIME_WAIT buckets on the server.
 - Bulk TCP: iperf3, one stream.
-- appliance CPU per packet: the appliance process's user+system CPU time
-  during the UDP runs divided by the frames it received. It includes softirq
+- appliance CPU per packet: the time the appliance's threads were on a CPU
+  during the UDP runs (task-clock: see TaskClock) divided by the frames
+  they received. It includes softirq
   work the kernel runs on the appliance's CPU (CPU 1) on behalf of others,
   mainly the backend veth's receive: reported apart as
   appliance_cpu_softirq_ns_per_packet (CPU 1's softirq time / frames).
+
+With --workers N (N > 1) every veth has N queues and the appliance's
+interfaces take the native XDP hook (a veth's generic hook reports queues 0
+and 1 both as queue 0: everything would reach one worker), trafgen's 1000
+flows spread over c0's TX queues by their hash (trafgen through the qdisc
+layer, no XPS; in every mode of the invocation alike), and the appliance
+runs unpinned with N workers, one per CPU: worker 0 shares CPU 0 with the
+generators. Two more modes take their turns on the same topology, with
+the same keys: "one_worker", the appliance with one worker on CPU 1, and
+"same_cpu", N workers all on CPU 1 (the CPU one worker has: the cost of
+several workers without the generator's CPU). The frames each worker
+received during the UDP runs are reported per worker (udp_rx_per_worker).
+CPU per packet is then every thread's CPU time over the frames all of them
+received.
 """
 
 from __future__ import annotations
@@ -122,17 +137,64 @@ def _cpu_softirq(cpu: int) -> float:
     return 0.0
 
 
-def _proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class TaskClock:
+    """CPU time of a process's threads, from the kernel's task-clock counter
+    (perf_event_open): the time each thread was on a CPU, taken at its
+    context switches. Not /proc/PID/stat or schedstat: on this kernel their
+    runtime is misattributed between tasks that preempt each other on one
+    CPU (a worker thread on the generator's CPU was charged 1.36 s of a
+    1.5 s window in which perf's task-clock and the sched_switch trace saw
+    it on the CPU 0.28 s; on a CPU of its own the two agree)."""
+
+    _ffi = None
+
+    def __init__(self, pid: int) -> None:
+        if TaskClock._ffi is None:
+            import cffi
+
+            ffi = cffi.FFI()
+            ffi.cdef("long syscall(long number, ...);")
+            TaskClock._ffi, TaskClock._libc = ffi, ffi.dlopen(None)
+        ffi, libc = TaskClock._ffi, TaskClock._libc
+        # struct perf_event_attr, its first version (64 bytes): type
+        # PERF_TYPE_SOFTWARE, config PERF_COUNT_SW_TASK_CLOCK, enabled
+        attr = ffi.new("uint64_t[8]")
+        attr[0] = 1 | 64 << 32
+        attr[1] = 1
+        self.fds = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            fd = libc.syscall(ffi.cast("long", 298), ffi.cast("void *", attr), ffi.cast("int", int(tid)),
+                              ffi.cast("int", -1), ffi.cast("int", -1), ffi.cast("unsigned long", 0))
+            if fd < 0:
+                self.close()
+                raise OSError(ffi.errno, f"perf_event_open(task-clock, thread {tid}): {os.strerror(ffi.errno)}")
+            self.fds.append(fd)
+
+    def seconds(self) -> float:
+        return sum(int.from_bytes(os.read(fd, 8), "little") for fd in self.fds) / 1e9
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def config(workers: int) -> str:
+    """CONFIG for `workers` worker threads: the native hook when there are
+    several (see the module docstring)."""
+    if workers == 1:
+        return CONFIG
+    return (CONFIG.replace('name = "a0"', 'name = "a0"\nxdp_mode = "native"')
+            .replace('name = "a1"', 'name = "a1"\nxdp_mode = "native"')
+            + f"[datapath]\nworkers = {workers}\n")
 
 
 class Bench:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, workers: int = 1) -> None:
         self.seconds = seconds
+        self.workers = workers
         self.tmp = tempfile.mkdtemp(prefix="appliance-bench-")
-        self.topo = Topology(backends=1)
+        self.topo = Topology(backends=1, queues=workers)
         self.procs: list[subprocess.Popen] = []
         self.app: subprocess.Popen | None = None
         try:
@@ -149,6 +211,11 @@ class Bench:
             if tw:
                 t.run(ns, "sysctl", "-qw", f"net.ipv4.tcp_max_tw_buckets={tw}")
         be = t.ns_backends[0]
+        if self.workers > 1:
+            # queues chosen by the flow hash, not by the sending CPU
+            for ns, dev in ((t.ns_client, "c0"), (be, "b0")):
+                for q in range(self.workers):
+                    t.run(ns, "sh", "-c", f"echo 0 > /sys/class/net/{dev}/queues/tx-{q}/xps_cpus", check=False)
         # The UDP sink: dropped at b0's netdev ingress hook, after b0 counted
         # it, before IP input (no ICMP port-unreachable; least work, same in
         # both modes).
@@ -185,12 +252,14 @@ class Bench:
         self.topo.run(self.topo.ns_app, "nft", "delete", "table", "ip", "benchnat", check=False)
         self.topo.run(self.topo.ns_app, "conntrack", "-F", check=False)
 
-    def start_appliance(self) -> None:
+    def start_appliance(self, workers: int, cpu: int | None) -> None:
+        """`workers` workers, the process on CPU `cpu` (None: on every CPU,
+        each worker pinned to one of its own)."""
         cfg = os.path.join(self.tmp, "bench.toml")
         with open(cfg, "w") as f:
-            f.write(CONFIG)
+            f.write(config(workers))
         self.control = os.path.join(self.tmp, "control.sock")
-        self.app = start_appliance(self.topo, cfg, self.tmp, control=self.control, cpu=1)
+        self.app = start_appliance(self.topo, cfg, self.tmp, control=self.control, cpu=cpu)
         time.sleep(1.2)   # first kernel snapshot with neighbours
 
     def stop_appliance(self) -> None:
@@ -199,10 +268,18 @@ class Bench:
             self.app.wait(15)
             self.app = None
 
-    def appliance_rx(self) -> int:
+    def appliance_rx(self) -> list[int]:
+        """Frames received: in all, then per worker."""
         out = self.topo.run(self.topo.ns_app, sys.executable, "-P", "-m", "appliance", "show", "stats", "--json",
                             "--control", self.control).stdout
-        return json.loads(out)["io"]["rx"]
+        stats = json.loads(out)
+        return [stats["io"]["rx"]] + [w["rx"] for w in stats["workers"]]
+
+    def appliance_modes(self) -> dict[str, tuple[int, int | None]]:
+        """Mode name: (workers, CPU of the process)."""
+        if self.workers == 1:
+            return {"appliance": (1, 1)}   # CPU 1 to itself
+        return {"appliance": (self.workers, None), "one_worker": (1, 1), "same_cpu": (self.workers, 1)}
 
     # -- measurements ----------------------------------------------------------
 
@@ -217,8 +294,12 @@ class Bench:
         be = t.ns_backends[0]
         tx0, rx0 = _counter(t, t.ns_client, "c0", "tx_packets"), _counter(t, be, "b0", "rx_packets")
         t0 = time.time()
+        # several queues: through the qdisc layer, which picks c0's TX queue
+        # by the flow hash (trafgen's default bypass picks it by the sending
+        # CPU: every frame on queue 0)
+        qdisc = ("--qdisc-path",) if self.workers > 1 else ()
         t.run(t.ns_client, "timeout", "-s", "INT", str(self.seconds), "taskset", "-c", "0", "trafgen",
-              "--dev", "c0", "--conf", cfg, "--cpp", "-P", "1", check=False)
+              "--dev", "c0", "--conf", cfg, "--cpp", "-P", "1", *qdisc, check=False)
         time.sleep(0.3)   # let the last frames drain
         elapsed = time.time() - t0 - 0.3
         tx, rx = _counter(t, t.ns_client, "c0", "tx_packets") - tx0, _counter(t, be, "b0", "rx_packets") - rx0
@@ -246,23 +327,28 @@ class Bench:
         """One run of every measurement in `mode` (already started)."""
         res = {}
         # `ip netns exec` and taskset exec python: the Popen pid is the appliance
-        pid = self.app.pid if mode == "appliance" else None
-        cpu0 = _proc_cpu(pid) if pid else 0.0
-        rx0 = self.appliance_rx() if pid else 0
+        pid = self.app.pid if self.app is not None else None
+        clock = TaskClock(pid) if pid else None
+        cpu0 = clock.seconds() if clock else 0.0
+        rx0 = self.appliance_rx() if pid else []
         sirq0 = _cpu_softirq(1)
         res["udp_pps"], res["udp_ratio"] = self.udp()
-        if pid:
-            cpu = _proc_cpu(pid) - cpu0
-            frames = self.appliance_rx() - rx0
+        if clock:
+            cpu = clock.seconds() - cpu0
+            clock.close()
+            rx = [b - a for a, b in zip(rx0, self.appliance_rx())]
+            frames = rx[0]
             res["ns_pp"] = cpu * 1e9 / frames if frames else 0.0
             res["softirq_ns_pp"] = (_cpu_softirq(1) - sirq0) * 1e9 / frames if frames else 0.0
+            for i, n in enumerate(rx[1:]):
+                res[f"rx_worker{i}"] = n
         res["tcp_cps"] = self.tcp_cps()
         res["tcp_gbps"] = self.tcp_gbps()
         return res
 
     def run_mode(self, mode: str) -> dict:
-        if mode == "appliance":
-            self.start_appliance()
+        if mode != "nftables":
+            self.start_appliance(*self.appliance_modes()[mode])
             try:
                 return self.measure(mode)
             finally:
@@ -281,44 +367,61 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run(seconds: float = 4.0, runs: int = 7) -> dict:
+def _appliance_keys(app: dict) -> dict:
+    out = {
+        "udp_pps_appliance": round(app["udp_pps"]),
+        "udp_delivered_ratio_appliance": round(app["udp_ratio"], 4),
+        "tcp_cps_appliance": round(app["tcp_cps"]),
+        "tcp_gbps_appliance": round(app["tcp_gbps"], 3),
+        "appliance_ns_per_packet": round(app.get("ns_pp", 0.0)),
+        # of which (approximately) softirq work the kernel ran on CPU 1:
+        # the backend veth's receive and skb frees
+        "appliance_cpu_softirq_ns_per_packet": round(app.get("softirq_ns_pp", 0.0)),
+        "udp_rx_per_worker": [round(app[f"rx_worker{i}"]) for i in range(len(app))
+                              if f"rx_worker{i}" in app],
+    }
+    return out
+
+
+def run(seconds: float = 4.0, runs: int = 7, workers: int = 1) -> dict:
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"appliance bench e2e: missing tools {missing} (./dev installs them)")
-    b = Bench(seconds)
-    samples: dict[str, dict[str, list]] = {"appliance": {}, "nftables": {}}
+    b = Bench(seconds, workers)
+    modes = ["nftables", *b.appliance_modes()]
+    samples: dict[str, dict[str, list]] = {mode: {} for mode in modes}
     try:
-        # The modes alternate run by run (ABBA), so that the machine's slow
-        # and fast spells (this VM's rates drift by 1.5x over minutes) fall
-        # on both alike.
+        # The modes take turns, their order rotating run by run, so that
+        # the machine's slow and fast spells (this VM's rates drift by 1.5x
+        # over minutes) fall on all alike.
         for i in range(runs):
-            order = ("nftables", "appliance") if i % 2 == 0 else ("appliance", "nftables")
+            order = modes[i % len(modes):] + modes[:i % len(modes)]
             for mode in order:
                 for key, value in b.run_mode(mode).items():
                     samples[mode].setdefault(key, []).append(value)
     finally:
         b.close()
-    app = {k: statistics.median(v) for k, v in samples["appliance"].items()}
-    nft = {k: statistics.median(v) for k, v in samples["nftables"].items()}
+    med = {mode: {k: statistics.median(v) for k, v in series.items()} for mode, series in samples.items()}
+    app, nft = med["appliance"], med["nftables"]
     out = {
-        "udp_pps_appliance": round(app["udp_pps"]),
+        **_appliance_keys(app),
         "udp_pps_nftables": round(nft["udp_pps"]),
-        "udp_delivered_ratio_appliance": round(app["udp_ratio"], 4),
         "udp_delivered_ratio_nftables": round(nft["udp_ratio"], 4),
-        "tcp_cps_appliance": round(app["tcp_cps"]),
         "tcp_cps_nftables": round(nft["tcp_cps"]),
-        "tcp_gbps_appliance": round(app["tcp_gbps"], 3),
         "tcp_gbps_nftables": round(nft["tcp_gbps"], 3),
-        "appliance_ns_per_packet": round(app.get("ns_pp", 0.0)),
-        # of which (approximately) softirq work the kernel ran on the
-        # appliance's CPU: the backend veth's receive and skb frees
-        "appliance_cpu_softirq_ns_per_packet": round(app.get("softirq_ns_pp", 0.0)),
+        "workers": workers,
         "runs": runs,
         "seconds_per_run": seconds,
     }
     for key in ("udp_pps", "tcp_cps", "tcp_gbps"):
         n = out[f"{key}_nftables"]
         out[f"{key}_ratio"] = round(out[f"{key}_appliance"] / n, 3) if n else None
+    for mode in modes[2:]:
+        extra = _appliance_keys(med[mode])
+        for key in ("udp_pps", "tcp_cps", "tcp_gbps"):
+            n = out[f"{key}_nftables"]
+            extra[f"{key}_ratio"] = round(extra[f"{key}_appliance"] / n, 3) if n else None
+        out[mode] = extra
     # every run's value, in run order, for whoever doubts a median
     out["samples"] = {mode: {k: [round(x, 4) if k == "udp_ratio" or k == "tcp_gbps" else round(x) for x in v]
                              for k, v in samples[mode].items()} for mode in samples}

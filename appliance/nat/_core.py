@@ -280,17 +280,6 @@ class NatCore(Expiry, Introspection):
         needs a session's keys on any thread (the datapath's ICMP errors)."""
         return self._nat, ffi.cast("nat_session_peek_fn", ffi.addressof(lib, "nat_session_peek"))
 
-    def settle_queued(self, f) -> None:
-        """A frame a worker thread queued (a ``struct nat_frame *``: a new
-        flow's, or a fragment behind one): run it again here, where earlier
-        queued frames may have installed its session, and resolve it if it
-        is still a new flow. Its clock is its own ts_ns. Afterwards the frame
-        has its final verdict."""
-        lib.nat_process(self._nat, f, 1, 0, lib.NAT_PF_FRAME_TIME | lib.NAT_PF_FINAL)
-        if f.verdict == Verdict.MISS:
-            self._new_flow(f, f.ts_ns, 0)
-
-
     def _slow_verdict(self, f, verdict: int, reason: str) -> None:
         code = COUNTER_INDEX[reason]
         f.verdict = verdict

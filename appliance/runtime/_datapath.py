@@ -59,9 +59,10 @@ POLL_BUDGET_NS = 2_000_000
 # busy worker, it gets about a quarter of it (CFS weights 1024 : 335), the
 # share io_poll gives new flows on one worker (io_poll.c, IO_SLOW_SHARE).
 SLOW_PATH_NICE = 5
-# New flows settled per turn of a worker's queue before the other trio tasks
-# run (~5 us each).
-MISS_SLICE = 64
+# Per turn of a worker's queue before the other trio tasks run: new flows
+# resolved by the hooks (~5 us each), and frames settled in C between them.
+MISS_FLOWS = 64
+MISS_SLICE = 256
 
 
 # The largest frame an AF_XDP socket in copy mode receives: its UMEM chunk
@@ -339,29 +340,32 @@ class Datapath:
             log.error("worker %d stopped: %s", index, os.strerror(-rc))
 
     async def _settle_loop(self, worker) -> None:
-        """A worker's queued new flows, in its order: each run again on the
-        core (an earlier one may have made its session) and resolved by the
-        hooks if still new, then handed back for the worker to transmit."""
+        """A worker's queued new flows, in its order: the queue run again in
+        C (io_worker_settle: a frame an earlier one made the session of goes
+        back without Python), each still-new flow resolved by the hooks,
+        then handed back for the worker to transmit."""
         fd = io.io_worker_miss_fd(worker)
-        peek, done, settle, core = io.io_worker_miss_peek, io.io_worker_miss_done, self.core.settle_queued, self.core
+        settle, done, core = io.io_worker_settle, io.io_worker_miss_done, self.core
+        nat, nat_fn = core.nat_process_pointer()
+        head = io_ffi.new("struct nat_frame **")
         null = io_ffi.NULL
         while True:
             await trio.lowlevel.wait_readable(fd)
             try:
-                os.read(fd, 8)   # then peek until empty: what comes later writes it again
+                os.read(fd, 8)   # then settle until empty: what comes later writes it again
             except BlockingIOError:
                 pass
             while True:
-                k = 0
-                while k < MISS_SLICE:
-                    f = peek(worker, k)
+                n = settle(worker, nat, nat_fn, MISS_SLICE, head)
+                for _ in range(MISS_FLOWS):
+                    f = head[0]
                     if f == null:
                         break
-                    settle(f)
-                    k += 1
-                if not k:
+                    core.resolve_miss(f, f.ts_ns)
+                    done(worker, 1)
+                    n += 1 + settle(worker, nat, nat_fn, MISS_SLICE, head)
+                if not n:
                     break
-                done(worker, k)
                 core.drain_events()
                 await trio.lowlevel.checkpoint()
 

@@ -127,17 +127,25 @@ int io_poll(struct io_worker *w, struct nat *nat, nat_process_fn nat_fn, struct 
  * io_worker_stop(). It naps nap_ns on empty rings for up to idle_ns, then
  * sleeps on its sockets. Call it with the GIL released (cffi does) from
  * the thread that is to be the worker: it touches no Python object. A new
- * flow's frame is queued for the slow path, which takes it with
- * io_worker_miss_peek() (the k-th waiting, k from 0; NULL: no more), runs it
- * through nat_process() again and settles it (the verdict it leaves is the
- * frame's), then hands back the first n with io_worker_miss_done(); the
- * worker transmits them. io_worker_miss_fd() (an eventfd) is readable when
- * frames were queued: read it, then peek until NULL. Returns 0, or -errno. */
+ * flow's frame is queued for the slow path, which runs the queue with
+ * io_worker_settle() and resolves each new flow it stops at; the worker
+ * transmits what is handed back. io_worker_miss_fd() (an eventfd) is
+ * readable when frames were queued: read it, then settle until nothing is
+ * left. Returns 0, or -errno. */
 int io_worker_run(struct io_worker *w, struct nat_lane *lane, nat_lane_process_fn process, uint64_t nap_ns,
                   uint64_t idle_ns);
 void io_worker_stop(struct io_worker *w);
 int io_worker_miss_fd(const struct io_worker *w);
-struct nat_frame *io_worker_miss_peek(struct io_worker *w, uint32_t k);
+/* The slow path's pass over a worker's queue (on its own thread): runs the
+ * waiting frames in order through nat_fn again (the writer's nat_process,
+ * each at its own time, NAT_PF_FINAL) and hands back those that now have a
+ * verdict — most are later frames of a flow whose session an earlier one
+ * made — up to max. It stops at the first that is still a new flow: *miss
+ * is then that frame, still first in the queue, for the hooks to resolve
+ * and io_worker_miss_done(w, 1) to hand back (else NULL). Returns how many
+ * it handed back. */
+uint32_t io_worker_settle(struct io_worker *w, struct nat *nat, nat_process_fn nat_fn, uint32_t max,
+                          struct nat_frame **miss);
 void io_worker_miss_done(struct io_worker *w, uint32_t n);
 uint32_t io_worker_miss_waiting(const struct io_worker *w);
 /* For the ICMP errors about translated frames, which quote the frame as

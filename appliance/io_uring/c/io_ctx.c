@@ -11,7 +11,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#define IO_MISS_SLOTS 512   /* per worker thread: 1 MiB of frames waiting for the slow path */
+/* per worker thread: frames waiting for the slow path, 8.5 MiB, touched as
+ * used. Enough for a start like bench e2e's (1000 new flows at once at
+ * 500 kpps per worker: 512 slots dropped 0.1-0.2 % of its frames). */
+#define IO_MISS_SLOTS 4096
 
 static void worker_destroy(struct io_worker *w)
 {
@@ -47,8 +50,6 @@ static struct io_worker *worker_create(struct io_ctx *ctx, uint32_t index, int t
         w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (!w->miss || w->miss_fd < 0 || w->wake_fd < 0)
             goto fail;
-        for (uint32_t i = 0; i < IO_MISS_SLOTS; i++)
-            w->miss[i].f.data = w->miss[i].buf;
     }
     return w;
 fail:

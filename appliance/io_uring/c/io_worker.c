@@ -174,14 +174,25 @@ void io_worker_stop(struct io_worker *w)
 
 int io_worker_miss_fd(const struct io_worker *w) { return w->miss_fd; }
 
-struct nat_frame *io_worker_miss_peek(struct io_worker *w, uint32_t k)
+uint32_t io_worker_settle(struct io_worker *w, struct nat *nat, nat_process_fn nat_fn, uint32_t max,
+                          struct nat_frame **miss)
 {
+    *miss = NULL;
     if (!w->miss)
-        return NULL;
-    uint32_t prod = __atomic_load_n(&w->miss_prod, __ATOMIC_ACQUIRE);
-    if (prod - w->miss_done <= k)
-        return NULL;
-    return &w->miss[(w->miss_done + k) & (w->miss_size - 1)].f;
+        return 0;
+    uint32_t prod = __atomic_load_n(&w->miss_prod, __ATOMIC_ACQUIRE), n = 0;
+    for (uint32_t at = w->miss_done; at != prod && n < max; at++) {
+        struct nat_frame *f = &w->miss[at & (w->miss_size - 1)].f;
+        nat_fn(nat, f, 1, f->ts_ns, NAT_PF_FRAME_TIME | NAT_PF_FINAL);
+        if (f->verdict == NAT_MISS) {
+            *miss = f;
+            break;
+        }
+        n++;
+    }
+    if (n)
+        io_worker_miss_done(w, n);
+    return n;
 }
 
 void io_worker_miss_done(struct io_worker *w, uint32_t n)

@@ -13,6 +13,7 @@ changed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import pathlib
 import re
@@ -171,6 +172,11 @@ class _Reader:
     def take(self, data: dict, table, index, key, types, default=None, required=False):
         if key not in data:
             if required:
+                # a misspelt required key is the unknown key it is, on its line
+                typo = difflib.get_close_matches(key, [k for k in data if isinstance(k, str)], 1, 0.75)
+                if typo:
+                    raise self.error(table, index, typo[0], f"unknown key, did you mean '{key}'? "
+                                                           f"('{key}' is required)")
                 raise self.error(table, index, None, f"missing required key '{key}'")
             return default
         value = data.pop(key)
@@ -183,8 +189,14 @@ class _Reader:
 
     def no_leftovers(self, data: dict, table, index, known) -> None:
         for key in data:
-            raise self.error(table, index, key,
-                             f"unknown key (known keys: {', '.join(sorted(known))})")
+            raise self.error(table, index, key, _unknown_key(key, sorted(known)))
+
+
+def _unknown_key(key: str, known, named: bool = False) -> str:
+    """The reason for an unknown key, with the known name closest to it."""
+    close = difflib.get_close_matches(key, list(known), 1, 0.75)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown key{f' {key!r}' if named else ''} ({hint}known keys: {', '.join(known)})"
 
 
 def _type_names(types) -> str:
@@ -251,7 +263,7 @@ def _take_timeouts(r: "_Reader", t: dict, table: str, index: Optional[int], pref
                           line_key)
         tv[key] = float(v)
     for key in t:
-        raise r.error(table, index, prefix + key, f"unknown key (known keys: {', '.join(_TIMEOUT_KEYS)})",
+        raise r.error(table, index, prefix + key, _unknown_key(key, _TIMEOUT_KEYS),
                       prefix.rstrip(".") or None)
     return tv
 
@@ -303,7 +315,7 @@ def _parse_backend_entry(r: "_Reader", i: int, j: int, b, family: int) -> Backen
                                                for k, v in labels.items()):
         raise bad(f"labels {labels!r} must be a table of strings, e.g. {{ zone = \"a\" }}")
     for key in b:
-        raise bad(f"unknown key '{key}' (known keys: labels, name, state, to, weight)")
+        raise bad(_unknown_key(key, ("labels", "name", "state", "to", "weight"), named=True))
     return dataclasses.replace(base, weight=weight, state=state, name=name or base.rewrite, labels=labels)
 
 
@@ -347,7 +359,7 @@ def _parse_health(r: "_Reader", tr: dict, i: int, proto: str) -> Optional[Health
             raise bad("http must be a path such as \"/healthz\"")
         v["http"] = x
     for key in h:
-        raise bad(f"unknown key '{key}' (known keys: fall, http, interval, port, rise, timeout)")
+        raise bad(_unknown_key(key, ("fall", "http", "interval", "port", "rise", "timeout"), named=True))
     if proto == "icmp" and "port" not in v:
         raise bad("icmp translations have no port to probe: give health a port")
     return HealthCheck(**v)
@@ -365,7 +377,7 @@ def _parse_drain(r: "_Reader", tr: dict, i: int) -> Drain:
     d = dict(d)
     for key in d:
         if key != "deadline":
-            raise r.error("translation", i, "drain", f"unknown key '{key}' (known keys: deadline)")
+            raise r.error("translation", i, "drain", _unknown_key(key, ("deadline",), named=True))
     deadline = d.pop("deadline", None)
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 7 * 24 * 3600:
         raise r.error("translation", i, "drain", "expected { deadline = SECONDS } (> 0, at most 604800)")
@@ -516,7 +528,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
                 raise r.error("translation", i, "affinity",
                               "timeout must be > 0 and at most 604800 seconds (7 days)")
             for key in af:
-                raise r.error("translation", i, "affinity", f"unknown key '{key}' (known keys: timeout)")
+                raise r.error("translation", i, "affinity", _unknown_key(key, ("timeout",), named=True))
             affinity = float(affinity)
         allow = []
         for item in r.take(tr, "translation", i, "allow_from", (list,), []):

@@ -78,6 +78,15 @@ BAD = [
     ("no workers", GOOD + "\n[datapath]\nworkers = 0\n", 24, "datapath.workers", "must be between 1 and 64"),
     ("workers as text", GOOD + '\n[datapath]\nworkers = "2"\n', 24, "datapath.workers", "expected an integer"),
     ("unknown datapath key", GOOD + "\n[datapath]\nthreads = 2\n", 24, "datapath.threads", "unknown key"),
+    # a misspelt required key: the unknown key it is, on its own line, with the name it missed
+    ("misspelt required key", GOOD.replace("backends =", "backendz ="), 18, "translation[0].backendz",
+     "unknown key, did you mean 'backends'? ('backends' is required)"),
+    ("misspelt required port", GOOD.replace("port = 80", "prot = 80"), 17, "translation[0].prot",
+     "did you mean 'port'?"),
+    ("misspelt optional key", GOOD.replace("tcp_closing", "tcp_closng"), 6, "timeouts.tcp_closng",
+     "unknown key (did you mean 'tcp_closing'? known keys:"),
+    ("unknown key, nothing close", GOOD.replace("tcp_closing", "zzz"), 6, "timeouts.zzz",
+     "unknown key (known keys:"),
 ]
 
 

@@ -41,6 +41,9 @@ class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket):
         self._snapshot = None
         self._host_ports = _HostPorts(self.steering)
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
+        # requests answered, and those refused by why (runtime/_control.py)
+        self.control_counters = dict.fromkeys(
+            ("requests", "refused_peer", "refused_busy", "too_long", "timeout", "malformed"), 0)
         self.kernel_status = {"snapshots": 0, "neighbour_updates": 0, "neighbour_use": 0, "errors": 0,
                               "last_error": None}
         self._config_seen: Optional[bytes] = None   # digest of the configuration file last applied

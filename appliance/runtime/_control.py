@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import time
 from typing import Optional
 
@@ -25,6 +26,10 @@ log = logging.getLogger("appliance.run")
 
 SESSIONS_LIMIT = 1000     # `show sessions` without --limit
 SESSIONS_SLICE = 64       # sessions described between two turns of the datapath (~2.5 ms)
+# One request is one line: a command and its words (cnat: a JSON list).
+REQUEST_MAX = 65536       # bytes; longer is refused
+REQUEST_SECONDS = 5       # to send it in full
+CLIENTS_MAX = 32          # connections served at once; more are told so and closed
 
 
 class ControlSocket:
@@ -95,7 +100,7 @@ class ControlSocket:
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), **self.datapath_stats(),
                     "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
-                    "config": dict(self.config_status)}
+                    "config": dict(self.config_status), "control": dict(self.control_counters)}
         if command == "translations":   # with each backend's state and figures
             return self.core.describe_translations()
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}
@@ -144,14 +149,40 @@ class ControlSocket:
             await trio.sleep(0)   # the datapath's turn
         await stream.send_all(b'], "shown": %d}\n' % shown)
 
-    async def control_loop(self, sock: socket.socket, path: str) -> None:
-        """Answer `appliance show` on a :func:`_listening_socket`."""
+    async def control_loop(self, sock: socket.socket, path: str, group: Optional[int] = None) -> None:
+        """Answer `appliance show` and `appliance cnat` on a
+        :func:`_control_socket`: for root, the appliance's own user and,
+        with `group`, that group's members, checked by the peer's
+        credentials (SO_PEERCRED) whatever the socket file's mode became."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        clients = 0
+        warn_after = 0.0
+
+        async def serve(stream) -> None:
+            nonlocal clients
+            try:
+                await self._control_client(stream)
+            finally:
+                clients -= 1
+
         try:
             async with trio.open_nursery() as nursery:
                 while True:
                     stream = await listener.accept()
-                    nursery.start_soon(self._control_client, stream)
+                    refused = _peer_refused(stream.socket, group)
+                    if refused:   # before it may hold one of the CLIENTS_MAX places
+                        self.control_counters["refused_peer"] += 1
+                        if time.monotonic() >= warn_after:   # a flood of them: a line per 10 s
+                            log.warning("control socket: %s (show stats: control.refused_peer)", refused)
+                            warn_after = time.monotonic() + 10
+                        nursery.start_soon(_refuse, stream, refused)
+                    elif clients >= CLIENTS_MAX:
+                        self.control_counters["refused_busy"] += 1
+                        nursery.start_soon(_refuse, stream, f"busy: {CLIENTS_MAX} requests are being answered, "
+                                                            "try again")
+                    else:
+                        clients += 1
+                        nursery.start_soon(serve, stream)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
@@ -159,16 +190,35 @@ class ControlSocket:
                 os.unlink(path)
 
     async def _control_client(self, stream) -> None:
+        counters = self.control_counters
         async with stream:
             try:
                 data = b""
-                with trio.move_on_after(5):
-                    while not data.endswith(b"\n") and len(data) < 65536:
-                        chunk = await stream.receive_some(1024)
+                with trio.move_on_after(REQUEST_SECONDS) as waited:
+                    while b"\n" not in data and len(data) <= REQUEST_MAX:
+                        chunk = await stream.receive_some(4096)
                         if not chunk:
                             break
                         data += chunk
-                text = data.decode(errors="replace")
+                error = None
+                if len(data) > REQUEST_MAX:
+                    counters["too_long"] += 1
+                    error = f"request longer than {REQUEST_MAX} bytes"
+                elif waited.cancelled_caught:
+                    counters["timeout"] += 1
+                    error = f"no whole request (one line, ending in a newline) within {REQUEST_SECONDS} s"
+                else:
+                    try:
+                        text = data.decode()
+                    except UnicodeDecodeError:
+                        text = None
+                    if text is None or "\0" in text:
+                        counters["malformed"] += 1
+                        error = "request is not UTF-8 text"
+                if error:
+                    await stream.send_all(json.dumps({"error": error}).encode() + b"\n")
+                    return
+                counters["requests"] += 1
                 command, *args = text.split() or [""]
                 if command == "sessions":
                     await self.send_sessions(stream, args)
@@ -188,6 +238,42 @@ class ControlSocket:
                 pass   # the asker went away: its business, not the appliance's
 
 
+async def _refuse(stream, reason: str) -> None:
+    async with stream:
+        try:
+            await stream.send_all(json.dumps({"error": reason}).encode() + b"\n")
+            # take the request it sent: closing with it unread would reset the
+            # connection, and the asker might lose the answer
+            with trio.move_on_after(1):
+                await stream.receive_some(REQUEST_MAX)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _peer_refused(sock, group: Optional[int]) -> Optional[str]:
+    """Why the process at the other end may not use the control socket
+    (None: it may): not root, not our own user, not in `group`."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    if uid in (0, os.geteuid()):
+        return None
+    if group is not None and (gid == group or group in _groups(pid)):
+        return None
+    allowed = "root" + (f" and group {group}" if group is not None else "")
+    return f"refused: uid {uid} (pid {pid}) is not allowed; the control socket is for {allowed}"
+
+
+def _groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
 def _session_json(s) -> dict:
     return {"index": s.index, "proto": s.proto, "src": f"{s.src}", "sport": s.sport, "dst": f"{s.dst}",
             "dport": s.dport, "new_src": f"{s.new_src}", "new_sport": s.new_sport, "new_dst": f"{s.new_dst}",
@@ -198,15 +284,22 @@ def _session_json(s) -> dict:
 async def query(path: str, command: str) -> dict:
     """Ask a running appliance over its control socket."""
     stream = await trio.open_unix_socket(path)
+    data = b""
     async with stream:
-        await stream.send_all(command.encode() + b"\n")
-        data = b""
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+        try:
+            await stream.send_all(command.encode() + b"\n")
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except trio.BrokenResourceError as exc:   # reset: what came before it is the answer
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "the appliance closed the connection") from exc
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ConnectionResetError(errno.ECONNRESET, "the appliance closed the connection mid-answer") from None
 
 
 def _control_socket(path: str, group: Optional[int]) -> socket.socket:

@@ -79,7 +79,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
             for task in app.plugins.background_tasks():
                 nursery.start_soon(task)
             if control_sock is not None:
-                nursery.start_soon(app.control_loop, control_sock, control)
+                nursery.start_soon(app.control_loop, control_sock, control, control_group)
             if metrics_sock is not None:
                 nursery.start_soon(_metrics.serve, lambda: app.answer("stats"), metrics_sock)
             print(f"appliance: ready on {', '.join(config.interface_names)}", flush=True)

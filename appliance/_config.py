@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import ipaddress
 import pathlib
 import re
@@ -35,7 +36,13 @@ class ConfigError(Exception):
         self.reason = reason
         self.line = line
         where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+        super().__init__(_one_line(f"{where}: {key}: {reason}" if key else f"{where}: {reason}"))
+
+
+def _one_line(text: str) -> str:
+    """Unprintable characters (a newline, U+2028 from a quoted value) escaped:
+    an error is one line to whoever reads it."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 # How the steering program attaches to an interface: "native" is the
@@ -130,24 +137,46 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"']+)\s*\]\]?")
 
 
 def _find_line(text: str, table: Optional[str], index: Optional[int], key: Optional[str]) -> Optional[int]:
-    lines = text.splitlines()
+    # "\n" only: TOML's lines, not splitlines()'s (which also breaks at U+2028, U+0085, ...)
+    lines = text.split("\n")
     count = -1
     in_target = table is None
-    key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*=") if key else None
     header_line = None
     for no, line in enumerate(lines, 1):
         m = _HEADER.match(line)
         if m:
             name = m.group(2).strip("\"'")
+            if table is None and name == key:   # a top-level key written as a table: [flow_hash_seed]
+                return no
             if m.group(1) == "[[" and name == table:
                 count += 1
             in_target = name == table and (index is None or count == index)
             if in_target:
                 header_line = no
             continue
-        if in_target and key_re is not None and key_re.match(line):
+        if in_target and key is not None and _line_key(line) == key:
             return no
     return header_line
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")   # dots: the paths this module names (timeouts.session)
+_KEY = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""")
+
+
+def _line_key(line: str) -> Optional[str]:
+    """The key a `key = value` line sets, bare or quoted."""
+    m = _KEY.match(line)
+    if not m:
+        return None
+    key = m.group(1)
+    if key[0] == "'":
+        return key[1:-1]
+    if key[0] == '"':
+        try:
+            return tomllib.loads(f"k = {key}")["k"]
+        except tomllib.TOMLDecodeError:
+            return None
+    return key
 
 
 class _Reader:
@@ -162,12 +191,14 @@ class _Reader:
               line_key: Optional[str] = None) -> ConfigError:
         """line_key: the key whose line to name, when key is inside an
         inline table (``timeouts.session`` is on the line of ``timeouts``)."""
-        name = ""
+        name, line = "", _find_line(self.text, table, index, line_key or key)
         if table:
             name = table + (f"[{index}]" if index is not None else "")
         if key:
+            if not _BARE_KEY.match(key):   # as it is written: "vip " is not vip
+                key = json.dumps(key, ensure_ascii=False)
             name = f"{name}.{key}" if name else key
-        return ConfigError(self.path, name, reason, _find_line(self.text, table, index, line_key or key))
+        return ConfigError(self.path, name, reason, line)
 
     def take(self, data: dict, table, index, key, types, default=None, required=False):
         if key not in data:
@@ -209,6 +240,9 @@ def _type_names(types) -> str:
 
 def parse_backend(text: str, family: int) -> Backend:
     """Parse the seed's ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``."""
+    odd = next((c for c in text if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:   # str.split() would take U+2028 or U+00A0 for a space
+        raise ValueError(f"character {odd!r} (U+{ord(odd):04X}): only ASCII letters, digits, spaces and '->'")
     if "->" not in text:
         raise ValueError("expected '[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]' (missing '->')")
     left, _, right = text.partition("->")

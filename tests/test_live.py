@@ -972,6 +972,40 @@ def test_config_file_is_watched_bad_versions_are_rejected(live):
     assert {live.curl(cli, "http://30.0.0.2/") for _ in range(4)} == {"backend1 10.0.0.2"}
 
 
+def test_generated_invalid_configs_are_each_rejected_and_the_last_good_one_serves(live):
+    """Issue 15's config fuzz against a running appliance: each broken
+    version (tests/test_config_fuzz.py's generator, on this configuration)
+    is rejected with one FILE:LINE line, and the vips keep answering."""
+    import random
+    import tomllib
+
+    from test_config_fuzz import emit, mutate
+
+    cli, good = live.topo.ns_client, live.config.read_text()
+    base = tomllib.loads(good)
+    kinds = collections.Counter()
+    rejections = lambda: [line for line in live.log.read_text().splitlines()
+                          if line.startswith("appliance: configuration rejected")]
+    for seed in range(40):
+        kind, doc, _ = mutate(random.Random(seed), base)
+        kinds[kind] += 1
+        before = len(rejections())
+        live.config.write_text(emit(doc)[0])
+        live.app.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while len(rejections()) == before and time.time() < deadline:
+            time.sleep(0.05)
+        rejected = rejections()
+        assert len(rejected) == before + 1, f"seed {seed} ({kind}) not rejected:\n{live.log.read_text()}"
+        assert re.search(rf"previous one: {re.escape(str(live.config))}:\d+: \S", rejected[-1]), rejected[-1]
+        if seed % 10 == 0:
+            assert live.curl(cli, "http://30.0.0.2/").startswith("backend")
+    assert len(kinds) == 5, kinds   # every kind of break was tried
+    assert "Traceback" not in live.log.read_text()
+    assert live.udp(cli, "30.0.0.2", 53).split()[1] in ("backend0", "backend1")
+    assert live.app.poll() is None
+
+
 def test_a_real_icmp_translation_sends_echo_requests_to_its_backend(live):
     """`real` icmp on a host address: its echo requests are the backend's
     to answer (once, the kernel answered them itself, translation or not)."""

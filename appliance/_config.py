@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import ipaddress
+import json
 import pathlib
 import re
 import tomllib
@@ -240,7 +240,7 @@ def _type_names(types) -> str:
 
 def parse_backend(text: str, family: int) -> Backend:
     """Parse the seed's ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``."""
-    odd = next((c for c in text if not (c.isascii() and c.isprintable())), None)
+    odd = next((c for c in text if not (c.isascii() and (c.isprintable() or c == "\t"))), None)
     if odd is not None:   # str.split() would take U+2028 or U+00A0 for a space
         raise ValueError(f"character {odd!r} (U+{ord(odd):04X}): only ASCII letters, digits, spaces and '->'")
     if "->" not in text:

@@ -238,6 +238,13 @@ def _type_names(types) -> str:
 
 # --------------------------------------------------------------------------
 
+def _interface_name(name) -> bool:
+    """The kernel's rule (dev_valid_name): 1 to 15 bytes, no '/', ':' or
+    space, not '.' or '..'; unprintable characters refused too."""
+    return (isinstance(name, str) and 1 <= len(name.encode()) <= 15 and name not in (".", "..")
+            and name.isprintable() and not re.search(r"[\s/:]", name))
+
+
 def parse_backend(text: str, family: int) -> Backend:
     """Parse the seed's ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``."""
     odd = next((c for c in text if not (c.isascii() and (c.isprintable() or c == "\t"))), None)
@@ -494,7 +501,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             by_dst.append((net, addr))
         ifaces = r.take(sn, "snat", None, "interfaces", (list,), [])
         for item in ifaces:
-            if not isinstance(item, str) or not item or len(item) > 15:
+            if not _interface_name(item):
                 raise r.error("snat", None, "interfaces", f"{item!r} is not an interface name")
         r.no_leftovers(sn, "snat", None, {"ip4", "ip6", "exclude", "interfaces", "policy", "pod_prefixes",
                                           "by_destination"})
@@ -610,7 +617,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         if not isinstance(itf, dict):
             raise r.error("interface", i, None, "must be a table ([[interface]])")
         name = r.take(itf, "interface", i, "name", (str,), required=True)
-        if not re.fullmatch(r"[^\s/:]{1,15}", name):
+        if not _interface_name(name):
             raise r.error("interface", i, "name", f"'{name}' is not an interface name")
         if any(x.name == name for x in interfaces):
             raise r.error("interface", i, "name", f"interface '{name}' listed twice")

@@ -1,5 +1,7 @@
 """Configuration errors name the file, the line, the key and the reason."""
 
+import json
+
 import pytest
 
 from appliance import ConfigError, load_config, parse_config
@@ -121,3 +123,12 @@ def test_config_errors(what, text, line, key, reason):
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("name", ["a/b", "a:1", "a b", ".", "..", "ąąąąąąąą", "a\u2028b", "x" * 16])
+def test_interface_names_follow_the_kernels_rules(name):
+    for text in (f'[[interface]]\nname = {json.dumps(name)}\n',
+                 f'[snat]\nip4 = "1.1.1.1"\ninterfaces = [{json.dumps(name)}]\n'):
+        with pytest.raises(ConfigError, match="is not an interface name"):
+            parse_config(text, "i.toml")
+    parse_config('[[interface]]\nname = "eth0.100"\n[snat]\nip4 = "1.1.1.1"\ninterfaces = ["veth-a_1"]\n', "i.toml")

@@ -85,7 +85,7 @@ def emit(doc: dict) -> tuple[str, dict]:
 
     def keys(d, path):
         for k, v in d.items():
-            if isinstance(v, dict) and path == () or isinstance(v, list) and v and isinstance(v[0], dict):
+            if (isinstance(v, dict) and path == ()) or (isinstance(v, list) and v and isinstance(v[0], dict)):
                 continue   # a table of its own, below
             lines.append(f"{_key(k)} = {_value(v)}")
             where[path + (k,)] = len(lines)

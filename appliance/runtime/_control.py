@@ -123,7 +123,7 @@ class ControlSocket:
                 else:
                     raise ValueError(f"unknown argument {arg!r}")
             except ValueError as exc:
-                await stream.send_all(json.dumps({"error": f"sessions: {arg}: {exc}"}).encode() + b"\n")
+                await _send(stream, {"error": f"sessions: {arg}: {exc}"})
                 return
         total = self.core.statistics().sessions
         await stream.send_all(b'{"total": %d, "sessions": [' % total)
@@ -190,35 +190,15 @@ class ControlSocket:
                 os.unlink(path)
 
     async def _control_client(self, stream) -> None:
-        counters = self.control_counters
         async with stream:
             try:
-                data = b""
-                with trio.move_on_after(REQUEST_SECONDS) as waited:
-                    while b"\n" not in data and len(data) <= REQUEST_MAX:
-                        chunk = await stream.receive_some(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                error = None
-                if len(data) > REQUEST_MAX:
-                    counters["too_long"] += 1
-                    error = f"request longer than {REQUEST_MAX} bytes"
-                elif waited.cancelled_caught:
-                    counters["timeout"] += 1
-                    error = f"no whole request (one line, ending in a newline) within {REQUEST_SECONDS} s"
-                else:
-                    try:
-                        text = data.decode()
-                    except UnicodeDecodeError:
-                        text = None
-                    if text is None or "\0" in text:
-                        counters["malformed"] += 1
-                        error = "request is not UTF-8 text"
-                if error:
-                    await stream.send_all(json.dumps({"error": error}).encode() + b"\n")
+                text, refused = await _read_request(stream)
+                if refused:
+                    counter, error = refused
+                    self.control_counters[counter] += 1
+                    await _send(stream, {"error": error})
                     return
-                counters["requests"] += 1
+                self.control_counters["requests"] += 1
                 command, *args = text.split() or [""]
                 if command == "sessions":
                     await self.send_sessions(stream, args)
@@ -231,17 +211,43 @@ class ControlSocket:
                     else:
                         async with self._reloading:    # one change at a time, file reloads included
                             answer = await self.cnat(words)
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+                    await _send(stream, answer)
                 else:
-                    await stream.send_all(json.dumps(self.answer(command)).encode() + b"\n")
+                    await _send(stream, self.answer(command))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass   # the asker went away: its business, not the appliance's
+
+
+async def _read_request(stream) -> tuple[Optional[str], Optional[tuple[str, str]]]:
+    """The request's line, or the counter and the error that refuse it."""
+    data = b""
+    with trio.move_on_after(REQUEST_SECONDS) as waited:
+        while b"\n" not in data and len(data) <= REQUEST_MAX:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break
+            data += chunk
+    if len(data) > REQUEST_MAX:
+        return None, ("too_long", f"request longer than {REQUEST_MAX} bytes")
+    if waited.cancelled_caught:
+        return None, ("timeout", f"no whole request (one line, ending in a newline) within {REQUEST_SECONDS} s")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        return None, ("malformed", "request is not UTF-8 text (or holds a NUL)")
+    return text, None
+
+
+async def _send(stream, answer: dict) -> None:
+    await stream.send_all(json.dumps(answer).encode() + b"\n")
 
 
 async def _refuse(stream, reason: str) -> None:
     async with stream:
         try:
-            await stream.send_all(json.dumps({"error": reason}).encode() + b"\n")
+            await _send(stream, {"error": reason})
             # take the request it sent: closing with it unread would reset the
             # connection, and the asker might lose the answer
             with trio.move_on_after(1):

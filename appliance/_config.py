@@ -21,10 +21,13 @@ import re
 import tomllib
 from typing import Optional
 
-from ._types import BACKEND_STATES, Backend, Drain, HealthCheck, IPAddress, Timeouts, Translation
+from ._types import (BACKEND_STATES, TIMEOUT_MAX, TIMEOUT_MIN, Backend, Drain, HealthCheck, IPAddress,
+                     Timeouts, Translation)
 
 MAX_WORKERS = 64   # io.h IO_MAX_WORKERS
 DEFAULT_MAX_SESSIONS = 1 << 20
+DEFAULT_HOOK_BUDGET_MS = 5.0
+DEFAULT_DISABLE_AFTER = 10
 
 
 class ConfigError(Exception):
@@ -118,6 +121,8 @@ class Config:
     snat: Optional[SnatConfig] = None
     translations: tuple[Translation, ...] = ()
     plugin_modules: tuple[str, ...] = ()
+    plugin_budget_ms: float = DEFAULT_HOOK_BUDGET_MS   # [plugins] hook_budget_ms: per hook call
+    plugin_disable_after: int = DEFAULT_DISABLE_AFTER  # [plugins] disable_after: overruns in 60 s; 0: never
     max_sessions: int = DEFAULT_MAX_SESSIONS
     interfaces: tuple[InterfaceConfig, ...] = ()   # data interfaces of `appliance run`
     locality: tuple[tuple[str, str], ...] = ()     # [locality] labels: this appliance's own
@@ -299,7 +304,7 @@ def _take_timeouts(r: "_Reader", t: dict, table: str, index: Optional[int], pref
         line_key = prefix.rstrip(".") or None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise r.error(table, index, prefix + key, f"expected a number, got {_toml(v)}", line_key)
-        if not 0.001 <= v <= 7 * 24 * 3600:
+        if not TIMEOUT_MIN <= v <= TIMEOUT_MAX:
             raise r.error(table, index, prefix + key, "must be at least 0.001 and at most 604800 seconds (7 days)",
                           line_key)
         tv[key] = float(v)
@@ -609,7 +614,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     for m in modules:
         if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", m):
             raise r.error("plugins", None, "modules", f"{m!r} is not a module name")
-    r.no_leftovers(p, "plugins", None, {"modules"})
+    budget = r.take(p, "plugins", None, "hook_budget_ms", (int, float), DEFAULT_HOOK_BUDGET_MS)
+    if not 0.01 <= budget <= 60000:
+        raise r.error("plugins", None, "hook_budget_ms", "must be between 0.01 and 60000 milliseconds")
+    disable_after = r.take(p, "plugins", None, "disable_after", (int,), DEFAULT_DISABLE_AFTER)
+    if not 0 <= disable_after <= 1_000_000:
+        raise r.error("plugins", None, "disable_after", "must be between 0 (never disable) and 1000000 overruns")
+    r.no_leftovers(p, "plugins", None, {"modules", "hook_budget_ms", "disable_after"})
 
     # [[interface]]
     interfaces: list[InterfaceConfig] = []
@@ -637,6 +648,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
+                  plugin_budget_ms=float(budget), plugin_disable_after=disable_after,
                   max_sessions=max_sessions, interfaces=tuple(interfaces),
                   locality=tuple(sorted(labels.items())), workers=workers)
 

@@ -112,6 +112,12 @@ def render(stats: dict) -> str:
                 for k, v in sorted(fig.items())])
     out.family("appliance_plugin_errors_total", "counter", "plugin exceptions, contained, per plugin hook",
                [({"where": w}, v) for w, v in sorted(nat["plugin_errors"].items())])
+    out.family("appliance_plugin_overruns_total", "counter",
+               "plugin hook calls longer than [plugins] hook_budget_ms, per plugin",
+               [({"plugin": p}, v) for p, v in sorted(nat.get("plugin_overruns", {}).items())])
+    out.family("appliance_plugin_disabled", "gauge",
+               "1 for each plugin disabled for its overruns (until restart; the reason is in show stats)",
+               [({"plugin": p}, 1) for p in sorted(nat.get("plugins_disabled", {}))])
     for name, value in stats["io"].items():
         out.family(f"appliance_io_{name}_total", "counter",
                    "datapath counter io." + name + " (docs/operations.md)", [({}, value)])

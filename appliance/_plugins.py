@@ -5,6 +5,14 @@ not the network's: it is counted per plugin, logged once per plugin with its
 traceback (then every 1000th time), and the *next* plugin decides for that
 flow (the built-ins last, which never fail).
 
+Time is contained too: each hook call is timed (one clock read per call
+boundary, not a wrapper per plugin) against ``[plugins] hook_budget_ms``;
+an overrun is counted, and a plugin with ``disable_after`` overruns within
+OVERRUN_WINDOW_NS is unregistered with a logged reason (docs/plugins.md).
+A call that never returns cannot be cut short from this thread: the
+datapath workers run in threads of their own so established flows do not
+wait on it (runtime/_datapath.py).
+
 Order (docs/plugins.md): objects handed in (tests, the kit), then
 ``[plugins] modules`` as listed, then entry points by name, then the
 first-party plugins, then the built-ins. pluggy calls the last registered
@@ -19,8 +27,11 @@ import importlib.metadata
 import inspect
 import ipaddress
 import logging
+import math
 import os
+import reprlib
 import sys
+import time
 from typing import Any, Callable, Iterable
 
 import pluggy
@@ -37,19 +48,37 @@ DEFAULTS_NAME = "appliance_plugins.defaults"
 FIRST_PARTY = ("appliance_plugins.affinity", "appliance_plugins.maglev", "appliance_plugins.least_sessions",
                "appliance_plugins.health")
 
+#: Overruns count towards disabling for this long (a plugin slow once a
+#: minute under load is counted, not disabled).
+OVERRUN_WINDOW_NS = 60_000_000_000
+#: The most figures one plugin's appliance_statistics may report.
+FIGURES_MAX = 64
+
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 80
+
 
 class Plugins:
     """The plugin manager of one appliance, with contained hook calls."""
 
     def __init__(self, modules: Iterable[str] = (), *, entry_points: bool = True,
                  objects: Iterable[Any] = (), config_path: str = "<config>",
-                 first_party: bool = True) -> None:
+                 first_party: bool = True, clock: Callable[[], int] = time.perf_counter_ns) -> None:
         from appliance_plugins.defaults import DefaultPolicies
 
         self.pm = pluggy.PluginManager(hooks.PROJECT)
         self.pm.add_hookspecs(hooks)
         self.defaults = DefaultPolicies()
         self.errors: collections.Counter[str] = collections.Counter()
+        #: hook calls longer than the budget, per plugin
+        self.overruns: collections.Counter[str] = collections.Counter()
+        #: plugins taken out for their overruns: name -> reason
+        self.disabled: dict[str, str] = {}
+        self.clock = clock
+        self.budget_ns = 5_000_000
+        self.disable_after = 10
+        self._recent_overruns: dict[str, collections.deque] = {}
+        self._task_scopes: dict[str, list] = {}
         #: who decided the last new flow's backend (for explain)
         self.decider = ""
         self._register(self.defaults, DEFAULTS_NAME, config_path)
@@ -193,20 +222,28 @@ class Plugins:
                                   _find_line(_text(config.path), "translation", t.id, "selector"))
 
     # -- decisions (once per new flow) -----------------------------------
+    #
+    # An answer is checked by its exact type before it is compared: a
+    # plugin's object never runs its own __eq__/__hash__ here.
 
-    def _ask(self, chain: list, hook_name: str, args: tuple, valid: Callable[[Any], bool]) -> tuple[Any, str]:
-        """The first valid answer along a chain, and who gave it; a plugin
-        that raises or answers invalidly is counted and skipped."""
+    def _ask(self, chain: list, hook_name: str, args: tuple, valid: Callable[[Any], Any]) -> tuple[Any, str]:
+        """The first valid answer along a chain (as valid() gives it back),
+        and who gave it; a plugin that raises or answers invalidly is
+        counted and skipped."""
+        t0 = self.clock()
         for fn, name in chain:
             try:
                 r = fn(*args)
             except Exception as exc:
+                t0 = self._timed(t0, name, hook_name)
                 self._contain(hook_name, exc, name)
                 continue
+            t0 = self._timed(t0, name, hook_name)
             if r is None:
                 continue
-            if valid(r):
-                return r, name
+            checked = valid(r)
+            if checked is not None:
+                return checked, name
             self._invalid(hook_name, r, name)
         return None, ""
 
@@ -215,51 +252,112 @@ class Plugins:
         with at least one eligible backend. Never raises. (Written out, not
         through _ask: this runs for every new flow, ~0.5 us saved.)"""
         eligible = backends.eligible_set
+        h = flow.hash
+        budget, clock = self.budget_ns, self.clock
+        t0 = clock()
         for fn, name in self._select:
             try:
                 r = fn(flow, translation, backends)
             except Exception as exc:
+                t0 = self._timed(t0, name, "appliance_select_backend")
                 self._contain("appliance_select_backend", exc, name)
                 continue
+            t1 = clock()
+            if t1 - t0 > budget:
+                self._overrun(name, "appliance_select_backend", t1 - t0, t1)
+            t0 = t1
             if r is None:
                 continue
-            if r == hooks.DROP or (type(r) is int and r in eligible):
+            if (type(r) is int and r in eligible) or (type(r) is str and r == hooks.DROP):
                 self.decider = name
                 return r
             self._invalid("appliance_select_backend", r, name)
         sel = translation.selector
-        if sel != "hash":
-            fn = self.selectors[sel]    # check() refused configurations naming another
+        fn = self.selectors[sel] if sel != "hash" else None   # check() refused unknown names
+        if fn is not None:
+            owner = self.selector_owner[sel]
             try:
                 r = fn(flow, backends)
             except Exception as exc:
-                self._contain(f"selector {sel}", exc, self.selector_owner[sel])
+                self._contain(f"selector {sel}", exc, owner)
                 r = None
+            t1 = clock()
+            if t1 - t0 > budget:
+                self._overrun(owner, f"selector {sel}", t1 - t0, t1)
             if type(r) is int and r in eligible:
                 self.decider = f"selector {sel}"
                 return r
             if r is not None:
-                self._invalid(f"selector {sel}", r, self.selector_owner[sel])
+                self._invalid(f"selector {sel}", r, owner)
         self.decider = "selector hash"
-        return backends.pick_weighted(flow.hash)
+        return backends.pick_weighted(h)
 
     def backend_chosen(self, flow: Any, translation: Any, backends: Any, index: int) -> None:
+        clock = self.clock
+        t0 = clock()
         for fn, name in self._chosen:
             try:
                 fn(flow, translation, backends, index)
             except Exception as exc:
                 self._contain("appliance_backend_chosen", exc, name)
+            t1 = clock()
+            if t1 - t0 > self.budget_ns:
+                self._overrun(name, "appliance_backend_chosen", t1 - t0, t1)
+            t0 = t1
 
     def session_timeouts(self, flow: Any, translation: Any) -> Any:
-        from ._types import Timeouts
-
-        r, _ = self._ask(self._timeouts, "appliance_session_timeouts", (flow, translation),
-                         lambda r: isinstance(r, Timeouts))
+        r, _ = self._ask(self._timeouts, "appliance_session_timeouts", (flow, translation), _valid_timeouts)
         return r if r is not None else self.defaults.appliance_session_timeouts(flow, translation)
 
     def snat(self, flow: Any, snat: Any) -> Any:
+        """hooks.DROP, hooks.NO_SNAT or the address (an ipaddress object of
+        the flow's family) to SNAT the new flow to."""
         r, _ = self._ask(self._snat, "appliance_snat", (flow, snat), lambda r: _valid_snat(r, flow))
-        return r if r is not None else self.defaults.appliance_snat(flow, snat)
+        return r if r is not None else self.defaults.appliance_snat(flow, snat)   # NO_SNAT or an address
+
+    # -- time ------------------------------------------------------------
+
+    def _timed(self, t0: int, culprit: str, hook_name: str) -> int:
+        """The clock now; an overrun counted if the call since t0 took longer
+        than the budget."""
+        t1 = self.clock()
+        if t1 - t0 > self.budget_ns:
+            self._overrun(culprit, hook_name, t1 - t0, t1)
+        return t1
+
+    def _overrun(self, culprit: str, hook_name: str, took_ns: int, now_ns: int) -> None:
+        if culprit == DEFAULTS_NAME or culprit in self.disabled:
+            return      # the last word is never taken out
+        self.overruns[culprit] += 1
+        n = self.overruns[culprit]
+        recent = self._recent_overruns.setdefault(culprit, collections.deque())
+        recent.append(now_ns)
+        while recent[0] < now_ns - OVERRUN_WINDOW_NS:
+            recent.popleft()
+        limit = self.disable_after
+        if limit and len(recent) >= limit:
+            self.disable(culprit, f"{len(recent)} calls over the {self.budget_ns / 1e6:g} ms budget "
+                         f"within {OVERRUN_WINDOW_NS // 10**9} s, the last {hook_name} "
+                         f"({took_ns / 1e6:.1f} ms)")
+        elif n == 1 or n % 1000 == 0:
+            log.warning("plugin %s took %.1f ms in %s, over the %g ms budget (%d so far)",
+                        culprit, took_ns / 1e6, hook_name, self.budget_ns / 1e6, n)
+
+    def disable(self, name: str, reason: str) -> None:
+        """Take a plugin out of every hook until the appliance restarts: its
+        decisions pass to the next plugin, its selectors to the hash, its
+        background tasks are cancelled."""
+        if name == DEFAULTS_NAME or name in self.disabled:
+            return
+        self.disabled[name] = reason
+        log.error("plugin %s disabled: %s; the next plugin decides in its place until restart", name, reason)
+        self.pm.unregister(name=name)
+        for sel, owner in self.selector_owner.items():
+            if owner == name:
+                self.selectors[sel] = None
+        for scope in self._task_scopes.pop(name, ()):
+            scope.cancel()
+        self._refresh_calls()
 
     # -- containment -----------------------------------------------------
 
@@ -274,33 +372,55 @@ class Plugins:
         self.errors[culprit] += 1
         n = self.errors[culprit]
         if n == 1 or n % 1000 == 0:
-            log.error("plugin %s answered %s with an invalid value %r (%d so far); the next plugin decides",
-                      culprit, hook_name, answer, n)
+            log.error("plugin %s answered %s with an invalid value %s (%d so far); the next plugin decides",
+                      culprit, hook_name, _describe(answer), n)
 
     def figures(self) -> dict[str, dict]:
-        """Each plugin's own figures (appliance_statistics), by plugin."""
+        """Each plugin's own figures (appliance_statistics), by plugin: names
+        as text, finite numbers only, at most FIGURES_MAX of each."""
         out: dict[str, dict] = {}
         for impl in reversed(self.pm.hook.appliance_statistics.get_hookimpls()):
+            t0 = self.clock()
             try:
                 got = impl.function()
+                if not isinstance(got, dict):
+                    continue
+                figures = {}
+                for k, v in got.items():
+                    if type(k) is str and type(v) in (int, float) and math.isfinite(v):
+                        figures[k[:64]] = v
+                        if len(figures) == FIGURES_MAX:
+                            break
+                out[impl.plugin_name] = figures
             except Exception as exc:
                 self._contain("appliance_statistics", exc, impl.plugin_name)
-                continue
-            if isinstance(got, dict):
-                out[impl.plugin_name] = {str(k): v for k, v in got.items() if isinstance(v, (int, float))}
+            finally:
+                self._timed(t0, impl.plugin_name, "appliance_statistics")
         return out
 
     # -- notifications ---------------------------------------------------
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call a notification hook; every implementation runs even if one raises."""
+        clock = self.clock
+        t0 = clock()
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
                 self._contain(hook_name, exc, impl.plugin_name)
+            t1 = clock()
+            if t1 - t0 > self.budget_ns:
+                self._overrun(impl.plugin_name, hook_name, t1 - t0, t1)
+            t0 = t1
 
     def configure(self, config: Config, backends: Any = None) -> None:
+        """A configuration applies: the budget is the new one from here on,
+        and every plugin hears of it. A plugin raising here rejects nothing
+        (counted and logged); the configuration is the operator's, not the
+        plugin's."""
+        self.budget_ns = round(config.plugin_budget_ms * 1e6)
+        self.disable_after = config.plugin_disable_after
         self.notify("appliance_configure", config=config, backends=backends if backends is not None else {})
 
     def background_tasks(self) -> list[Any]:
@@ -317,13 +437,23 @@ class Plugins:
         return tasks
 
     def _contained_task(self, fn: Callable[[], Any], culprit: str) -> Callable[[], Any]:
+        import trio
+
         async def contained() -> None:
-            try:
-                await fn()
-            except Exception as exc:   # cancellation is a BaseException: it passes
-                self._contain("appliance_background_tasks", exc, culprit)
-                log.error("background task %s of plugin %s ended with an error; the appliance goes on "
-                          "without it", getattr(fn, "__name__", fn), culprit)
+            if culprit in self.disabled:
+                return
+            with trio.CancelScope() as scope:    # cancelled if the plugin is disabled
+                self._task_scopes.setdefault(culprit, []).append(scope)
+                try:
+                    await fn()
+                except Exception as exc:   # cancellation is a BaseException: it passes
+                    self._contain("appliance_background_tasks", exc, culprit)
+                    log.error("background task %s of plugin %s ended with an error; the appliance goes on "
+                              "without it", getattr(fn, "__name__", fn), culprit)
+                finally:
+                    scopes = self._task_scopes.get(culprit, [])
+                    if scope in scopes:
+                        scopes.remove(scope)
 
         return contained
 
@@ -337,13 +467,34 @@ def _positional(fn: Callable[..., Any], argnames: tuple, spec: tuple) -> Callabl
     return lambda *args: fn(*[args[i] for i in idx])
 
 
-def _valid_snat(r: Any, flow: Any) -> bool:
-    if r in (hooks.DROP, hooks.NO_SNAT):
-        return True
+def _valid_snat(r: Any, flow: Any) -> Any:
+    """The answer as the core takes it (DROP, NO_SNAT or an address object of
+    the flow's family), or None for an invalid one."""
+    t = type(r)
+    if t is str:
+        if r == hooks.DROP or r == hooks.NO_SNAT:
+            return r
+        try:
+            r = ipaddress.ip_address(r)
+        except ValueError:
+            return None
+    elif t is not ipaddress.IPv4Address and t is not ipaddress.IPv6Address:
+        return None
+    return r if r.version == flow.family else None
+
+
+def _valid_timeouts(r: Any) -> Any:
+    from ._types import Timeouts
+
+    return r if type(r) is Timeouts else None
+
+
+def _describe(answer: Any) -> str:
+    """A plugin's answer for a log line: short, and whatever its __repr__ does."""
     try:
-        return ipaddress.ip_address(r).version == flow.family
-    except (TypeError, ValueError):
-        return False
+        return _brief.repr(answer)
+    except Exception:
+        return f"<{type(answer).__name__} whose repr() raised>"
 
 
 def _text(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import operator
 import socket
 import types
 from typing import Mapping, Optional, Union
@@ -160,6 +161,9 @@ def default_translation_name(proto: str, address: IPAddress, port: int) -> str:
     return f"{proto}/{address}" if proto == "icmp" else f"{proto}/{address}/{port}"
 
 
+TIMEOUT_MIN, TIMEOUT_MAX = 0.001, 7 * 24 * 3600.0   # seconds: [timeouts] and a plugin's Timeouts
+
+
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
     """Session lifetimes in seconds (VPP cnat defaults, plus half-closed).
@@ -175,6 +179,18 @@ class Timeouts:
     tcp_closing: float = 5.0
     tcp_half_closed: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        # a plugin's Timeouts reaches the C profiles as it is: out-of-range
+        # values raise here, in the plugin, where they are contained
+        for field in ("session", "tcp_established", "tcp_closing", "tcp_half_closed"):
+            v = getattr(self, field)
+            if v is None and field == "tcp_half_closed":
+                continue
+            if type(v) not in (int, float) or not TIMEOUT_MIN <= v <= TIMEOUT_MAX:
+                got = f"an int of {v.bit_length()} bits" if type(v) is int else repr(v)[:40]
+                raise ValueError(f"Timeouts.{field} must be a number of seconds from {TIMEOUT_MIN} to "
+                                 f"{TIMEOUT_MAX}, not {got}")
+
     def as_ms(self) -> tuple[int, int, int, int]:
         half = self.tcp_established if self.tcp_half_closed is None else self.tcp_half_closed
         return (
@@ -188,26 +204,38 @@ class Timeouts:
 class Flow:
     """A new flow as the slow path sees it (one per new flow, never per packet).
 
-    Addresses are decoded lazily: most decisions only need ``hash`` or ports.
+    Read-only: every plugin is handed the same object, so one cannot change
+    what the next one (or the core) sees; setting an attribute raises
+    AttributeError, contained like any exception of a plugin. Addresses are
+    decoded lazily: most decisions only need ``hash`` or ports.
     """
 
-    __slots__ = ("family", "proto", "_src", "_dst", "sport", "dport", "interface", "hash",
-                 "tcp_flags", "time", "_src_ip", "_dst_ip")
+    __slots__ = ("_family", "_proto", "_src", "_dst", "_sport", "_dport", "_interface", "_hash",
+                 "_tcp_flags", "_time", "_src_ip", "_dst_ip")
 
     def __init__(self, family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int,
                  interface: str, hash: int, tcp_flags: int = 0, time: float = 0.0) -> None:
-        self.family = family
-        self.proto = proto
+        self._family = family
+        self._proto = proto
         self._src = src
         self._dst = dst
-        self.sport = sport
-        self.dport = dport
-        self.interface = interface
-        self.hash = hash
-        self.tcp_flags = tcp_flags
-        self.time = time          # the first packet's time (the core's clock, seconds)
+        self._sport = sport
+        self._dport = dport
+        self._interface = interface
+        self._hash = hash
+        self._tcp_flags = tcp_flags
+        self._time = time
         self._src_ip: Optional[IPAddress] = None
         self._dst_ip: Optional[IPAddress] = None
+
+    family = property(operator.attrgetter("_family"), doc="4 or 6")
+    proto = property(operator.attrgetter("_proto"), doc="the IP protocol number")
+    sport = property(operator.attrgetter("_sport"), doc="source port (ICMP echo: the identifier)")
+    dport = property(operator.attrgetter("_dport"))
+    interface = property(operator.attrgetter("_interface"), doc="the interface the first packet came in on")
+    hash = property(operator.attrgetter("_hash"), doc="the keyed flow hash of the 5-tuple")
+    tcp_flags = property(operator.attrgetter("_tcp_flags"))
+    time = property(operator.attrgetter("_time"), doc="the first packet's time (the core's clock, seconds)")
 
     @property
     def src(self) -> IPAddress:
@@ -224,10 +252,6 @@ class Flow:
     @property
     def proto_name(self) -> str:
         return PROTO_NAMES.get(self.proto, str(self.proto))
-
-    def replace(self, *, dst: bytes, dport: int) -> "Flow":
-        return Flow(self.family, self.proto, self._src, dst, self.sport, dport, self.interface,
-                    self.hash, self.tcp_flags, self.time)
 
     @property
     def src_packed(self) -> bytes:

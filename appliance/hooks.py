@@ -24,12 +24,20 @@ A plugin that raises, or answers something invalid for the flow (an index
 that is not eligible, an address of the wrong family), is skipped for that
 flow and the *next* one decides; the error is counted per plugin
 (``plugin_errors`` in the statistics) and logged with its traceback (first
-time, then every 1000th), and the datapath keeps running.
+time, then every 1000th), and the datapath keeps running. Answers are
+checked by exact type; the arguments are read-only.
+
+Every call has a time budget (``[plugins] hook_budget_ms``): calls over it
+are counted (``plugin_overruns``), and a plugin with ``disable_after`` of
+them within a minute is unregistered, its background tasks cancelled
+(``plugins_disabled``). Established flows never wait on a hook: their
+packets stay in C on the workers' own threads.
 
 pluggy calls hooks synchronously. A plugin that needs background work must
 not start threads or block: it returns async callables from
-:func:`appliance_background_tasks`, which the runtime starts in its nursery
-so that their errors propagate like any other task's.
+:func:`appliance_background_tasks`, which the runtime starts in its nursery,
+each in a cancel scope of its own: one that raises ends alone, counted and
+logged, and a disabled plugin's are cancelled.
 """
 
 from __future__ import annotations

@@ -198,6 +198,16 @@ class Nat:
     def plugin_errors(self) -> dict[str, int]:
         return dict(self.plugins.errors)
 
+    @property
+    def plugin_overruns(self) -> dict[str, int]:
+        """Hook calls over ``[plugins] hook_budget_ms``, per plugin."""
+        return dict(self.plugins.overruns)
+
+    @property
+    def plugins_disabled(self) -> dict[str, str]:
+        """Plugins taken out for their overruns, with the reason."""
+        return dict(self.plugins.disabled)
+
 
 try:
     import pytest

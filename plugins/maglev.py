@@ -81,7 +81,8 @@ class Maglev:
             return got[1]
         elig = backends.eligible
         names = tuple(backends.translation.backends[i].name for i in elig)
-        weights = tuple(backends.weights[i] for i in elig)
+        all_weights = backends.weights
+        weights = tuple(all_weights[i] for i in elig)
         local = self._cache.get((names, weights))
         if local is None:
             local = build_table(list(names), list(weights))

@@ -34,7 +34,7 @@ BASE = {
     "datapath": {"workers": 1},
     "snat": {"ip4": "30.0.0.1", "ip6": "30::1", "exclude": ["20.0.0.0/24", "20::/100"],
              "interfaces": ["tap0"], "policy": "if-pfx"},
-    "plugins": {"modules": []},
+    "plugins": {"modules": [], "hook_budget_ms": 5.0, "disable_after": 10},
     "interface": [{"name": "n0"}, {"name": "n1", "xdp_mode": "native"}],
     "translation": [
         {"proto": "tcp", "vip": "30.0.0.2", "port": 80,

@@ -21,7 +21,7 @@ class Tables:
     """An io_ctx without sockets: routes as (prefix, kind, [(gateway, port, weight)])."""
 
     def __init__(self) -> None:
-        self.ctx = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 16, 1), lib.io_ctx_destroy)
+        self.ctx = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 16, 1, 0), lib.io_ctx_destroy)
 
     def route(self, prefix: str, hops=(), kind: str = "unicast") -> int:
         net = ipaddress.ip_interface(prefix)   # host bits may be set: io_route_add masks them

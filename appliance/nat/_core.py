@@ -17,7 +17,6 @@ the frame back to C, which rewrites it like any other.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 from typing import TYPE_CHECKING, Optional
@@ -207,11 +206,7 @@ class NatCore(Expiry, Introspection):
         """Active sessions per backend, counted in the table (one C pass):
         what the events kept, healed of any event a full ring lost."""
         for s, tally in zip(self._sets, self._tally()):
-            n = len(s.translation.backends)
-            for i in range(n):
-                s.sessions[i] = tally[i][0]
-            for g, gone in enumerate(s.gone):
-                gone.sessions = tally[n + g][0]
+            s.recount(tally)
 
     def _set_profile(self, index: int, t: Timeouts) -> None:
         p = ffi.new("struct nat_profile *")
@@ -346,13 +341,14 @@ class NatCore(Expiry, Introspection):
 
         snat = self.config.snat
         if snat is not None and not src_rewritten and iface in snat.interfaces and snat.can_snat(family):
-            post = flow if translation is None else flow.replace(dst=new_dst, dport=new_dport)
+            post = flow if translation is None else Flow(family, proto, src, new_dst, sport, new_dport, iface,
+                                                         f.hash, f.tcp_flags, flow.time)
             decision = plugins.snat(post, snat)
             if decision == hooks.DROP:
                 self._slow_verdict(f, Verdict.DROP, "drop_policy")
                 return
             if decision != hooks.NO_SNAT:
-                new_src = ipaddress.ip_address(decision).packed
+                new_src = decision.packed
                 sflags |= lib.NAT_SF_SNAT
         if not sflags:
             sflags = lib.NAT_SF_BYPASS
@@ -383,9 +379,7 @@ class NatCore(Expiry, Introspection):
             s = self.session(f.session)
             self.on_host_source(True, s.new_src, proto, s.new_sport)
         if bset is not None:
-            bset.flows += 1
-            bset.sessions[backend_idx] += 1
-            bset.new_flows[backend_idx] += 1
+            bset.took_flow(backend_idx)
         if plugins.wants_created:
             plugins.notify("appliance_session_created", session=self.session(f.session))
 

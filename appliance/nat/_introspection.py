@@ -268,6 +268,8 @@ class Introspection:
                           translations=tuple(self.describe_translations()["translations"]),
                           plugin_figures=self.plugins.figures(),
                           plugin_errors=dict(self.plugins.errors),
+                          plugin_overruns=dict(self.plugins.overruns),
+                          plugins_disabled=dict(self.plugins.disabled),
                           sessions_created=self.sessions_created,
                           sessions_expired=self.sessions_expired,
                           hairpin_flows=self.hairpin_flows)

@@ -20,6 +20,8 @@ class Statistics:
     hairpin_flows: int = 0
     translations: tuple = ()        # describe_translations()["translations"]
     plugin_figures: Optional[dict] = None
+    plugin_overruns: dict[str, int] = dataclasses.field(default_factory=dict)   # calls over the budget
+    plugins_disabled: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> reason
 
     def as_dict(self) -> dict:
         return {
@@ -31,6 +33,8 @@ class Statistics:
             "hairpin_flows": self.hairpin_flows,
             "new_flows_per_translation": {str(k): v for k, v in self.new_flows_per_translation.items()},
             "plugin_errors": self.plugin_errors,
+            "plugin_overruns": self.plugin_overruns,
+            "plugins_disabled": self.plugins_disabled,
             "translations": list(self.translations),
             "plugins": self.plugin_figures or {},
         }

@@ -45,10 +45,10 @@ class ControlSocket:
             if s is None:
                 out.append(t)
                 continue
-            bs = []
+            bs, weights = [], s.weights
             for i, b in enumerate(t.backends):
                 state = s.state(i) if s.set_by(i) == "cnat" else b.state
-                bs.append(dataclasses.replace(b, weight=s.weights[i], state=state))
+                bs.append(dataclasses.replace(b, weight=weights[i], state=state))
             out.append(dataclasses.replace(t, backends=tuple(bs)))
         return dataclasses.replace(config, translations=tuple(out))
 

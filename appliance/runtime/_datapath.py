@@ -1,8 +1,8 @@
 """The data plane: the AF_XDP sockets (one per data interface and queue),
 the TAP device and the XDP steering program they are opened with, the
-workers that serve them (the established-flow loop in C: io_poll on the
-trio thread for one worker, io_worker_run on a thread of its own per worker
-for more), the new flows they hand to the slow path, the session timers and
+workers that serve them (the established-flow loop in C: io_worker_run on
+a thread of its own per worker; io_poll on the trio thread only for one
+worker in a process with one CPU), the new flows they hand to the slow path, the session timers and
 the datapath's own counters.
 
 Imports nothing of the runtime's other modules: the control plane
@@ -166,7 +166,11 @@ class Datapath:
                                  f"(its TAP device {Tap.NAME} is in use); stop it first") from None
             raise SystemExit(f"appliance: error: cannot create the TAP device {Tap.NAME} "
                              f"(/dev/net/tun): {exc.strerror or exc}") from None
-        ctx = io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions, n_workers)
+        # one worker polls on this thread only where there is no other CPU
+        # for it; elsewhere each has its own, so established flows never
+        # wait on the slow path (a hook that blocks holds up new flows only)
+        self.inline = n_workers == 1 and len(os.sched_getaffinity(0)) == 1
+        ctx = io.io_ctx_create(self.tap.fd, self.tap.mac, self.config.max_sessions, n_workers, not self.inline)
         if ctx == io_ffi.NULL:
             raise SystemExit(f"appliance: error: cannot set up the datapath: {os.strerror(io_ffi.errno)}")
         self.ctx = io_ffi.gc(ctx, io.io_ctx_destroy)
@@ -257,13 +261,14 @@ class Datapath:
         """The datapath's part of `show stats` and of the final statistics
         (read before close: the sockets' own counters go with them)."""
         return {"io": self.io_counters(), "sockets": self.socket_counters(), "workers": self.worker_counters(),
-                "xdp": self.steering.counters()}
+                "worker_threads": not self.inline, "xdp": self.steering.counters()}
 
     async def rx_loop(self) -> None:
-        if len(self.workers) > 1:
-            await self._worker_threads()
-        else:
+        if self.inline:
+            log.info("one worker on the slow path's thread (one CPU): a blocking hook stalls every flow")
             await self._poll_loop(self.workers[0])
+        else:
+            await self._worker_threads()
 
     async def _poll_loop(self, worker) -> None:
         """One worker, on this thread: the established-flow loop runs in C
@@ -301,7 +306,7 @@ class Datapath:
             idle.close()
 
     async def _worker_threads(self) -> None:
-        """More than one worker: a thread each, in C without the GIL
+        """Each worker on a thread of its own, in C without the GIL
         (io_worker_run, over a lane of the core), pinned to a CPU of its
         own; this thread settles their new flows, in order per worker."""
         lanes = [self.core.lane() for _ in self.workers]

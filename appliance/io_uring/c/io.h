@@ -65,7 +65,8 @@ const char *io_build_version(void);
  * generation number that changes whenever the routes or neighbours do.
  * n_workers: 1 (io_poll on the caller's thread) to IO_MAX_WORKERS (threads
  * running io_worker_run). NULL with errno set on failure. */
-struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions, uint32_t n_workers);
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions, uint32_t n_workers,
+                             int threaded);
 void io_ctx_destroy(struct io_ctx *ctx);
 uint32_t io_ctx_workers(const struct io_ctx *ctx);
 struct io_worker *io_ctx_worker(struct io_ctx *ctx, uint32_t i);

@@ -57,7 +57,8 @@ fail:
     return NULL;
 }
 
-struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions, uint32_t n_workers)
+struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_sessions, uint32_t n_workers,
+                             int threaded)
 {
     if (n_workers < 1 || n_workers > IO_MAX_WORKERS) {
         errno = EINVAL;
@@ -70,9 +71,11 @@ struct io_ctx *io_ctx_create(int tap_fd, const uint8_t *tap_mac, uint32_t max_se
     c->neigh = calloc(IO_NEIGH_SLOTS, sizeof *c->neigh);
     if (!c->neigh)
         goto fail;
-    /* one worker: the caller's thread polls (io_poll); more: threads (io_worker_run) */
+    /* threaded: each worker on a thread of its own (io_worker_run), its new
+     * flows queued for the caller's; else one worker the caller's thread
+     * polls (io_poll) */
     for (uint32_t i = 0; i < n_workers; i++) {
-        c->workers[i] = worker_create(c, i, n_workers > 1);
+        c->workers[i] = worker_create(c, i, threaded || n_workers > 1);
         if (!c->workers[i])
             goto fail;
         c->n_workers++;

@@ -15,6 +15,11 @@
   because the NAT rewrites frames in place. fastpath_pps_in_full_table: the
   same traffic against the table holding all ``sessions`` (bigger hash
   buckets, more cache misses). fastpath_pps_per_worker: each thread's share.
+- new_sessions_per_s_evicting: new flows into a table already full of
+  unanswered ones (a flood's), each evicting the oldest (table pressure).
+
+The tables are sized so that the sessions measured stay below the pressure
+threshold (15/16 of the capacity): none is evicted while they are counted.
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ backends = ["->20.0.0.1 5353", "->20.0.0.2 5353", "->20.0.0.3 5353", "->20.0.0.4
 FRAME = 64           # stride of a synthetic frame in the buffers
 FRAME_LEN = 60       # Ethernet + IPv4 + UDP + 18 bytes payload
 BATCH = 256
+
+
+def _room_for(n: int) -> int:
+    """A capacity whose pressure threshold (capacity - capacity // 16) is above n."""
+    c = n + n // 15 + 1
+    while c - c // 16 <= n:
+        c += 1
+    return c
 
 
 def _rss_bytes() -> int:
@@ -127,7 +140,7 @@ POLICIES = {
 def _new_sessions_per_s(extra: str, sessions: int, first_party: bool = True) -> int:
     """New sessions/s through the slow path of a translation with ``extra``
     (each flow from its own client address, so affinity misses and learns)."""
-    text = CONFIG.format(max=sessions).replace('port = 53\n', f"port = 53\n{extra}\n")
+    text = CONFIG.format(max=_room_for(sessions)).replace('port = 53\n', f"port = 53\n{extra}\n")
     core = NatCore(parse_config(text), Plugins(entry_points=False, first_party=first_party), table_seed=1)
     batch = Batch(BATCH, FRAME)
     for k in range(BATCH):
@@ -145,11 +158,35 @@ def _new_sessions_per_s(extra: str, sessions: int, first_party: bool = True) -> 
     return round(sessions / spent)
 
 
+def _evicting_per_s(capacity: int) -> int:
+    """New sessions/s while each evicts the oldest unanswered one: a table
+    of ``capacity`` driven to its pressure threshold by one round of flows,
+    then timed over a second round."""
+    core = NatCore(parse_config(CONFIG.format(max=capacity)), Plugins(entry_points=False), table_seed=1)
+    batch = Batch(BATCH, FRAME)
+    for k in range(BATCH):
+        batch.frames[k].data = batch.buf + k * FRAME
+        batch.frames[k].len = FRAME_LEN
+    spent, timed = 0.0, 0
+    for start in range(0, 2 * capacity, BATCH):
+        n = min(BATCH, 2 * capacity - start)
+        _fill(batch.buf, [_frame(start + k) for k in range(n)])
+        batch.n = n
+        t0 = time.perf_counter()
+        core.process(batch, 1000.0)
+        if start >= capacity:
+            spent += time.perf_counter() - t0
+            timed += n
+    evicted = core.counters()["session_evicted_unanswered"]
+    assert evicted >= timed, (evicted, timed)
+    return round(timed / spent)
+
+
 def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float = 3.0,
         seed: int = 1, workers: int = 1) -> dict:
     rnd = random.Random(seed)
-    core = NatCore(parse_config(CONFIG.format(max=max(sessions, fastpath_flows))), Plugins(entry_points=False),
-                   table_seed=seed)
+    core = NatCore(parse_config(CONFIG.format(max=_room_for(max(sessions, fastpath_flows)))),
+                   Plugins(entry_points=False), table_seed=seed)
     batch = Batch(BATCH, FRAME)
     now = 1000.0
 
@@ -175,7 +212,8 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
     # -- established flows through the fast path -------------------------
     # On a table holding exactly the flows (the target's ">= 100k sessions"),
     # and on the million-session table above (more cache misses per lookup).
-    small = NatCore(parse_config(CONFIG.format(max=fastpath_flows)), Plugins(entry_points=False), table_seed=seed)
+    small = NatCore(parse_config(CONFIG.format(max=_room_for(fastpath_flows))), Plugins(entry_points=False),
+                    table_seed=seed)
     for start in range(0, fastpath_flows, BATCH):
         n = min(BATCH, fastpath_flows - start)
         _fill(batch.buf, [_frame(start + k) for k in range(n)])
@@ -193,7 +231,8 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
     pps_big, per_worker_big = _fastpath(core, pristine, chunks, now, seconds, workers)
     # the same table with only the built-ins: established flows never enter
     # Python, so loading the first-party plugins must not cost them anything
-    bare = NatCore(parse_config(CONFIG.format(max=fastpath_flows)), Plugins(entry_points=False, first_party=False),
+    bare = NatCore(parse_config(CONFIG.format(max=_room_for(fastpath_flows))),
+                   Plugins(entry_points=False, first_party=False),
                    table_seed=seed)
     for start in range(0, fastpath_flows, BATCH):
         n = min(BATCH, fastpath_flows - start)
@@ -203,6 +242,7 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
     pps_bare, _ = _fastpath(bare, pristine, chunks, now, seconds, workers)
     per_policy = {f"new_sessions_per_s_{name}": _new_sessions_per_s(extra, min(sessions, 200_000))
                   for name, extra in POLICIES.items()}
+    evicting = _evicting_per_s(min(sessions, 200_000))
 
     return {
         "fastpath_pps": pps_small,
@@ -213,6 +253,7 @@ def run(sessions: int = 1_000_000, fastpath_flows: int = 131_072, seconds: float
         "workers": workers,
         **per_policy,
         "new_sessions_per_s": round(created / t_new),
+        "new_sessions_per_s_evicting": evicting,
         "bytes_per_session": round((rss1 - rss0) / sessions, 1),
         "sessions": sessions,
         "fastpath_flows": fastpath_flows,

@@ -319,7 +319,7 @@ def to_toml(config: Config) -> str:
 
     def timeouts(t) -> dict:
         d = {"session": f"{t.session:g}", "tcp_established": f"{t.tcp_established:g}",
-             "tcp_closing": f"{t.tcp_closing:g}"}
+             "tcp_closing": f"{t.tcp_closing:g}", "tcp_syn": f"{t.tcp_syn:g}"}
         if t.tcp_half_closed is not None:
             d["tcp_half_closed"] = f"{t.tcp_half_closed:g}"
         return d

@@ -290,7 +290,7 @@ def _port(text: str, what: str) -> int:
     return int(text)
 
 
-_TIMEOUT_KEYS = ("session", "tcp_established", "tcp_closing", "tcp_half_closed")
+_TIMEOUT_KEYS = ("session", "tcp_established", "tcp_closing", "tcp_half_closed", "tcp_syn")
 _NAME = re.compile(r"[A-Za-z0-9_.:/\-]{1,64}")
 _DRAIN_MODES = ("keep", "reset")
 

@@ -48,9 +48,17 @@ def render(stats: dict) -> str:
     out.family("appliance_sessions", "gauge", "sessions in the table", [({}, nat["sessions"])])
     out.family("appliance_sessions_capacity", "gauge", "session table size ([sessions] max)",
                [({}, nat["capacity"])])
+    out.family("appliance_sessions_fill_ratio", "gauge", "sessions / capacity",
+               [({}, nat.get("fill", 0.0))])
+    out.family("appliance_sessions_tentative", "gauge",
+               "sessions without a completed TCP handshake or a reply: evicted first under table pressure",
+               [({}, nat.get("sessions_tentative", 0))])
+    out.family("appliance_sessions_pressure_threshold", "gauge",
+               "sessions from which each new flow evicts the oldest tentative one",
+               [({}, nat.get("pressure_threshold", 0))])
     out.family("appliance_sessions_created_total", "counter", "sessions created by the slow path",
                [({}, nat["sessions_created"])])
-    out.family("appliance_sessions_expired_total", "counter", "sessions ended (timeout or removed)",
+    out.family("appliance_sessions_expired_total", "counter", "sessions ended (timeout, removed or evicted)",
                [({}, nat["sessions_expired"])])
     out.family("appliance_hairpin_flows_total", "counter",
                "translated flows whose client and backend share a link: source rewritten to the interface's address",

@@ -168,21 +168,24 @@ TIMEOUT_MIN, TIMEOUT_MAX = 0.001, 7 * 24 * 3600.0   # seconds: [timeouts] and a 
 class Timeouts:
     """Session lifetimes in seconds (VPP cnat defaults, plus half-closed).
 
-    ``session``: UDP, ICMP and TCP before the handshake completes.
+    ``session``: UDP, ICMP, and TCP picked up mid-stream (no SYN seen).
     ``tcp_half_closed``: after a FIN in one direction only; a half-closed TCP
     connection can stream for hours, so it defaults to the established value.
     ``tcp_closing``: after RST, or FIN seen in both directions.
+    ``tcp_syn``: from the SYN until the handshake completes (conntrack's
+    SYN_RECV); under table pressure such sessions go first (docs/configuration.md).
     """
 
     session: float = 30.0
     tcp_established: float = 3600.0
     tcp_closing: float = 5.0
     tcp_half_closed: Optional[float] = None
+    tcp_syn: float = 60.0
 
     def __post_init__(self) -> None:
         # a plugin's Timeouts reaches the C profiles as it is: out-of-range
         # values raise here, in the plugin, where they are contained
-        for field in ("session", "tcp_established", "tcp_closing", "tcp_half_closed"):
+        for field in ("session", "tcp_established", "tcp_closing", "tcp_half_closed", "tcp_syn"):
             v = getattr(self, field)
             if v is None and field == "tcp_half_closed":
                 continue
@@ -191,13 +194,15 @@ class Timeouts:
                 raise ValueError(f"Timeouts.{field} must be a number of seconds from {TIMEOUT_MIN} to "
                                  f"{TIMEOUT_MAX}, not {got}")
 
-    def as_ms(self) -> tuple[int, int, int, int]:
+    def as_ms(self) -> tuple[int, int, int, int, int]:
+        """The C profile: milliseconds indexed by enum nat_lifetime."""
         half = self.tcp_established if self.tcp_half_closed is None else self.tcp_half_closed
         return (
             round(self.session * 1000),
             round(self.tcp_established * 1000),
             round(half * 1000),
             round(self.tcp_closing * 1000),
+            round(self.tcp_syn * 1000),
         )
 
 
@@ -290,7 +295,7 @@ class SessionInfo:
     last_seen: float
     expires: float
     packets: tuple[int, int]
-    reason: str = ""       # for expiry notifications: "timeout" or "removed"
+    reason: str = ""       # for expiry notifications: "timeout", "removed" or "evicted"
     translation_name: str = ""   # names of the translation and backend ("" for none)
     backend_name: str = ""
 

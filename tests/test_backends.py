@@ -356,7 +356,7 @@ def test_a_backend_removed_and_added_back_is_one_backend_again():
     rows = nat.core.describe_translations()["translations"][0]["backends"]
     assert [(r["name"], r["state"], r["sessions"], r["new_flows"]) for r in rows] == [
         ("a", "active", 20 - b_sessions, 20 - b_flows), ("b", "active", b_sessions, b_flows)]
-    nat.advance(31)   # the half-open sessions end: counted against the backend that is back
+    nat.advance(61)   # the half-open sessions end (tcp_syn): counted against the backend that is back
     assert nat.backends("web").sessions == (0, 0)
 
 
@@ -371,7 +371,7 @@ def test_a_removed_translation_added_back_keeps_its_figures_and_gone_ones_are_no
     assert [(x["name"], x["removed"], x["new_flows"]) for x in t] == [("web", False, 10)]
     assert sum(nat.backends("web").sessions) == 10
     nat.reload("")
-    nat.advance(31)                        # the sessions ended: nothing left to show
+    nat.advance(61)                        # the half-open sessions ended (tcp_syn): nothing left to show
     assert nat.core.describe_translations()["translations"] == []
 
 

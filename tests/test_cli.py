@@ -34,7 +34,7 @@ def test_bench_core_json_keys():
     r = run("bench", "core", "--json", "--sessions", "20000", "--flows", "10000", "--seconds", "0.2")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    for key in ("fastpath_pps", "new_sessions_per_s", "bytes_per_session"):
+    for key in ("fastpath_pps", "new_sessions_per_s", "new_sessions_per_s_evicting", "bytes_per_session"):
         assert res[key] > 0
 
 

@@ -105,7 +105,11 @@ def test_lanes_never_mistranslate_while_the_writer_churns_the_table():
     h = harness(max=stable + churn)
     frames = [udp(f"10.0.{i // 250}.{i % 250 + 1}", 2000 + i, "30.0.0.2", 53) for i in range(stable)]
     want = [out for _, _, out in h.run(frames)]
+    # each answered, so table pressure never evicts them for the churn
+    h.run([udp(f"20.0.0.{o[14 + 19]}", 5353, f"10.0.{i // 250}.{i % 250 + 1}", 2000 + i)
+           for i, o in enumerate(want)])
     assert h.core.statistics().sessions == stable
+    assert h.core.statistics().sessions_tentative == 0
     lanes = [h.core.lane() for _ in range(2)]
     stop = threading.Event()
     seen = [0, 0]

@@ -13,6 +13,7 @@ BASE = """
 session = {session}
 tcp_established = {est}
 tcp_closing = {closing}
+tcp_syn = {syn}
 [sessions]
 max = {max}
 [[translation]]
@@ -30,8 +31,8 @@ backends = ["->20.0.0.1 5353", "->20.0.0.2 5353"]
 SYN, SYNACK, ACK, FIN, RST = 0x02, 0x12, 0x10, 0x11, 0x04
 
 
-def harness(session=30, est=3600, closing=5, max=1000):
-    return Harness(BASE.format(session=session, est=est, closing=closing, max=max))
+def harness(session=30, est=3600, closing=5, max=1000, syn=60):
+    return Harness(BASE.format(session=session, est=est, closing=closing, max=max, syn=syn))
 
 
 def alive(h, frame):
@@ -90,10 +91,24 @@ def test_tcp_handshake_then_established_timeout():
     assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
 
 
-def test_tcp_before_handshake_uses_session_timeout():
-    h = harness(session=30, est=3600)
+@pytest.mark.parametrize("replies, want", [((), "syn-sent"), ((SYNACK,), "syn-rcvd")])
+def test_tcp_before_its_handshake_completes_lives_tcp_syn(replies, want):
+    h = harness(session=30, est=3600, syn=45)
     h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, SYN))
-    assert state(h) == "syn-sent"
+    backend = frame_tuple(h.out)[2]
+    for flags in replies:
+        h.send(tcp(backend, 8080, "10.0.0.1", 40000, flags))
+    assert state(h) == want
+    h.advance(44)
+    assert alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+    h.advance(1.5)
+    assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
+
+
+def test_tcp_picked_up_mid_stream_lives_session_until_answered():
+    h = harness(session=30, est=3600, syn=45)
+    h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, ACK))
+    assert state(h) == "midstream"
     h.advance(30.5)
     assert not alive(h, tcp("10.0.0.1", 40000, "30.0.0.2", 80))
 
@@ -122,7 +137,7 @@ def test_single_fin_half_close_keeps_the_flow():
 
 
 def test_half_closed_timeout_is_configurable():
-    h = Harness(BASE.format(session=30, est=3600, closing=5, max=10).replace(
+    h = Harness(BASE.format(session=30, est=3600, closing=5, max=10, syn=60).replace(
         "tcp_closing = 5", "tcp_closing = 5\ntcp_half_closed = 50"))
     handshake(h)
     h.send(tcp("10.0.0.1", 40000, "30.0.0.2", 80, FIN))
@@ -180,9 +195,10 @@ def test_full_table_drops_new_flows_established_keep_working():
     h = harness(max=4)
     flows = [udp(f"10.0.0.{i}", 5000, "30.0.0.2", 53) for i in range(1, 5)]
     outs = []
-    for f in flows:
+    for i, f in enumerate(flows, 1):
         h.send(f)
         outs.append(h.out)
+        h.send(udp(frame_tuple(h.out)[2], 5353, f"10.0.0.{i}", 5000))   # answered: never evicted
     h.send(udp("10.0.0.9", 5000, "30.0.0.2", 53)).expect_drop("drop_session_full")
     for f, o in zip(flows, outs):
         h.send(f).expect(o)
@@ -203,7 +219,7 @@ def test_expired_sessions_notify_plugins():
         def appliance_session_expired(self, session):
             seen.append((session.src, session.dport, session.reason))
 
-    h = Harness(BASE.format(session=3, est=3600, closing=5, max=100),
+    h = Harness(BASE.format(session=3, est=3600, closing=5, max=100, syn=60),
                 plugins=Plugins(objects=[Watch()], entry_points=False))
     h.send(udp("10.0.0.1", 5000, "30.0.0.2", 53))
     h.advance(4)

@@ -246,7 +246,7 @@ class Introspection:
             state=_STATE_NAMES.get(s.state, str(s.state)), kind=kind,
             created=s.created_ns / 1e9, last_seen=s.last_seen_ns / 1e9, expires=s.expires_ns / 1e9,
             packets=(s.packets[0], s.packets[1]),
-            reason=("timeout", "removed")[s.reason] if s.reason < 2 else "",
+            reason=("timeout", "removed", "evicted")[s.reason] if s.reason < 3 else "",
             translation_name=tname, backend_name=bname,
         )
 
@@ -270,6 +270,8 @@ class Introspection:
                           plugin_errors=dict(self.plugins.errors),
                           plugin_overruns=dict(self.plugins.overruns),
                           plugins_disabled=dict(self.plugins.disabled),
+                          sessions_tentative=lib.nat_sessions_tentative(self._nat),
+                          pressure_threshold=lib.nat_pressure_threshold(self._nat),
                           sessions_created=self.sessions_created,
                           sessions_expired=self.sessions_expired,
                           hairpin_flows=self.hairpin_flows)

@@ -22,12 +22,17 @@ class Statistics:
     plugin_figures: Optional[dict] = None
     plugin_overruns: dict[str, int] = dataclasses.field(default_factory=dict)   # calls over the budget
     plugins_disabled: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> reason
+    sessions_tentative: int = 0     # TCP before its handshake completes, others without a reply
+    pressure_threshold: int = 0     # sessions from which new flows evict tentative ones
 
     def as_dict(self) -> dict:
         return {
             "counters": self.counters,
             "sessions": self.sessions,
             "capacity": self.capacity,
+            "fill": round(self.sessions / self.capacity, 4) if self.capacity else 0.0,
+            "sessions_tentative": self.sessions_tentative,
+            "pressure_threshold": self.pressure_threshold,
             "sessions_created": self.sessions_created,
             "sessions_expired": self.sessions_expired,
             "hairpin_flows": self.hairpin_flows,

@@ -49,7 +49,8 @@ struct nat *nat_create(uint32_t max_sessions, uint64_t table_seed)
     nat->frag = calloc(NAT_FRAG_SLOTS, sizeof *nat->frag);
     nat->ev = calloc(NAT_EVENT_RING, sizeof *nat->ev);
     nat->limbo = malloc((size_t)max_sessions * sizeof *nat->limbo);
-    if (!nat->s || !nat->bucket || !nat->frag || !nat->ev || !nat->limbo) {
+    nat->tent = malloc((size_t)max_sessions * sizeof *nat->tent);
+    if (!nat->s || !nat->bucket || !nat->frag || !nat->ev || !nat->limbo || !nat->tent) {
         nat_destroy(nat);
         return NULL;
     }
@@ -60,7 +61,7 @@ struct nat *nat_create(uint32_t max_sessions, uint64_t table_seed)
                                     memory is only touched when used */
     nat->table_seed = table_seed;
     for (unsigned i = 0; i < NAT_MAX_PROFILES; i++)
-        for (unsigned j = 0; j < 4; j++)
+        for (unsigned j = 0; j < sizeof nat->profile[i].ms / sizeof nat->profile[i].ms[0]; j++)
             nat->profile[i].ms[j] = 30000;
     return nat;
 }
@@ -69,11 +70,17 @@ void nat_destroy(struct nat *nat)
 {
     if (!nat)
         return;
+    /* lanes left over are cut loose, to be freed alone: the garbage
+     * collector finalises a cycle's objects in no set order */
+    for (uint32_t i = 0; i < NAT_MAX_LANES; i++)
+        if (nat->lanes[i])
+            nat->lanes[i]->nat = NULL;
     free(nat->s);
     free(nat->bucket);
     free(nat->frag);
     free(nat->ev);
     free(nat->limbo);
+    free(nat->tent);
     nat_classifier_destroy(nat->cls);
     free(nat);
 }
@@ -83,7 +90,7 @@ size_t nat_memory_bytes(const struct nat *nat)
     return sizeof *nat + (size_t)nat->max_sessions * sizeof *nat->s +
            ((size_t)nat->bucket_mask + 1) * sizeof *nat->bucket +
            NAT_FRAG_SLOTS * sizeof *nat->frag + NAT_EVENT_RING * sizeof *nat->ev +
-           (size_t)nat->max_sessions * sizeof *nat->limbo;
+           (size_t)nat->max_sessions * (sizeof *nat->limbo + sizeof *nat->tent);
 }
 
 void nat_set_flow_hash_seed(struct nat *nat, uint64_t seed) { nat->flow_seed = seed; }

@@ -97,14 +97,15 @@ enum nat_state {
 
 /* Which lifetime of a profile applies in a state. */
 enum nat_lifetime {
-    NAT_LT_SESSION = 0,      /* UDP, ICMP, TCP before the handshake completes */
+    NAT_LT_SESSION = 0,      /* UDP, ICMP, TCP picked up mid-stream */
     NAT_LT_ESTABLISHED = 1,
     NAT_LT_HALF_CLOSED = 2,
     NAT_LT_CLOSING = 3,
+    NAT_LT_SYN = 4,          /* TCP from its SYN until the handshake completes */
 };
 
 struct nat_profile {
-    uint32_t ms[4];          /* indexed by enum nat_lifetime */
+    uint32_t ms[5];          /* indexed by enum nat_lifetime */
 };
 
 /* Session flags */
@@ -126,7 +127,7 @@ struct nat_session_info {
     uint8_t state;
     uint8_t profile;
     uint8_t flags;
-    uint8_t reason;          /* expiry events: 0 = timeout, 1 = removed */
+    uint8_t reason;          /* expiry events: 0 = timeout, 1 = removed, 2 = evicted */
     uint16_t _pad;
     uint64_t packets[2];
     uint64_t bytes[2];
@@ -161,6 +162,11 @@ void nat_count_verdict(struct nat *nat, uint8_t verdict, uint16_t reason);
 void nat_count_event(struct nat *nat, uint16_t counter);
 uint32_t nat_session_count(const struct nat *nat);
 uint32_t nat_session_capacity(const struct nat *nat);
+/* Table pressure (nat_pressure.c): the session count from which a new flow
+ * evicts the oldest tentative session, and how many are tentative now (a
+ * pass over the table: for statistics, not per packet). */
+uint32_t nat_pressure_threshold(const struct nat *nat);
+uint32_t nat_sessions_tentative(const struct nat *nat);
 
 struct nat_classifier *nat_classifier_create(uint32_t capacity);
 void nat_classifier_destroy(struct nat_classifier *c);
@@ -268,6 +274,7 @@ int nat_alloc_port(const struct nat *nat, struct nat_key *rev,
  * frame's session is (session, serial), checked again when used.
  * Each lane counts in its own counters; nat_counters_sum() adds them up. */
 struct nat_lane *nat_lane_create(struct nat *nat);
+/* Before or after nat_destroy() of its table (which cuts its lanes loose). */
 void nat_lane_destroy(struct nat_lane *lane);
 /* nat_process() on a lane: same frames, verdicts and stop at NAT_MISS. */
 uint32_t nat_lane_process(struct nat_lane *lane, struct nat_frame *frames, uint32_t n,

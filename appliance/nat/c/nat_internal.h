@@ -7,7 +7,8 @@
  * is rewritten to the reverse of key[!d]; that single rule covers DNAT,
  * SNAT, both at once, and the embedded packet of ICMP errors (rewritten to
  * key[!d] itself). Nothing else is stored per session: no Python object,
- * no pointer, about 152 bytes plus 8 bytes of hash buckets.
+ * no pointer, about 152 bytes plus 8 bytes of hash buckets and 12 of the
+ * rings that recycle slots (limbo) and evict first (tentative).
  *
  * The table is a bucket array of chain heads; both keys of a session hang in
  * it, linked through session.next[dir]. A chain reference is (index << 1 | dir).
@@ -50,6 +51,20 @@
 /* Slots examined for an expired session to reuse when the table is full. */
 #define NAT_FULL_RECLAIM 64
 
+/* Table pressure (nat_pressure.c): from 15/16 full, each new flow evicts
+ * the oldest tentative session (TCP without a completed handshake, other
+ * flows without a reply), looking at most NAT_EVICT_PROBES entries of the
+ * tentative ring; while under pressure and NAT_PRESSURE_HOLD_MS after, the
+ * scanner ends tentative sessions idle for NAT_PRESSURE_IDLE_MS. Answered
+ * sessions are never evicted. */
+#define NAT_PRESSURE_SHIFT 4
+#define NAT_EVICT_PROBES 32
+#define NAT_PRESSURE_IDLE_MS 5000
+#define NAT_PRESSURE_HOLD_MS 60000
+
+/* Why a session ended: nat_session_info.reason */
+enum { NAT_END_TIMEOUT = 0, NAT_END_REMOVED = 1, NAT_END_EVICTED = 2 };
+
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -74,6 +89,13 @@ struct session {
     uint8_t profile;
     uint8_t flags;
     uint8_t in_use;
+};
+
+/* An entry of the tentative ring: a session, named by slot and serial (the
+ * slot may hold another session by the time the entry is read). */
+struct tentative {
+    uint32_t idx;
+    uint32_t serial;
 };
 
 struct frag {
@@ -125,6 +147,9 @@ struct nat {
     uint32_t limbo_head, limbo_sealed, limbo_len;   /* [head, head+sealed) sealed, then new */
     uint64_t limbo_snap[NAT_MAX_LANES];
     uint64_t slots_recycled;
+    struct tentative *tent;   /* sessions in creation order: a ring of max_sessions */
+    uint32_t tent_head, tent_len;
+    uint64_t pressure_ns;     /* when the table was last seen under pressure (0: never) */
     int frag_lock;
 };
 
@@ -271,6 +296,22 @@ static inline int sess_gone(const struct nat *nat, const struct session *s, uint
 {
     return now > sess_expires(nat, s) || (__atomic_load_n(&s->flags, __ATOMIC_RELAXED) & NAT_SF_DEAD);
 }
+
+/* nat_pressure.c: the writer's side of table pressure */
+static inline int under_pressure(const struct nat *nat)
+{
+    return nat->n_sessions >= nat->max_sessions - (nat->max_sessions >> NAT_PRESSURE_SHIFT);
+}
+/* Whether the scanner ends idle tentative sessions now; notes pressure. */
+static inline int sweeping(struct nat *nat, uint64_t now)
+{
+    if (under_pressure(nat) && now > nat->pressure_ns)
+        nat->pressure_ns = now;
+    return nat->pressure_ns && now < nat->pressure_ns + NAT_PRESSURE_HOLD_MS * 1000000ull;
+}
+NAT_INTERNAL void tent_push(struct nat *nat, uint32_t idx);
+NAT_INTERNAL int tent_evict(struct nat *nat);
+NAT_INTERNAL int tent_evict_idle(struct nat *nat, uint32_t idx, uint64_t now);
 
 /* A live session for key, or NAT_NONE. The writer removes a gone one on
  * sight; a lane leaves it to the writer. */

@@ -30,6 +30,10 @@ void nat_lane_destroy(struct nat_lane *lane)
     if (!lane)
         return;
     struct nat *nat = lane->nat;
+    if (!nat) {   /* its table went first (nat_destroy): nothing to give back to */
+        free(lane);
+        return;
+    }
     for (unsigned i = 0; i < NAT_C__COUNT; i++)
         nat->counters[i] += lane->counters[i];
     __atomic_store_n(&nat->lanes[lane->slot], NULL, __ATOMIC_SEQ_CST);

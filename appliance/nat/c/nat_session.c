@@ -128,9 +128,14 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
         return -1;
     if (lookup_live(nat, fwd, now_ns) != NAT_NONE || lookup_live(nat, rev, now_ns) != NAT_NONE)
         return -1;
+    if (under_pressure(nat)) {
+        tent_evict(nat);   /* the oldest tentative session makes room (nat_pressure.c) */
+        if (now_ns > nat->pressure_ns)
+            nat->pressure_ns = now_ns;
+    }
     if (nat->free_head == NAT_NONE && nat->hwm == nat->max_sessions) {
         limbo_poll(nat);
-        if (nat->free_head == NAT_NONE && !nat->limbo_len && !reclaim_one(nat, now_ns))
+        if (nat->free_head == NAT_NONE && !nat->limbo_len && !reclaim_one(nat, now_ns) && !tent_evict(nat))
             return -2;
         /* Freed into limbo, where lanes may still read them: a full table
          * is rare, and a lane moves on within a batch; wait up to 1 ms for
@@ -168,6 +173,7 @@ int nat_session_add(struct nat *nat, const struct nat_key *fwd, const struct nat
     table_link(nat, idx, 0);
     table_link(nat, idx, 1);
     nat->n_sessions++;
+    tent_push(nat, idx);
     *out = idx;
     return 0;
 }

@@ -18,8 +18,8 @@ const uint8_t tcp_next[NAT_ST__COUNT][EV__COUNT][2] = {
 };
 
 const uint8_t state_lifetime[NAT_ST__COUNT] = {
-    [NAT_ST_OTHER] = NAT_LT_SESSION,      [NEW_] = NAT_LT_SESSION,
-    [SS_] = NAT_LT_SESSION,               [SR_] = NAT_LT_SESSION,
+    [NAT_ST_OTHER] = NAT_LT_SESSION,      [NEW_] = NAT_LT_SYN,
+    [SS_] = NAT_LT_SYN,                   [SR_] = NAT_LT_SYN,
     [MID_] = NAT_LT_SESSION,              [EST_] = NAT_LT_ESTABLISHED,
     [FF_] = NAT_LT_HALF_CLOSED,           [FR_] = NAT_LT_HALF_CLOSED,
     [CL_] = NAT_LT_CLOSING,

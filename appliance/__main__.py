@@ -21,6 +21,7 @@ commands:
   check-config  validate a configuration file and print what it configures
   bench core    measure the NAT core in-process (fast path, slow path, memory)
   bench e2e     measure the live appliance against nftables DNAT (root)
+  bench flood   a SYN flood against a full table, the appliance and nftables (root)
 
 Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage,
 3 replay: the capture is damaged (the frames before the damage were replayed).
@@ -163,6 +164,21 @@ def _parser() -> argparse.ArgumentParser:
                     help="datapath workers; more than 1: veths with that many queues, the native XDP hook, and "
                     "on the same topology also one worker on CPU 1 (one_worker) and the N workers all on CPU 1 "
                     "(same_cpu) (default 1)")
+    bf = bsub.add_parser("flood", help="a spoofed-source SYN flood against a full session table while a transfer, "
+                         "a keep-alive loop and new connections use the vip, and the same against nftables DNAT "
+                         "with conntrack of the same size (root)",
+                         description="A SYN flood from random sources, as fast as one CPU sends it, at the vip "
+                         "established flows use, with a session table far smaller than the flood. Reported per "
+                         "mode (suffix _appliance / _nftables): the transfer's throughput before and during the "
+                         "flood (transfer_ratio), keep-alive failures, the share of new connections that "
+                         "completed during the flood, evictions and the seconds the table took to recover.")
+    bf.add_argument("--json", action="store_true", help="print one JSON object")
+    bf.add_argument("--table", type=int, default=8192,
+                    help="session table size, [sessions] max, and nf_conntrack_max for the kernel's run "
+                    "(default 8192)")
+    bf.add_argument("--seconds", type=float, default=6.0, help="seconds of flood (default 6)")
+    bf.add_argument("--mode", choices=("both", "appliance", "nftables"), default="both",
+                    help="which NAT to flood (default both, one after the other)")
     # every subcommand: a description in its --help (its one-line help when
     # it has none of its own), and --log-level after it too
     for action in p._subparsers._group_actions:
@@ -480,6 +496,14 @@ def _main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise SystemExit("appliance: error: bench e2e --workers: must be at least 1")
             result = _bench_e2e.run(seconds=args.seconds, runs=args.runs, workers=args.workers)
+        elif args.bench == "flood":
+            from . import _bench_flood
+
+            if args.table < 64 or args.seconds <= 0:
+                raise SystemExit("appliance: error: bench flood: --table must be at least 64 and --seconds "
+                                 "more than 0")
+            modes = ("appliance", "nftables") if args.mode == "both" else (args.mode,)
+            result = _bench_flood.run(table=args.table, flood=args.seconds, modes=modes)
         elif args.bench == "core":
             from . import _bench
 

@@ -123,6 +123,10 @@ def render(stats: dict) -> str:
     out.family("appliance_plugin_overruns_total", "counter",
                "plugin hook calls longer than [plugins] hook_budget_ms, per plugin",
                [({"plugin": p}, v) for p, v in sorted(nat.get("plugin_overruns", {}).items())])
+    out.family("appliance_plugin_overruns_preempted_total", "counter",
+               "plugin hook calls over the budget only while their thread waited for a CPU (not counted "
+               "against the plugin), per plugin",
+               [({"plugin": p}, v) for p, v in sorted(nat.get("plugin_overruns_preempted", {}).items())])
     out.family("appliance_plugin_disabled", "gauge",
                "1 for each plugin disabled for its overruns (until restart; the reason is in show stats)",
                [({"plugin": p}, 1) for p in sorted(nat.get("plugins_disabled", {}))])

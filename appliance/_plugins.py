@@ -9,6 +9,13 @@ Time is contained too: each hook call is timed (one clock read per call
 boundary, not a wrapper per plugin) against ``[plugins] hook_budget_ms``;
 an overrun is counted, and a plugin with ``disable_after`` overruns within
 OVERRUN_WINDOW_NS is unregistered with a logged reason (docs/plugins.md).
+Time the calling thread spent waiting for a CPU is not the plugin's: given
+a ``waited`` clock (the thread's run-queue wait, runtime/_sched.py), an
+apparent overrun is excused when the wait since the last mark() accounts
+for it. The runtime marks once per slice of new flows, so the wait is an
+upper bound (it may excuse a slow call on a saturated machine, never
+blame a plugin for the scheduler). Without it (tests, replay) wall time
+counts.
 A call that never returns cannot be cut short from this thread: the
 datapath workers run in threads of their own so established flows do not
 wait on it (runtime/_datapath.py).
@@ -63,7 +70,8 @@ class Plugins:
 
     def __init__(self, modules: Iterable[str] = (), *, entry_points: bool = True,
                  objects: Iterable[Any] = (), config_path: str = "<config>",
-                 first_party: bool = True, clock: Callable[[], int] = time.perf_counter_ns) -> None:
+                 first_party: bool = True, clock: Callable[[], int] = time.perf_counter_ns,
+                 waited: Callable[[], int] | None = None) -> None:
         from appliance_plugins.defaults import DefaultPolicies
 
         self.pm = pluggy.PluginManager(hooks.PROJECT)
@@ -75,6 +83,10 @@ class Plugins:
         #: plugins taken out for their overruns: name -> reason
         self.disabled: dict[str, str] = {}
         self.clock = clock
+        self.waited = waited
+        self._waited_mark = waited() if waited is not None else 0
+        #: apparent overruns excused as time spent waiting for a CPU, per plugin
+        self.preempted: collections.Counter[str] = collections.Counter()
         self.budget_ns = 5_000_000
         self.disable_after = 10
         self._recent_overruns: dict[str, collections.deque] = {}
@@ -325,9 +337,22 @@ class Plugins:
             self._overrun(culprit, hook_name, t1 - t0, t1)
         return t1
 
+    def mark(self) -> None:
+        """From here, the calling thread's run-queue wait counts against
+        apparent overruns (one read of the waited clock)."""
+        if self.waited is not None:
+            self._waited_mark = self.waited()
+
     def _overrun(self, culprit: str, hook_name: str, took_ns: int, now_ns: int) -> None:
         if culprit == DEFAULTS_NAME or culprit in self.disabled:
             return      # the last word is never taken out
+        if self.waited is not None:
+            waited = self.waited()
+            excused = took_ns - (waited - self._waited_mark) <= self.budget_ns
+            self._waited_mark = waited
+            if excused:
+                self.preempted[culprit] += 1
+                return
         self.overruns[culprit] += 1
         n = self.overruns[culprit]
         recent = self._recent_overruns.setdefault(culprit, collections.deque())

@@ -212,6 +212,62 @@ def test_a_plugin_that_really_sleeps_is_disabled():
     assert "sleeper" in h.core.plugins.disabled
 
 
+class Preempted:
+    """Its call takes 6 ms of wall time, 5 of them spent waiting for a CPU
+    (the fake run-queue clock `waited` moves with it), or all 6 its own."""
+
+    name = "preempted"
+
+    def __init__(self, clock, waited):
+        self.clock, self.waited, self.own_ms = clock, waited, 1
+
+    @hookimpl
+    def appliance_select_backend(self, flow, translation, backends):
+        self.clock.ns += 6 * MS
+        self.waited.ns += (6 - self.own_ms) * MS
+        return 2
+
+
+def test_time_spent_waiting_for_a_cpu_is_not_an_overrun():
+    clock, waited = Clock(), Clock()
+    plug = Preempted(clock, waited)
+    plugins = Plugins(objects=[plug], entry_points=False, clock=clock, waited=waited)
+    h = Harness(CONF.format(budget=5, after=3, selector="hash"), plugins=plugins)
+    for i in range(10):
+        plugins.mark()                       # as the runtime does per slice of new flows
+        new_flow(h, i)
+        assert backend_of(h) == "20.0.0.3"
+    assert plugins.preempted == {"preempted": 10}
+    assert plugins.overruns == {} and plugins.disabled == {}
+    assert h.core.statistics().as_dict()["plugin_overruns_preempted"] == {"preempted": 10}
+    plug.own_ms = 6                          # now the 6 ms are its own
+    for i in range(10, 13):
+        plugins.mark()
+        new_flow(h, i)
+    assert plugins.overruns == {"preempted": 3} and "preempted" in plugins.disabled
+
+
+def test_the_run_queue_clock_blames_a_plugin_that_sleeps():
+    """The real clock (runtime/_sched.py): sleeping is not waiting for a CPU."""
+    from appliance.runtime._sched import run_queue_wait_ns
+
+    class Sleeper:
+        name = "sleeper"
+
+        @hookimpl
+        def appliance_select_backend(self, flow, translation, backends):
+            time.sleep(0.01)
+            return 0
+
+    assert run_queue_wait_ns() > 0           # the kernel keeps schedstat here
+    plugins = Plugins(objects=[Sleeper()], entry_points=False, waited=run_queue_wait_ns)
+    h = Harness(CONF.format(budget=1, after=3, selector="hash"), plugins=plugins)
+    for i in range(3):
+        plugins.mark()
+        new_flow(h, i)
+    assert plugins.overruns == {"sleeper": 3} and plugins.preempted == {}
+
+
 def test_the_built_ins_are_never_disabled():
     h = harness()
     h.core.plugins.disable(DEFAULTS_NAME, "test")
@@ -476,3 +532,30 @@ def test_a_configuration_cannot_be_changed_by_a_plugin():
     h = harness(Mutator())
     assert h.core.plugins.errors["mutator"] == 1
     assert len(h.core.config.translations) == 1 and set(h.core.backends) == {"web"}
+
+
+def test_the_run_queue_clock_counts_time_without_a_cpu():
+    """Two busy processes on one CPU: this thread's run-queue wait grows by
+    a good share of the time it spent wanting the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from appliance.runtime._sched import run_queue_wait_ns
+
+    cpu = min(os.sched_getaffinity(0))
+    old = os.sched_getaffinity(0)
+    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(rival.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})
+        time.sleep(0.05)
+        w0, t0 = run_queue_wait_ns(), time.perf_counter_ns()
+        while time.perf_counter_ns() - t0 < 200 * MS:
+            pass
+        waited = run_queue_wait_ns() - w0
+    finally:
+        os.sched_setaffinity(0, old)
+        rival.kill()
+        rival.wait()
+    assert waited > 40 * MS, waited          # about half of the 200 ms, shared fairly

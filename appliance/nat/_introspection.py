@@ -270,6 +270,7 @@ class Introspection:
                           plugin_errors=dict(self.plugins.errors),
                           plugin_overruns=dict(self.plugins.overruns),
                           plugins_disabled=dict(self.plugins.disabled),
+                          plugin_overruns_preempted=dict(self.plugins.preempted),
                           sessions_tentative=lib.nat_sessions_tentative(self._nat),
                           pressure_threshold=lib.nat_pressure_threshold(self._nat),
                           sessions_created=self.sessions_created,

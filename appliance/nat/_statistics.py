@@ -22,6 +22,7 @@ class Statistics:
     plugin_figures: Optional[dict] = None
     plugin_overruns: dict[str, int] = dataclasses.field(default_factory=dict)   # calls over the budget
     plugins_disabled: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> reason
+    plugin_overruns_preempted: dict[str, int] = dataclasses.field(default_factory=dict)  # excused: no CPU
     sessions_tentative: int = 0     # TCP before its handshake completes, others without a reply
     pressure_threshold: int = 0     # sessions from which new flows evict tentative ones
 
@@ -40,6 +41,7 @@ class Statistics:
             "plugin_errors": self.plugin_errors,
             "plugin_overruns": self.plugin_overruns,
             "plugins_disabled": self.plugins_disabled,
+            "plugin_overruns_preempted": self.plugin_overruns_preempted,
             "translations": list(self.translations),
             "plugins": self.plugin_figures or {},
         }

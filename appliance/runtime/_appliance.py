@@ -18,6 +18,7 @@ from ._datapath import Datapath
 from ._host_ports import _HostPorts
 from ._kernel_tables import KernelTables
 from ._reload import ConfigReload
+from ._sched import run_queue_wait_ns
 
 log = logging.getLogger("appliance.run")
 
@@ -30,7 +31,7 @@ class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket):
         self.file_config = config
         self.overlay: list = []
         self.steering = Steering()
-        self.plugins = Plugins(config.plugin_modules, config_path=config.path)
+        self.plugins = Plugins(config.plugin_modules, config_path=config.path, waited=run_queue_wait_ns)
         self.core = NatCore(config, plugins=self.plugins)
         self.core.on_host_source = self._host_source
         self.tap: Optional[Tap] = None

@@ -283,7 +283,7 @@ class Datapath:
         nat, nat_fn = self.core.nat_process_pointer()
         poll, core = io.io_poll, self.core
         io.io_timer_slack(RX_TIMER_SLACK_NS)
-        clock = time.monotonic_ns
+        clock, mark = time.monotonic_ns, self.plugins.mark
         try:
             deadline = clock() + POLL_BUDGET_NS
             while True:
@@ -301,6 +301,7 @@ class Datapath:
                     await idle.wait()
                 else:
                     await trio.lowlevel.checkpoint()
+                mark()
                 deadline = clock() + POLL_BUDGET_NS
         finally:
             idle.close()
@@ -350,7 +351,7 @@ class Datapath:
         back without Python), each still-new flow resolved by the hooks,
         then handed back for the worker to transmit."""
         fd = io.io_worker_miss_fd(worker)
-        settle, done, core = io.io_worker_settle, io.io_worker_miss_done, self.core
+        settle, done, core, mark = io.io_worker_settle, io.io_worker_miss_done, self.core, self.plugins.mark
         nat, nat_fn = core.nat_process_pointer()
         head = io_ffi.new("struct nat_frame **")
         null = io_ffi.NULL
@@ -361,6 +362,7 @@ class Datapath:
             except BlockingIOError:
                 pass
             while True:
+                mark()
                 n = settle(worker, nat, nat_fn, MISS_SLICE, head)
                 for _ in range(MISS_FLOWS):
                     f = head[0]

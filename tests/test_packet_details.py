@@ -177,6 +177,10 @@ def _mut(frame, off, val):
     return bytes(b)
 
 
+def _ethertype(frame, et):
+    return frame[:12] + struct.pack("!H", et) + frame[14:]
+
+
 MALFORMED = [
     ("runt ethernet", GOOD[:10], DROP, "drop_eth_truncated"),
     ("arp", b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28, PASS, "pass_non_ip"),
@@ -189,6 +193,13 @@ MALFORMED = [
     ("ipv6 header cut", GOOD6[:14 + 30], DROP, "drop_ip6_truncated"),
     ("ipv6 payload length > frame", GOOD6[:-2], DROP, "drop_ip6_bad_length"),
     ("ipv6 in ipv4 ethertype", GOOD6[:12] + b"\x08\x00" + GOOD6[14:], DROP, "drop_ip4_bad_header"),
+    # the EtherType says which header is expected (these were counted as IPv4's)
+    ("ipv4 in ipv6 ethertype", _ethertype(udp("10.0.0.1", 5000, "30.0.0.2", 53, payload=b"x" * 40), 0x86DD),
+     DROP, "drop_ip6_bad_header"),
+    ("ipv6 ethertype, no header", GOOD6[:14], DROP, "drop_ip6_truncated"),
+    ("hop-by-hop after another header", eth(ip("10::1", "30::2", l4("udp", 5000, 53), proto=17,
+                                              ext=_ext(0, 60) + _ext(17, 0), ext_nh=60)),
+     DROP, "drop_ip6_bad_header"),
 ]
 
 

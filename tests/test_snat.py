@@ -107,6 +107,18 @@ def test_port_exhaustion_towards_one_destination_drops_and_counts():
     h.send(udp("10.200.0.1", 80, "9.9.9.9", 54), "tap0").expect(udp("30.0.0.1", 80, "9.9.9.9", 54))
 
 
+@pytest.mark.parametrize("make", [tcp, udp], ids=["tcp", "udp"])
+def test_a_senders_port_0_is_not_kept(make):
+    """Port 0 is no port: SNAT gives the flow one of its own (found by the
+    differential fuzz: a free preferred port was kept whatever it was).
+    An ICMP identifier 0 is kept."""
+    h = Harness(CONF)
+    h.send(make("10.1.0.5", 0, "9.9.9.9", 53), "tap0")
+    assert h.last[1] == "translated"
+    assert sport_of(h.out) >= 1024
+    h.send(icmp_echo("10.1.0.5", "9.9.9.9", 0), "tap0").expect(icmp_echo("30.0.0.1", "9.9.9.9", 0))
+
+
 def test_icmp_identifier_reallocated_on_collision():
     h = Harness(CONF)
     h.send(icmp_echo("10.1.0.5", "9.9.9.9", 7), "tap0").expect(icmp_echo("30.0.0.1", "9.9.9.9", 7))

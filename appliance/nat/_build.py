@@ -5,6 +5,12 @@ The C lives in plain files under ``appliance/nat/c/``; the cdef is the part of
 source of truth and cffi checks every struct field offset against the
 compiler. The package version is baked in and checked at import
 (``appliance/nat/_binding.py``) so a stale build fails loudly.
+
+``APPLIANCE_SANITIZE=address,undefined`` (any -fsanitize= list) builds it
+with those sanitizers, every finding fatal, for tests only: Python itself
+is not built with them, so the process needs the ASan runtime preloaded
+(tests/test_sanitizers.py builds such a copy apart and runs the
+differential fuzz through it).
 """
 
 from __future__ import annotations
@@ -17,6 +23,16 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 C_DIR = HERE / "c"
+
+
+SANITIZE = os.environ.get("APPLIANCE_SANITIZE", "")
+if SANITIZE:
+    _opt = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}", "-fno-sanitize-recover=all"]
+    _link = [f"-fsanitize={SANITIZE}"]
+else:
+    # -flto: the per-packet helpers called across the files inline as they
+    # did in one file (bench core's fastpath_pps would tell otherwise)
+    _opt, _link = ["-O2", "-flto"], ["-O2", "-flto"]
 
 
 def _version() -> str:
@@ -37,8 +53,9 @@ def _cdef() -> str:
 
 
 def _rel(path: pathlib.Path) -> str:
-    # setuptools insists on paths relative to setup.py (the working directory)
-    return os.path.relpath(path, os.getcwd())
+    # setuptools insists on paths relative to setup.py (the working
+    # directory); a sanitized copy is compiled in a directory of its own
+    return str(path) if SANITIZE else os.path.relpath(path, os.getcwd())
 
 
 ffibuilder = FFI()
@@ -50,10 +67,8 @@ ffibuilder.set_source(
     include_dirs=[_rel(C_DIR)],
     depends=[_rel(p) for p in sorted(C_DIR.iterdir())],
     define_macros=[("NAT_BUILD_VERSION", '"%s"' % _version())],
-    # -flto: the per-packet helpers called across the files inline as they
-    # did in one file (bench core's fastpath_pps would tell otherwise)
-    extra_compile_args=["-O2", "-flto", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    extra_link_args=["-O2", "-flto"],
+    extra_compile_args=[*_opt, "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_link_args=_link,
 )
 
 if __name__ == "__main__":

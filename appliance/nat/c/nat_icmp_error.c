@@ -9,9 +9,7 @@ int handle_icmp_error(struct nat *nat, struct nat_frame *f, struct pkt *p, uint6
 {
     struct pkt in;
     uint8_t *icmp = p->l4;
-    int rc = parse_ip(icmp + 8, p->l4len - 8, &in, 1);
-    if (rc == 0 && in.family != p->family)
-        rc = NAT_C_DROP_ICMP_INNER_BAD;
+    int rc = parse_ip(icmp + 8, p->l4len - 8, &in, 1, p->family);
     if (rc == 0 && in.frag == FRAG_LATER)
         return 0; /* no ports to match: treat as a transit error */
     if (rc == 0) {

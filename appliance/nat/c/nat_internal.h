@@ -395,7 +395,7 @@ static inline uint8_t *dst_field(const struct pkt *p) { return p->l3 + (p->famil
 
 
 /* nat_parse.c, nat_rewrite.c, nat_frag.c, nat_icmp_error.c, nat_reset.c */
-NAT_INTERNAL int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner);
+NAT_INTERNAL int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner, uint8_t family);
 NAT_INTERNAL int parse_l4(struct pkt *p, int need_full);
 NAT_INTERNAL void rewrite_l4(struct nat *nat, struct pkt *p, uint16_t sport, uint16_t dport,
                              uint32_t acc, uint32_t *icmp_acc);

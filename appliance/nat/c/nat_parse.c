@@ -17,23 +17,26 @@ static int icmp_kind(uint8_t family, uint8_t type)
     return ICMPK_OTHER;
 }
 
-/* Parse an IP header at l3 with avail bytes after it. Returns 0 or a drop
- * counter. Fills everything in p but the L4 details. verify_csum is off for
- * the embedded header of ICMP errors (routers may have changed it). */
-int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner)
+/* Parse an IP header of `family` (the EtherType's, or the outer header's
+ * for the packet an ICMP error quotes) at l3 with avail bytes after it.
+ * Returns 0 or a drop counter: a header of the other version is a bad
+ * header of the expected one. Fills everything in p but the L4 details.
+ * Checksum and lengths are not held against the packet an ICMP error
+ * quotes (inner: routers may have changed it, and quote only its start). */
+int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner, uint8_t family)
 {
-    uint8_t v = l3[0] >> 4;
+    uint8_t v = avail ? l3[0] >> 4 : 0;
     memset(&p->key, 0, sizeof p->key);
     p->l3 = l3;
     p->frag = FRAG_NONE;
     p->routing_pending = 0;
     p->tcp_flags = 0;
     p->icmp = ICMPK_NONE;
-    if (avail < 1)
-        return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP4_TRUNCATED;
-    if (v == 4) {
+    if (family == NAT_AF_INET) {
         if (avail < 20)
             return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP4_TRUNCATED;
+        if (v != 4)
+            return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP4_BAD_HEADER;
         unsigned hl = (l3[0] & 0x0f) * 4u;
         if (hl < 20)
             return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP4_BAD_HEADER;
@@ -65,9 +68,11 @@ int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner)
         p->l4len = tot - hl;
         return 0;
     }
-    if (v == 6) {
+    {   /* IPv6 */
         if (avail < 40)
             return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP6_TRUNCATED;
+        if (v != 6)
+            return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP6_BAD_HEADER;
         unsigned plen = (unsigned)l3[4] << 8 | l3[5];
         if (plen == 0 && !inner)
             return NAT_C_DROP_IP6_BAD_LENGTH; /* jumbogram (RFC 2675) or empty: not ours */
@@ -85,8 +90,8 @@ int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner)
         int first_hdr = 1;
         for (;;) {
             if (nh == 0 || nh == 43 || nh == 60) {
-                if (nh == 0 && !first_hdr)
-                    return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP6_TRUNCATED;
+                if (nh == 0 && !first_hdr)   /* RFC 8200 4.1: hop-by-hop only first */
+                    return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP6_BAD_HEADER;
                 if (left < 8)
                     return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP6_TRUNCATED;
                 uint32_t el = (h[1] + 1u) * 8u;
@@ -122,7 +127,6 @@ int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner)
         p->l4len = left;
         return 0;
     }
-    return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP4_BAD_HEADER;
 }
 
 /* L4 ports into p->key. Returns 0, or a drop counter; sets p->icmp. For

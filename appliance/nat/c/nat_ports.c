@@ -19,7 +19,10 @@ static inline int port_free(const struct nat *nat, struct nat_key *rev, uint16_t
 int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred, uint16_t lo,
                    uint16_t hi, uint64_t salt, uint64_t now_ns)
 {
-    if (preferred >= 0 && preferred <= 0xffff && port_free(nat, rev, (uint16_t)preferred, now_ns))
+    /* port 0 is no TCP/UDP port (a sender's 0 is not kept, as Linux's NAT
+     * does not); an ICMP identifier may be 0 */
+    if (preferred >= 0 && preferred <= 0xffff && (preferred || is_icmp_proto(rev->family, rev->proto)) &&
+        port_free(nat, rev, (uint16_t)preferred, now_ns))
         return 0;
     if (hi < lo)
         return -1;

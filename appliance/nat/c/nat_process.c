@@ -44,9 +44,7 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         verdict(nat, f, NAT_PASS, NAT_C_PASS_NON_IP);
         return;
     }
-    int rc = parse_ip(d + off, len - off, &p, 0);
-    if (rc == 0 && ((et == 0x0800) != (p.family == NAT_AF_INET)))
-        rc = NAT_C_DROP_IP4_BAD_HEADER; /* version does not match the EtherType */
+    int rc = parse_ip(d + off, len - off, &p, 0, et == 0x0800 ? NAT_AF_INET : NAT_AF_INET6);
     if (rc == 0)
         rc = parse_l4(&p, 1);
     if (rc) {

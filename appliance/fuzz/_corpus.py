@@ -18,7 +18,7 @@ import ipaddress
 import random
 import struct
 
-from ._model import ICMP4, ICMP6, TCP, UDP, Model, ones
+from ._model import ICMP4, ICMP6, TCP, UDP, Model, Rules, ones
 
 CONFIG = """
 [sessions]
@@ -66,8 +66,8 @@ SERVICES = {  # (proto, vip) -> [(port, backend, backend port)]
 }
 
 
-def rules():
-    from ._model import Rules
+def rules() -> Rules:
+    """What the model must know of CONFIG."""
     t = {}
     for (proto, vip), ports in SERVICES.items():
         for port, be, bp in ports:

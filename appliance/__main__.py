@@ -24,8 +24,9 @@ commands:
   bench flood   a SYN flood against a full table, the appliance and nftables (root)
   bench fuzz    the NAT core against an independent model, on generated and mutated frames
 
-Exit status: 0 success, 1 invalid configuration or unreadable file, 2 usage,
-3 replay: the capture is damaged (the frames before the damage were replayed).
+Exit status: 0 success, 1 invalid configuration or unreadable file (bench
+fuzz: a mismatch), 2 usage, 3 replay: the capture is damaged (the frames
+before the damage were replayed).
 """
 
 

@@ -34,6 +34,13 @@ REACHED = {
     "drop_l4_truncated": 20, "drop_icmp_inner_bad": 10, "drop_frag_orphan": 50, "drop_no_translation": 50,
 }
 COUNTED = {"icmp_error_translated": 200, "frag_followed": 100, "udp_zero_csum": 50}
+#: the model's own less common paths (Model.paths)
+TAKEN = {"source_port_kept": 1000, "source_port_zero": 50, "source_port_taken": 5, "dnat_then_snat": 80,
+         "atomic_fragment": 30}
+
+
+def _floor(n: int) -> int:
+    return max(1, n * FRAMES // 30000)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -41,10 +48,12 @@ def test_the_core_agrees_with_the_model(seed):
     r = fuzz.run(FRAMES, seed=seed)
     assert not r.mismatches, str(r.mismatches[0])
     assert r.frames == FRAMES
-    short = {k: (r.verdicts.get(k, 0), n) for k, n in REACHED.items() if r.verdicts.get(k, 0) < n * FRAMES // 30000}
+    short = {k: (r.verdicts.get(k, 0), n) for k, n in REACHED.items() if r.verdicts.get(k, 0) < _floor(n)}
     assert not short, f"verdicts reached too rarely (got, wanted): {short}"
-    short = {k: (r.counters[k], n) for k, n in COUNTED.items() if r.counters[k] < n * FRAMES // 30000}
+    short = {k: (r.counters[k], n) for k, n in COUNTED.items() if r.counters[k] < _floor(n)}
     assert not short, f"paths taken too rarely (got, wanted): {short}"
+    short = {k: (r.paths.get(k, 0), n) for k, n in TAKEN.items() if r.paths.get(k, 0) < _floor(n)}
+    assert not short, f"model paths taken too rarely (got, wanted): {short}"
     kinds = {k.split("/")[0] for k in r.kinds}
     assert kinds >= {"new_vip_flow", "reply", "snat_flow", "icmp_error", "fragments", "orphan", "echo"}, kinds
     assert {k.split("/")[1] for k in r.kinds if "/" in k} == {"cut", "flip", "flip+csum", "length"}
@@ -63,9 +72,8 @@ def _model_and_answer(frame, iface="eth0", setup=()):
     """The model's expectation and the real core's answer for `frame`."""
     h = Harness(CONFIG)
     m = Model(rules())
-    for f, i in setup:
-        h.run([f], i)
-        m.expect(f, i)
+    for f, i in setup:       # checked too: a port the NAT chose enters the model's table then
+        assert check(f, m.expect(f, i), *_answer(h, f, i)) == []
     verdict, reason, out = _answer(h, frame, iface)
     return frame, m.expect(frame, iface), verdict, reason, out
 
@@ -140,3 +148,44 @@ def test_a_snat_port_already_taken_is_a_mismatch():
     clash = bytearray(out2)
     clash[14 + 20:14 + 22] = out1[14 + 20:14 + 22]                 # as if it had given the same one
     assert any("already in use" in p for p in check(second, m.expect(second, "tap0"), v2, r2, bytes(clash)))
+
+
+def _with_source_port(out: bytes, port: int) -> bytes:
+    b = bytearray(out)
+    struct.pack_into("!H", b, 14 + 20, port)
+    return bytes(b)
+
+
+def test_a_free_source_port_not_kept_is_a_mismatch():
+    frame = tcp("10.1.0.1", 4000, "40.0.0.1", 443)
+    h, m = Harness(CONFIG), Model(rules())
+    v, r, out = _answer(h, frame, "tap0")
+    assert out[14 + 20:14 + 22] == struct.pack("!H", 4000)        # kept: it was free
+    assert check(frame, Model(rules()).expect(frame, "tap0"), v, r, out) == []
+    assert any("was free and not kept" in p
+               for p in check(frame, m.expect(frame, "tap0"), v, r, _with_source_port(out, 5000)))
+
+
+def test_a_kept_source_port_zero_is_a_mismatch():
+    """TCP/UDP port 0 is no port: the NAT picks one, for DNAT flows too."""
+    frame = udp("10.0.0.1", 0, "30.0.0.2", 53)
+    h, m = Harness(CONFIG), Model(rules())
+    v, r, out = _answer(h, frame, "eth0")
+    got = struct.unpack_from("!H", out, 14 + 20)[0]
+    assert v == "translated" and got >= 1024
+    assert check(frame, Model(rules()).expect(frame, "eth0"), v, r, out) == []
+    assert any("neither the sender's" in p
+               for p in check(frame, m.expect(frame, "eth0"), v, r, _with_source_port(out, 0)))
+
+
+def test_a_vip_flow_from_an_snat_interface_is_snated_after_dnat():
+    """Its backend (50.0.0.1) is outside the exclusions: the source becomes
+    the SNAT address; one to an excluded backend keeps its source."""
+    out_of = tcp("10.1.0.1", 4000, "30.0.0.2", 81)
+    frame, want, verdict, reason, out = _model_and_answer(out_of, "tap0")
+    assert verdict == "translated" and out[14 + 12:14 + 16] == bytes([30, 0, 0, 1])
+    assert check(frame, want, verdict, reason, out) == []
+    assert check(frame, want, verdict, reason, _corrupt(out, 14 + 15, 0x02))
+    frame, want, verdict, reason, out = _model_and_answer(tcp("10.1.0.1", 4000, "30.0.0.2", 80), "tap0")
+    assert verdict == "translated" and out[14 + 12:14 + 16] == bytes([10, 1, 0, 1])
+    assert check(frame, want, verdict, reason, out) == []

@@ -48,18 +48,21 @@ class Report:
     kinds: dict = dataclasses.field(default_factory=dict)
     #: the core's own counters of what it did that no verdict names
     counters: dict = dataclasses.field(default_factory=dict)
+    #: the model's less common paths, as it took them (Model.paths)
+    paths: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {"seed": self.seed, "frames": self.frames, "mismatches": len(self.mismatches),
                 "first_mismatch": str(self.mismatches[0]) if self.mismatches else None,
                 "verdicts": dict(sorted(self.verdicts.items())), "kinds": dict(sorted(self.kinds.items())),
-                "counters": self.counters,
+                "counters": self.counters, "paths": dict(sorted(self.paths.items())),
                 "seconds": round(self.seconds, 1)}
 
 
-def run(frames: int, seed: int = 1, stop_after: int = 1) -> Report:
-    """Fuzz ``frames`` frames; stop after ``stop_after`` mismatches (0: never)."""
+def run(frames: int, seed: int = 1, stop_after: int = 1, exact: bool = False) -> Report:
+    """Fuzz ``frames`` frames; stop after ``stop_after`` mismatches (0: never).
+    ``exact``: every frame in an allocation of its own length (for ASan)."""
     from .._config import parse_config
     from .._plugins import Plugins
     from ..nat import Batch, NatCore, Verdict
@@ -69,7 +72,7 @@ def run(frames: int, seed: int = 1, stop_after: int = 1) -> Report:
     t0 = time.perf_counter()
     rnd = random.Random(seed)
     config = parse_config(CONFIG, "<fuzz>")
-    batch = Batch(BATCH)
+    batch = Batch(BATCH, exact=exact)
     now = 1000.0
     def tally(core, corpus) -> None:
         got = core.counters()
@@ -77,6 +80,8 @@ def run(frames: int, seed: int = 1, stop_after: int = 1) -> Report:
             rep.counters[name] = rep.counters.get(name, 0) + got[name]
         for k, v in corpus.counts.items():
             rep.kinds[k] = rep.kinds.get(k, 0) + v
+        for k, v in corpus.model.paths.items():
+            rep.paths[k] = rep.paths.get(k, 0) + v
 
     while rep.frames < frames:
         core = NatCore(config, Plugins(entry_points=False, first_party=False), table_seed=rnd.randrange(1 << 32))
@@ -89,11 +94,11 @@ def run(frames: int, seed: int = 1, stop_after: int = 1) -> Report:
             core.process(batch, now)
             for i, (frame, iface, kind) in enumerate(todo):
                 fr = batch.frames[i]
+                reason = COUNTER_NAMES[fr.reason]
                 if fr.verdict == Verdict.FORWARD:
-                    verdict, reason = "translated", "translated"
+                    verdict = "translated"
                 else:
                     verdict = "passed" if fr.verdict == Verdict.PASS else "drop"
-                    reason = COUNTER_NAMES[fr.reason]
                 rep.verdicts[reason] = rep.verdicts.get(reason, 0) + 1
                 want = model.expect(frame, iface)
                 problems = check(frame, want, verdict, reason, batch.data(i))

@@ -49,6 +49,16 @@ vip = "30::2"
 port = 53
 backends = ["->20::1 5353"]
 [[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 81
+backends = ["->50.0.0.1 8081"]
+[[translation]]
+proto = "udp"
+vip = "30::2"
+port = 54
+backends = ["->50::1 5454"]
+[[translation]]
 proto = "icmp"
 vip = "30.0.0.3"
 backends = ["->20.0.0.3"]
@@ -61,9 +71,13 @@ backends = ["->20::3"]
 A = lambda s: ipaddress.ip_address(s).packed   # noqa: E731
 VIP4, VIP6, ICMP_VIP4, ICMP_VIP6 = A("30.0.0.2"), A("30::2"), A("30.0.0.3"), A("30::3")
 SERVICES = {  # (proto, vip) -> [(port, backend, backend port)]
-    (TCP, VIP4): [(80, A("20.0.0.1"), 8080)], (UDP, VIP4): [(53, A("20.0.0.1"), 5353)],
-    (TCP, VIP6): [(80, A("20::1"), 8080)], (UDP, VIP6): [(53, A("20::1"), 5353)],
+    (TCP, VIP4): [(80, A("20.0.0.1"), 8080), (81, A("50.0.0.1"), 8081)],
+    (UDP, VIP4): [(53, A("20.0.0.1"), 5353)],
+    (TCP, VIP6): [(80, A("20::1"), 8080)],
+    (UDP, VIP6): [(53, A("20::1"), 5353), (54, A("50::1"), 5454)],
 }
+#: backends 50.0.0.1 and 50::1 are outside the SNAT exclusions: their flows
+#: arriving on the SNAT interface are SNATed after DNAT
 
 
 def rules() -> Rules:
@@ -158,10 +172,12 @@ class Corpus:
                       (self.excluded, 1), (self.transit, 1), (self.other, 1)]
         self.weights = [w for _, w in self.kinds]
         self.counts: dict[str, int] = {}
+        self._pending: list[tuple[bytes, str, str]] = []
 
     def batch(self, n: int) -> list[tuple[bytes, str, str]]:
-        """n frames: (frame, interface, kind)."""
-        out = []
+        """n frames: (frame, interface, kind). A kind's frames that do not
+        fit (a datagram's second fragment) open the next batch."""
+        out, self._pending = self._pending[:n], self._pending[n:]
         while len(out) < n:
             make = self.rnd.choices([k for k, _ in self.kinds], self.weights)[0]
             for frame, iface in make():
@@ -171,6 +187,7 @@ class Corpus:
                     kind += "/" + how
                 self.counts[kind] = self.counts.get(kind, 0) + 1
                 out.append((frame, iface, kind))
+        self._pending = out[n:] + self._pending
         return out[:n]
 
     # kinds ------------------------------------------------------------------
@@ -180,6 +197,10 @@ class Corpus:
         if v6:
             return A(f"10::{r.randrange(1, 200):x}:{r.randrange(1, 65535):x}")
         return bytes([10, 0, r.randrange(256), r.randrange(1, 255)])
+
+    def _sport(self) -> int:
+        """A client's source port: now and then 0, which is no port (the NAT picks one)."""
+        return 0 if self.rnd.random() < 0.02 else self.rnd.randrange(1024, 65536)
 
     def _payload(self) -> bytes:
         return bytes(self.rnd.randrange(256) for _ in range(self.rnd.choice((0, 1, 5, 16, 33))))
@@ -196,8 +217,8 @@ class Corpus:
         r = self.rnd
         (proto, vip), ports = r.choice(list(SERVICES.items()))
         v6 = len(vip) == 16
-        port = ports[0][0] if r.random() < 0.9 else r.randrange(1, 65536)   # sometimes a port without translation
-        client, cport = self._client(v6), r.randrange(1024, 65536)
+        port = r.choice(ports)[0] if r.random() < 0.9 else r.randrange(1, 65536)   # sometimes a port without translation
+        client, cport = self._client(v6), self._sport()
         iface = "eth0" if r.random() < 0.8 else "tap0"
         self.flows.append((v6, proto, client, cport, vip, port, iface))
         yield self._frame(v6, client, vip, proto, cport, port, iface)
@@ -232,7 +253,7 @@ class Corpus:
         proto = r.choice((TCP, UDP, ICMP6 if v6 else ICMP4))
         client = A(f"10:1::{r.randrange(1, 65535):x}") if v6 else bytes([10, 1, r.randrange(256), r.randrange(1, 255)])
         dst = A(f"40::{r.randrange(1, 65535):x}") if v6 else bytes([40, 0, r.randrange(256), r.randrange(1, 255)])
-        cport = r.randrange(1, 65536)
+        cport = 0 if r.random() < 0.02 else r.randrange(1, 65536)
         dport = cport if proto in (ICMP4, ICMP6) else r.choice((80, 443, 53, r.randrange(1, 65536)))
         self.flows.append((v6, proto, client, cport, dst, dport, "tap0"))
         yield self._frame(v6, client, dst, proto, cport, dport, "tap0")
@@ -287,7 +308,7 @@ class Corpus:
         icmp_type = None
         if proto in (ICMP4, ICMP6):   # a request as it left, or a reply
             icmp_type = (128 if v6 else 8) if reporter != f[2] else (129 if v6 else 0)
-        inner = l4(proto, qsrc, qdst, qsport, qdport, self._payload(), icmp_type=icmp_type or 8)
+        inner = l4(proto, qsrc, qdst, qsport, qdport, self._payload(), icmp_type=8 if icmp_type is None else icmp_type)
         quoted = ip6(qsrc, qdst, proto, inner) if v6 else ip4(qsrc, qdst, proto, inner, ident=r.randrange(65536))
         if r.random() < 0.3:
             quoted = quoted[:(40 if v6 else 20) + 8]     # the minimum a router quotes
@@ -306,12 +327,18 @@ class Corpus:
         yield eth(pkt, v6, vlan=r.random() < 0.1), "eth1"
 
     def fragments(self):
-        """A UDP datagram to a vip in two fragments, in order."""
+        """A UDP datagram to a vip in two fragments, in order; or, over
+        IPv6, now and then an atomic fragment (offset 0, no more: the whole
+        datagram, RFC 6946)."""
         r = self.rnd
         v6 = r.random() < 0.4
         vip = VIP6 if v6 else VIP4
-        client, cport = self._client(v6), r.randrange(1024, 65536)
+        client, cport = self._client(v6), self._sport()
         seg = l4(UDP, client, vip, cport, 53, bytes(r.randrange(256) for _ in range(40)))
+        if v6 and r.random() < 0.15:
+            self.flows.append((v6, UDP, client, cport, vip, 53, "eth0"))
+            yield eth(ip6(client, vip, UDP, seg, [(44, bytes([0]) + struct.pack("!HI", 0, r.randrange(1 << 32)))]), v6), "eth0"
+            return
         cut = 16 if r.random() < 0.9 else 8
         ident = r.randrange(1, 1 << 16)
         if v6:

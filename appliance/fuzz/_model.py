@@ -73,6 +73,7 @@ class L3:
     fragment: bool = False   # a fragment of either kind
     ident: int = 0
     routing_left: bool = False   # IPv6 routing header with segments left
+    atomic: bool = False     # an IPv6 fragment header with offset 0 and no more
 
     @property
     def l4(self) -> int:
@@ -124,12 +125,16 @@ def parse_l3(frame: bytes, off: int, family: int, inner: bool = False) -> L3:
         if p + 8 > end:
             raise Drop("drop_icmp_inner_bad" if inner else "drop_ip6_truncated")
         if nxt == 44:
+            # an atomic fragment (offset 0, no more: RFC 6946) is the whole
+            # datagram, handled as if it had no fragment header
             fo = struct.unpack_from("!H", frame, p + 2)[0]
-            l3.fragment, l3.first = True, (fo >> 3) == 0
             l3.ident = struct.unpack_from("!I", frame, p + 4)[0]
             nxt, p = frame[p], p + 8
-            if not l3.first:
+            if fo >> 3:
+                l3.fragment, l3.first = True, False
                 break       # what follows is the middle of a datagram, not headers
+            l3.fragment = l3.fragment or bool(fo & 1)
+            l3.atomic = l3.atomic or not fo & 1
             continue
         size = (frame[p + 1] + 1) * 8
         if p + size > end:
@@ -179,7 +184,8 @@ class Rules:
     snat: dict                         # family -> SNAT address bytes
     snat_interfaces: set
     excluded: list                     # ipaddress networks
-    snat_ports: tuple = (1024, 65535)   # ports handed out; a free original one is kept (not 0), as Linux
+    #: source ports handed out (SNAT and DNAT alike); a free original one is kept (not 0), as Linux does
+    snat_ports: tuple = (1024, 65535)
 
 
 class Model:
@@ -188,7 +194,11 @@ class Model:
         self.sessions: dict[tuple, Flow] = {}   # key as it arrives -> tuple as it leaves
         self.forward: set = set()               # the keys of initiators (the other: their answers)
         self.frags: dict[tuple, tuple] = {}     # (family, src, dst, proto, ident) -> (new src, new dst)
-        self.snat_taken: set = set()
+        #: how often the rules' less common paths were taken (the test's floors)
+        self.paths: dict[str, int] = {}
+
+    def _took(self, path: str) -> None:
+        self.paths[path] = self.paths.get(path, 0) + 1
 
     # -- the frame ---------------------------------------------------------
 
@@ -213,6 +223,8 @@ class Model:
         if et not in (ETH_IP4, ETH_IP6):
             raise _pass("pass_non_ip")
         l3 = parse_l3(frame, off, 4 if et == ETH_IP4 else 6)
+        if l3.atomic:
+            self._took("atomic_fragment")
         return self._datagram(frame, l3, iface)
 
     def _vip(self, l3: L3) -> bool:
@@ -265,8 +277,13 @@ class Model:
             sport, dport = struct.unpack_from("!HH", frame, l3.l4)
             flow = Flow(proto, l3.src, sport, l3.dst, dport)
         out = self.sessions.get(flow.key())
-        if out is not None and proto == icmp and (frame[l3.l4] in (8, 128)) != (flow.key() in self.forward):
-            out = None      # a request matches only the initiator's key, a reply only the answer's
+        # a request matches only the initiator's key, a reply only the
+        # answer's; with identifier 0 the two are one key (a request is
+        # keyed by the identifier as its source port, a reply as its
+        # destination port, and 0 is both), so either matches
+        if out is not None and proto == icmp and flow.sport and \
+                (frame[l3.l4] in (8, 128)) != (flow.key() in self.forward):
+            out = None
         e = Expectation("translated", "translated")
         if out is None:
             out = self._new_flow(flow, l3, iface, frame[l3.l4] if proto == icmp else None)
@@ -313,18 +330,29 @@ class Model:
             if t is None:
                 raise Drop("drop_no_translation")
             be, be_port = t
-            out = Flow(flow.proto, flow.src, flow.sport, be, be_port or flow.dport)
+            # the source port is the NAT's choice too: the sender's is kept
+            # when it is free and is a port (not TCP/UDP 0)
+            out = Flow(flow.proto, flow.src, -1, be, be_port or flow.dport)
             if flow.proto in (ICMP4, ICMP6):
-                out.dport = flow.sport
-            self._install(flow, out)
+                out.dport = -1
+            # SNAT applies after DNAT, to the flow towards its backend
+            if self._snats(iface, l3.family, be):
+                out.src = r.snat[l3.family]
+                self._took("dnat_then_snat")
             return out
-        if iface in r.snat_interfaces and l3.family in r.snat:
-            dst = ipaddress.ip_address(l3.dst)
-            if any(dst in n for n in r.excluded):
-                self._install(flow, flow)
-                return flow
+        if self._snats(iface, l3.family, l3.dst):
             return Flow(flow.proto, r.snat[l3.family], -1, flow.dst, flow.dport)   # port: the NAT's choice
+        if iface in r.snat_interfaces and l3.family in r.snat:      # excluded
+            self._install(flow, flow)
+            return flow
         return None
+
+    def _snats(self, iface: str, family: int, dst: bytes) -> bool:
+        r = self.rules
+        if iface not in r.snat_interfaces or family not in r.snat:
+            return False
+        d = ipaddress.ip_address(dst)
+        return not any(d in n for n in r.excluded)
 
     def _not_new(self, l3: L3) -> None:
         if self._vip(l3):
@@ -349,13 +377,13 @@ class Model:
             if out.sport >= 0:
                 e.edits.append((l4 + 4, struct.pack("!H", out.sport)))
             else:
-                e.free.append((l4 + 4, lambda port, flow=flow, out=out: self._snat_chosen(flow, out, port)))
+                e.free.append((l4 + 4, lambda port, flow=flow, out=out: self._port_chosen(flow, out, port)))
             e.sums.append((l4 + 2, l4, end, _pseudo(l3) if flow.proto == ICMP6 else None))
             return
         if out.sport >= 0:
             e.edits.append((l4, struct.pack("!H", out.sport)))
         else:
-            e.free.append((l4, lambda port, flow=flow, out=out: self._snat_chosen(flow, out, port)))
+            e.free.append((l4, lambda port, flow=flow, out=out: self._port_chosen(flow, out, port)))
         e.edits.append((l4 + 2, struct.pack("!H", out.dport)))
         field = l4 + (16 if flow.proto == TCP else 6)
         if flow.proto == UDP and frame[field:field + 2] == b"\0\0" and l3.family == 4:
@@ -365,19 +393,25 @@ class Model:
             if flow.proto == UDP:
                 e.udp_sums.add(field)
 
-    def _snat_chosen(self, flow: Flow, out: Flow, port: int) -> Optional[str]:
+    def _port_chosen(self, flow: Flow, out: Flow, port: int) -> Optional[str]:
+        """A new flow's source port as the NAT chose it: the sender's when
+        that is free towards the new destination and is a port (an ICMP
+        identifier may be 0, a TCP/UDP port not), else one of the range."""
         lo, hi = self.rules.snat_ports
         icmp = flow.proto in (ICMP4, ICMP6)
         if icmp:
             lo = 0                  # any identifier, 0 too
-        kept = port == flow.sport and (port or icmp)
-        chosen = Flow(out.proto, out.src, port, out.dst, out.dport)
-        if flow.proto in (ICMP4, ICMP6):
-            chosen.dport = port
-        if not kept and not lo <= port <= hi:
-            return f"SNAT port {port}: neither the sender's ({flow.sport}) nor in {lo}-{hi}"
+        def leaving(p: int) -> Flow:
+            return Flow(out.proto, out.src, p, out.dst, p if icmp else out.dport)
+        chosen = leaving(port)
         if chosen.reverse().key() in self.sessions:
-            return f"SNAT port {port} already in use towards that destination"
+            return f"source port {port} already in use towards that destination"
+        keepable = (flow.sport or icmp) and leaving(flow.sport).reverse().key() not in self.sessions
+        if keepable and port != flow.sport:
+            return f"source port {port}: the sender's ({flow.sport}) was free and not kept"
+        if not keepable and not lo <= port <= hi:
+            return f"source port {port}: neither the sender's ({flow.sport}) nor in {lo}-{hi}"
+        self._took("source_port_kept" if keepable else "source_port_zero" if not flow.sport else "source_port_taken")
         self._install(flow, chosen)
         return None
 
@@ -405,8 +439,9 @@ class Model:
             quoted = Flow(iproto, inner.src, sp, inner.dst, dp)
         key = quoted.reverse().key()
         back = self.sessions.get(key)
-        if back is not None and iproto == icmp and (frame[inner.l4] in (8, 128)) == (key in self.forward):
-            back = None     # a quoted request answers a reply's key, and a reply a request's
+        if back is not None and iproto == icmp and quoted.sport and \
+                (frame[inner.l4] in (8, 128)) == (key in self.forward):
+            back = None     # a quoted request answers a reply's key, and a reply a request's (not 0: above)
         if back is None:
             raise self._no_session(l3)
         # the quoted packet becomes what the other side sent: back reversed
@@ -419,8 +454,7 @@ class Model:
         il4 = inner.l4
         if iproto == icmp:
             e.edits.append((il4 + 4, struct.pack("!H", orig.sport)))
-            if inner.end - il4 >= 4:
-                e.sums.append((il4 + 2, il4, inner.end, _pseudo(inner) if iproto == ICMP6 else None))
+            e.sums.append((il4 + 2, il4, inner.end, _pseudo(inner) if iproto == ICMP6 else None))
         else:
             e.edits += [(il4, struct.pack("!H", orig.sport)), (il4 + 2, struct.pack("!H", orig.dport))]
             field = il4 + (16 if iproto == TCP else 6)
@@ -441,7 +475,6 @@ class Model:
             e.sums.append((l3.off + 10, l3.off, l3.off + l3.hlen, None))
         e.sums.append((l3.l4 + 2, l3.l4, l3.end, _pseudo(l3) if l3.family == 6 else None))
         return e
-
 
     def _no_session(self, l3: L3) -> Drop:
         """An ICMP error about no flow of ours: transit, unless it is to a

@@ -67,8 +67,7 @@ int parse_ip(uint8_t *l3, uint32_t avail, struct pkt *p, int inner, uint8_t fami
         p->l4 = l3 + hl;
         p->l4len = tot - hl;
         return 0;
-    }
-    {   /* IPv6 */
+    } else {   /* NAT_AF_INET6: the callers pass no other family */
         if (avail < 40)
             return inner ? NAT_C_DROP_ICMP_INNER_BAD : NAT_C_DROP_IP6_TRUNCATED;
         if (v != 6)

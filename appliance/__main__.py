@@ -15,7 +15,7 @@ commands:
                 --offline: the seed's examples through the NAT core, explained
   run           NAT live traffic on the configured interfaces (AF_XDP; root)
   show          sessions / stats / translations of a running appliance (control socket)
-  cnat          the seed's cnat verbs on a running appliance (translation add/del, snat, show)
+  cnat          the seed's cnat verbs on a running appliance (translation add/del, snat, show, drain)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
   explain       why a new flow gets its backend, SNAT decision and rewrite
   check-config  validate a configuration file and print what it configures
@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                         "translation del proto TCP vip 30.0.0.2 80 (or del NAME); snat with ADDRESS; "
                         "snat exclude PREFIX [del]; backend set TRANSLATION BACKEND (weight N | drain | down "
                         "| up); show (session [verbose] | translation | snat); save (the running configuration as "
-                        "TOML). Changes are an overlay on the watched file: kept across its reloads, dropped at a "
+                        "TOML); drain [SECONDS] (withdraw the vips from BGP, serve the established sessions "
+                        "until they end or SECONDS pass, default 60, then stop). Changes are an overlay on the watched file: kept across its reloads, dropped at a "
                         "restart (docs/operations.md).")
     cn.add_argument("--control", metavar="PATH", help="its control socket (default: this namespace's)")
     cn.add_argument("--json", action="store_true", help="print the raw JSON answer")
@@ -207,7 +208,7 @@ def _error(msg: str) -> int:
 def _cnat_command(args) -> int:
     import trio
 
-    from ._cnat import CnatSyntaxError, Save, Show, parse
+    from ._cnat import CnatSyntaxError, InstanceDrain, Save, Show, parse
     from ._controlpath import default_control_path
     from .runtime import query
 
@@ -243,6 +244,10 @@ def _cnat_command(args) -> int:
         print("\n".join(_translation_lines(answer["translations"])))
         for c in runtime:
             print(f"runtime: cnat {c}")
+    elif isinstance(cmd, InstanceDrain):
+        d = answer["drain"]
+        print(f"ok: cnat {answer['ok']}: {'vips withdrawn from BGP' if answer['bgp'] else 'no [bgp]: nothing to withdraw'}"
+              f"; stopping when the last of {d['sessions']} sessions ends or in {d['stops_in_s']:.0f} s")
     elif isinstance(cmd, Show):
         print(json.dumps(answer.get("snat"), sort_keys=True))
         for c in answer.get("runtime", []):

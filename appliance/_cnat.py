@@ -16,6 +16,7 @@ Grammar (case-insensitive keywords and protocol, as VPP's CLI)::
     backend set TRANSLATION BACKEND (weight N | drain | down | up)
     show (session [verbose] | translation | snat)
     save
+    drain [SECONDS]
 
 BACKEND is ``[SRC_IP [SRC_PORT]]->DST_IP [DST_PORT]``.
 """
@@ -28,6 +29,7 @@ from typing import Union
 
 from ._config import Config, ConfigError, SnatConfig, parse_backend, parse_config
 from ._types import Translation, default_translation_name
+from .cluster import ClusterConfig
 
 FORMS = {
     "translation add": "translation add proto (tcp|udp|icmp) (vip|real) ADDRESS [PORT] to "
@@ -38,6 +40,7 @@ FORMS = {
     "backend set": "backend set TRANSLATION BACKEND (weight N | drain | down | up)",
     "show": "show (session [verbose] | translation | snat)",
     "save": "save",
+    "drain": "drain [SECONDS]",
 }
 
 
@@ -96,7 +99,15 @@ class Show:
     verbose: bool = False
 
 
-Command = Union[TranslationAdd, TranslationDel, SnatWith, SnatExclude, BackendSet, Show, Save]
+@dataclasses.dataclass(frozen=True)
+class InstanceDrain:
+    """Stop taking new work: the vips withdrawn from BGP, established
+    sessions served until they end or ``seconds`` pass, then the process
+    stops (docs/cluster.md)."""
+    seconds: int = 60
+
+
+Command = Union[TranslationAdd, TranslationDel, SnatWith, SnatExclude, BackendSet, Show, Save, InstanceDrain]
 #: the commands that change the configuration (kept in the overlay)
 CHANGES = (TranslationAdd, TranslationDel, SnatWith, SnatExclude)
 
@@ -106,7 +117,8 @@ def parse(words: list[str]) -> Command:
     w = [x for x in words if x]
     low = [x.lower() for x in w]
     if not w:
-        raise CnatSyntaxError("no command", " | ".join(("translation ...", "snat ...", "backend set ...", "show ...")))
+        raise CnatSyntaxError("no command", " | ".join(("translation ...", "snat ...", "backend set ...", "show ...",
+                                                       "drain ...")))
     if low[0] == "translation" and len(w) >= 2 and low[1] == "add":
         return _translation(w[2:], low[2:], "translation add", with_backends=True)
     if low[0] == "translation" and len(w) >= 2 and low[1] == "del":
@@ -144,6 +156,10 @@ def parse(words: list[str]) -> Command:
         raise CnatSyntaxError("a translation, a backend and what to set", "backend set")
     if low == ["save"]:
         return Save()
+    if low[0] == "drain":
+        if len(w) > 2 or (len(w) == 2 and not (w[1].isdigit() and 1 <= int(w[1]) <= 86400)):
+            raise CnatSyntaxError("at most one deadline, in whole seconds between 1 and 86400", "drain")
+        return InstanceDrain(int(w[1])) if len(w) == 2 else InstanceDrain()
     if low[0] == "show":
         if low[1:] in (["session"], ["session", "verbose"]):
             return Show("session", len(low) == 3)
@@ -302,6 +318,8 @@ def render(cmd: Command) -> str:
             f" {cmd.weight}" if cmd.action == "weight" else "")
     if isinstance(cmd, Save):
         return "save"
+    if isinstance(cmd, InstanceDrain):
+        return f"drain {cmd.seconds}"
     return f"show {cmd.what}" + (" verbose" if getattr(cmd, "verbose", False) else "")
 
 
@@ -346,6 +364,16 @@ def to_toml(config: Config) -> str:
         out += ["", "[plugins]", f"modules = {arr(config.plugin_modules)}"]
     for i in config.interfaces:
         out += ["", "[[interface]]", f"name = {q(i.name)}", f"xdp_mode = {q(i.xdp_mode)}"]
+    if config.cluster != ClusterConfig(config.bgp is not None):
+        out += ["", "[cluster]", f"stateless_failover = {'true' if config.cluster.stateless_failover else 'false'}"]
+    if config.bgp is not None:
+        b = config.bgp
+        out += ["", "[bgp]", f"asn = {b.asn}", f"router_id = {q(b.router_id)}", f"hold_time = {b.hold_time}",
+                f"bird = {q(b.bird)}"] + ([f"socket = {q(b.socket)}"] if b.socket else [])
+        for n in b.neighbors:
+            announce = (["vips"] if n.vips else []) + [str(p) for p in n.prefixes]
+            out += ["", "[[bgp.neighbor]]", f"address = {q(n.address)}", f"asn = {n.asn}", f"port = {n.port}",
+                    f"announce = {arr(announce)}"]
     for t in config.translations:
         out += ["", "[[translation]]", f"name = {q(t.name)}", f"proto = {q(t.proto)}", f"{t.kind} = {q(t.address)}"]
         if t.proto != "icmp":

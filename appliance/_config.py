@@ -21,6 +21,7 @@ import re
 import tomllib
 from typing import Optional
 
+from .cluster import BgpConfig, ClusterConfig, parse_bgp, parse_cluster
 from ._types import (BACKEND_STATES, TIMEOUT_MAX, TIMEOUT_MIN, Backend, Drain, HealthCheck, IPAddress,
                      Timeouts, Translation)
 
@@ -127,6 +128,8 @@ class Config:
     interfaces: tuple[InterfaceConfig, ...] = ()   # data interfaces of `appliance run`
     locality: tuple[tuple[str, str], ...] = ()     # [locality] labels: this appliance's own
     workers: Optional[int] = None                  # [datapath] workers; None: one per usable CPU
+    cluster: ClusterConfig = ClusterConfig()     # [cluster]
+    bgp: Optional[BgpConfig] = None                # [bgp]: the vips announced by BIRD (docs/cluster.md)
 
     @property
     def interface_names(self) -> tuple[str, ...]:
@@ -440,7 +443,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         raise ConfigError(path, "", f"TOML syntax error: {msg}", int(m.group(1)) if m else None) from None
     r = _Reader(path, text)
     known_top = {"flow_hash_seed", "timeouts", "snat", "translation", "plugins", "sessions", "interface",
-                 "locality", "datapath"}
+                 "locality", "datapath", "bgp", "cluster"}
 
     seed = r.take(data, None, None, "flow_hash_seed", (int,), 0)
     if not 0 <= seed < 1 << 64:
@@ -645,12 +648,15 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         raise r.error("locality", None, "labels", "must be a table of strings, e.g. { zone = \"a\" }")
     r.no_leftovers(lo, "locality", None, {"labels"})
 
+    bgp = parse_bgp(r, data)
+    cluster = parse_cluster(r, data, bgp)
+
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),
                   plugin_budget_ms=float(budget), plugin_disable_after=disable_after,
                   max_sessions=max_sessions, interfaces=tuple(interfaces),
-                  locality=tuple(sorted(labels.items())), workers=workers)
+                  locality=tuple(sorted(labels.items())), workers=workers, bgp=bgp, cluster=cluster)
 
 
 def load_config(path: str | pathlib.Path) -> Config:

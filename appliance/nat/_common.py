@@ -30,3 +30,12 @@ def _u8(data: bytes):
 
 def _ntohs(v: int) -> int:
     return ((v & 0xFF) << 8) | (v >> 8)
+
+
+def _allowed(prefixes, src: bytes) -> bool:
+    """Is the packed source address in one of the prefixes (of its family)?"""
+    a = int.from_bytes(src, "big")
+    for net in prefixes:
+        if a & int(net.netmask) == int(net.network_address):
+            return True
+    return False

@@ -28,23 +28,15 @@ from .._types import Backend, Flow, Timeouts, Translation, proto_number
 from ._batch import Batch
 from ._lane import Lane
 from ._binding import COUNTER_INDEX, ffi, lib
-from ._common import NO_BACKEND, Verdict, _ntohs, _ns, _u8
+from ._common import NO_BACKEND, Verdict, _allowed, _ntohs, _ns, _u8
 from ._expiry import Expiry, _Drain
+from ._failover import Failover
 from ._introspection import Introspection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._plugins import Plugins   # the core is handed one; it never builds one
 
 log = logging.getLogger("appliance.nat")
-
-
-def _allowed(prefixes, src: bytes) -> bool:
-    """Is the packed source address in one of the prefixes (of its family)?"""
-    a = int.from_bytes(src, "big")
-    for net in prefixes:
-        if a & int(net.netmask) == int(net.network_address):
-            return True
-    return False
 
 
 class NatCore(Expiry, Introspection):
@@ -112,7 +104,9 @@ class NatCore(Expiry, Introspection):
         if config.max_sessions != self.config.max_sessions:
             log.warning("sessions.max changes take effect at restart (%d kept)",
                         lib.nat_session_capacity(self._nat))
-        c = lib.nat_classifier_create(2 * len(config.translations) + 8)
+        failover = Failover(config)
+        marked = failover.addresses()
+        c = lib.nat_classifier_create(2 * len(config.translations) + len(marked) + 8)
         if c == ffi.NULL:
             raise MemoryError("classifier")
         for t in config.translations:
@@ -127,7 +121,10 @@ class NatCore(Expiry, Introspection):
         if snat is not None:
             for addr in snat.addresses:
                 lib.nat_classifier_add_address(c, addr.version, _u8(addr.packed), lib.NAT_ADDR_SNAT)
+        for family, addr in marked:
+            lib.nat_classifier_add_address(c, family, _u8(addr), lib.NAT_ADDR_BACKEND)
         lib.nat_set_classifier(self._nat, c)
+        self._failover = failover
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
         self.config = config
         self._set_profile(0, config.timeouts)
@@ -292,6 +289,8 @@ class NatCore(Expiry, Introspection):
         icmp = proto == 1 or proto == 58
         port = f.port
         iface = self._port_names[port] if port < len(self._port_names) else f"port{port}"
+        if f.dir and self._failover.resolve(self, f, raw, iface, now_ns, flags):
+            return      # a backend's reply of another instance's flow
         flow = Flow(family, proto, src, dst, sport, dport, iface, f.hash, f.tcp_flags, now_ns / 1e9)
         plugins = self.plugins
         bset: Optional[BackendSet] = None

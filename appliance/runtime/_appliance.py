@@ -13,6 +13,7 @@ from .._plugins import Plugins
 from ..io_uring._steering import Steering, SteeringError
 from ..io_uring._tap import Tap
 from ..nat import NatCore
+from ._announce import Announce
 from ._control import ControlSocket
 from ._datapath import Datapath
 from ._host_ports import _HostPorts
@@ -23,7 +24,7 @@ from ._sched import run_queue_wait_ns
 log = logging.getLogger("appliance.run")
 
 
-class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket):
+class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket, Announce):
     def __init__(self, config: Config) -> None:
         self.config = config
         # `appliance cnat` changes: an overlay on the watched file, applied

@@ -74,6 +74,9 @@ class ControlSocket:
                     "policy": sn.policy}, "runtime": [_cnat.render(c) for c in self.overlay
                                                       if isinstance(c, (_cnat.SnatWith, _cnat.SnatExclude))]}
             return {"error": "cnat show session: ask with `appliance cnat show session` (streamed)"}
+        if isinstance(cmd, _cnat.InstanceDrain):
+            return {"ok": _cnat.render(cmd), "drain": self.start_drain(cmd.seconds),
+                    "bgp": self.bird is not None}
         if isinstance(cmd, _cnat.BackendSet):
             s = self.core.backends.get(cmd.translation)
             i = None if s is None else s.index(cmd.backend)
@@ -100,7 +103,8 @@ class ControlSocket:
         if command == "stats":
             return {"nat": self.core.statistics().as_dict(), **self.datapath_stats(),
                     "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
-                    "config": dict(self.config_status), "control": dict(self.control_counters)}
+                    "config": dict(self.config_status), "control": dict(self.control_counters),
+                    **self.cluster_stats()}
         if command == "translations":   # with each backend's state and figures
             return self.core.describe_translations()
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}

@@ -145,6 +145,7 @@ class KernelTables:
             if state == self.interface_state.get(name):
                 continue
             self.interface_state[name] = state
+            self.bgp_changed()   # a gone data interface withdraws the vips
             if state == "gone":
                 msg = f"data interface {name} is gone: its traffic stops, the other interfaces keep working"
             elif state == "recreated":

@@ -101,6 +101,7 @@ class ConfigReload:
         then the vips and real-translation ports in the XDP maps."""
         self.config = config
         self.core.apply_config(config)
+        self.bgp_changed()       # the vips announced follow the translations
         try:
             self.sync_kernel(await trio.to_thread.run_sync(_read_kernel, self._data_ports()), force=True)
         except _KERNEL_ERRORS as exc:

@@ -17,6 +17,7 @@ import trio
 
 from .. import _metrics
 from .._config import Config
+from ..cluster import BirdError
 from ._appliance import Appliance
 from ._control import _control_socket, _listening_socket
 from ._state import _restore_sessions, _save_sessions
@@ -69,6 +70,10 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         app.open()
         if state_file:
             _restore_sessions(app, state_file)
+        try:
+            app.open_bgp()
+        except BirdError as exc:
+            raise SystemExit(f"appliance: error: {config.path}: [bgp]: {exc}") from None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app.rx_loop)
             nursery.start_soon(app.timer_loop)
@@ -76,6 +81,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
             nursery.start_soon(app.neighbour_use_loop)
             if config.path and pathlib.Path(config.path).is_file():
                 nursery.start_soon(app.config_loop)
+            nursery.start_soon(app.bgp_loop)
+            nursery.start_soon(app.drain_loop, nursery.cancel_scope)
             for task in app.plugins.background_tasks():
                 nursery.start_soon(task)
             if control_sock is not None:
@@ -102,6 +109,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         # read before close: the sockets' own counters go with the sockets
         final = {"nat": app.core.statistics().as_dict(), **app.datapath_stats(),
                  "interfaces": dict(app.interface_state), "kernel": app.kernel_figures()} if app.ctx else None
+        app.close_bgp()   # first: the routers move the traffic while the datapath still runs
         if state_file and serving:   # a start that failed half-way has nothing to hand over
             _save_sessions(app, state_file)
         app.close()

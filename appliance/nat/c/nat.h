@@ -137,6 +137,9 @@ struct nat_session_info {
 #define NAT_ADDR_VIP 1    /* owned by the NAT: unmatched traffic dropped */
 #define NAT_ADDR_REAL 2   /* host address with translated ports */
 #define NAT_ADDR_SNAT 4   /* an SNAT address (return traffic lands here) */
+#define NAT_ADDR_BACKEND 8 /* a backend's ([cluster] stateless_failover): its packets
+                            * without a session go to the slow path, which may
+                            * find the flow another instance started */
 
 struct nat;
 struct nat_classifier;
@@ -221,6 +224,14 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
                      const char *new_dst, uint16_t new_dport, int32_t src_pref,
                      uint32_t translation, uint16_t backend, uint8_t profile,
                      uint8_t flags, uint64_t now_ns, uint32_t pflags);
+/* A session of explicit keys (fwd as the initiator sends, rev as replies
+ * arrive), then the frame processed again through it: the slow path's
+ * answer to a frame nat_process() sent it with dir 1, a backend's packet
+ * that is the reply of a flow another instance started. Returns as
+ * nat_flow_install() does (never -1). */
+int nat_flow_install_keys(struct nat *nat, struct nat_frame *f, const struct nat_key *fwd,
+                          const struct nat_key *rev, uint32_t translation, uint16_t backend,
+                          uint8_t profile, uint8_t flags, uint64_t now_ns, uint32_t pflags);
 /* Session index for a key (either direction), or NAT_NONE. Expired
  * sessions are not returned. */
 uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key,

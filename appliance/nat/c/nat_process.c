@@ -126,6 +126,12 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         } else if (fl & NAT_ADDR_VIP) {
             verdict(nat, f, NAT_DROP, NAT_C_DROP_NO_TRANSLATION);
             goto done;
+        } else if (p.icmp != ICMPK_ECHO_REQ &&
+                   (addr_flags(nat, p.family, p.key.src) & NAT_ADDR_BACKEND)) {
+            /* a backend's packet without a session: the reply of a flow
+             * another instance started, perhaps; before the SNAT test, as
+             * such a reply is no new flow of the backend's */
+            f->dir = 1;
         } else if (p.icmp != ICMPK_ECHO_REP && f->port < NAT_MAX_PORTS &&
                    nat->snat_port[f->port] &&
                    (nat->snat_family & (p.family == NAT_AF_INET ? 1 : 2))) {
@@ -264,3 +270,15 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     return 0;
 }
 
+
+int nat_flow_install_keys(struct nat *nat, struct nat_frame *f, const struct nat_key *fwd,
+                          const struct nat_key *rev, uint32_t translation, uint16_t backend,
+                          uint8_t profile, uint8_t flags, uint64_t now_ns, uint32_t pflags)
+{
+    uint32_t idx;
+    int rc = nat_session_add(nat, fwd, rev, now_ns, translation, backend, profile, flags, &idx);
+    if (rc != 0)
+        return rc == -2 ? -2 : -3;
+    process_one(nat, f, now_ns, pflags | NAT_PF_FINAL);
+    return 0;
+}

@@ -22,6 +22,7 @@ commands:
   bench core    measure the NAT core in-process (fast path, slow path, memory)
   bench e2e     measure the live appliance against nftables DNAT (root)
   bench flood   a SYN flood against a full table, the appliance and nftables (root)
+  bench failover  instances killed, drained and restarted behind BGP ECMP, under traffic (root)
   bench fuzz    the NAT core against an independent model, on generated and mutated frames
 
 Exit status: 0 success, 1 invalid configuration or unreadable file (bench
@@ -182,6 +183,17 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--seconds", type=float, default=6.0, help="seconds of flood (default 6)")
     bf.add_argument("--mode", choices=("both", "appliance", "nftables"), default="both",
                     help="which NAT to flood (default both, one after the other)")
+    bo = bsub.add_parser("failover", help="three instances behind a BIRD router's ECMP route: one SIGKILLed, one "
+                         "drained, the first started again, under downloads, a UDP stream and pings (root)",
+                         description="Builds the topology of docs/cluster.md (a router and a backend host "
+                         "running BIRD, three appliance instances each with its own BIRD) and reports the time "
+                         "from SIGKILL to the router's withdrawal (withdrawn_after_kill_s) and to the first "
+                         "packet through a survivor, the withdrawal after a drain, the re-announcement after a "
+                         "restart, each download's completeness and backend, the UDP stream's and the pings' "
+                         "losses, and the survivors' session_recovered counters.")
+    bo.add_argument("--json", action="store_true", help="print one JSON object")
+    bo.add_argument("--drain", type=int, default=30, metavar="SECONDS",
+                    help="the drained instance's deadline (default 30)")
     bz = bsub.add_parser("fuzz", help="differential fuzzing: generated, mutated and truncated frames through the "
                          "NAT core and an independent model; every verdict, byte and checksum compared",
                          description="Frames of every kind the core handles (v4/v6, TCP/UDP/ICMP, ICMP errors "
@@ -521,6 +533,12 @@ def _main(argv: list[str] | None = None) -> int:
                                  "more than 0")
             modes = ("appliance", "nftables") if args.mode == "both" else (args.mode,)
             result = _bench_flood.run(table=args.table, flood=args.seconds, modes=modes)
+        elif args.bench == "failover":
+            from . import _bench_failover
+
+            if not 1 <= args.drain <= 3600:
+                raise SystemExit("appliance: error: bench failover --drain: must be between 1 and 3600 seconds")
+            result = _bench_failover.run(drain_seconds=args.drain)
         elif args.bench == "fuzz":
             from . import fuzz
 

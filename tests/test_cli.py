@@ -112,3 +112,16 @@ def test_logs_as_json_lines_before_or_after_the_command(tmp_path):
 
     rec = logging.LogRecord("appliance.x", logging.WARNING, __file__, 1, "backend %s is down", ("b",), None)
     assert _json.loads(_JsonLogs().format(rec))["message"] == "backend b is down"
+
+
+def test_every_package_of_the_tree_is_installed():
+    """pyproject lists its packages by hand: a new subpackage left out is
+    missing from the wheel and the container (appliance.cluster once was)."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "appliance").rglob("__init__.py")}
+    assert found, "no package found: the walk proves nothing"
+    assert found <= listed, f"not in pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"

@@ -86,8 +86,11 @@ class Bird:
 
     def __init__(self, cfg: BgpConfig) -> None:
         self.cfg = cfg
-        self.rundir = pathlib.Path(tempfile.mkdtemp(prefix="appliance-bird-", dir="/run" if os.path.isdir("/run")
-                                                    else None))
+        # one appliance per network namespace: its run directory is named
+        # after the namespace, so a restart after a SIGKILL reuses it
+        netns = os.stat("/proc/self/ns/net").st_ino
+        self.rundir = pathlib.Path("/run" if os.path.isdir("/run") else tempfile.gettempdir()) / f"appliance-bird-{netns}"
+        self.rundir.mkdir(mode=0o700, exist_ok=True)
         self.socket = cfg.socket or str(self.rundir / "bird.ctl")
         self.proc: Optional[subprocess.Popen] = None
         self.vips: frozenset = frozenset()
@@ -169,9 +172,11 @@ class Bird:
             self.vips, self.serving = vips, serving
             self._write_routes()
             await self._configure()
-            if vips != before:
-                log.warning("BGP: announcing %s", ", ".join(map(str, sorted(vips, key=lambda a: (a.version, a))))
-                            if vips else "BGP: vips withdrawn")
+            if vips:
+                if vips != before:
+                    log.warning("BGP: announcing %s", ", ".join(map(str, sorted(vips, key=lambda a: (a.version, a)))))
+            elif before:
+                log.warning("BGP: vips withdrawn")
 
     async def reconfigure(self, cfg: BgpConfig) -> None:
         """A reloaded ``[bgp]``: BIRD applies the difference (a changed

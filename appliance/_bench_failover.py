@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Optional
 
-from ._cluster_topology import HOLD, ICMP_VIP, VIP4, ClusterTopology
+from ._cluster_topology import HOLD, ICMP_VIP, OUTSIDE, VIP4, ClusterTopology
 
 #: a paced TCP source (each connection: "N\n" -> N bytes of a fixed pattern,
 #: then its backend's name) and a UDP echo that names its backend, on every
@@ -58,7 +58,7 @@ threading.Event().wait()
 #: the client: downloads, a UDP stream, a ping flow; prints one JSON line at the end
 CLIENT = r'''
 import hashlib, json, socket, subprocess, sys, threading, time
-vip4, vip6, icmp_vip, n_tcp, size, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+vip4, vip6, icmp_vip, n_tcp, size, seconds, snat_target = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
 BLOCK = bytes(range(256)) * 256
 def expected(n):
     h = hashlib.sha256(); left = n
@@ -67,10 +67,10 @@ def expected(n):
 want = expected(size)
 res = {"tcp": [], "udp": {}, "ping": {}}
 def download(i):
-    vip = vip6 if i % 4 == 3 else vip4
+    vip = snat_target if i == n_tcp else vip6 if i % 4 == 3 else vip4
     r = {"vip": vip, "ok": False}
     try:
-        s = socket.create_connection((vip, 80), timeout=30); s.settimeout(30)
+        s = socket.create_connection((vip, 8080 if vip == snat_target else 80), timeout=30); s.settimeout(30)
         s.sendall(b"%d\n" % size); h = hashlib.sha256(); got = 0; tail = b""
         while True:
             d = s.recv(262144)
@@ -108,7 +108,7 @@ def ping():
     line = [l for l in out.splitlines() if "transmitted" in l]
     if line:
         w = line[0].split(); res["ping"] = {"sent": int(w[0]), "received": int(w[3])}
-threads = [threading.Thread(target=download, args=(i,)) for i in range(n_tcp)]
+threads = [threading.Thread(target=download, args=(i,)) for i in range(n_tcp + 1)]   # the last through SNAT
 threads += [threading.Thread(target=udp_stream), threading.Thread(target=ping)]
 for t in threads: t.start()
 print("started", flush=True)
@@ -127,6 +127,45 @@ def _sessions(topo: ClusterTopology, k: int) -> int:
     return _stats(topo, k).get("nat", {}).get("sessions", 0)
 
 
+#: sent from a namespace: (host, port, source address) then datagrams as hex
+HOSTILE = r'''
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[3], 0))
+for h in sys.argv[4:]:
+    s.sendto(bytes.fromhex(h), (sys.argv[1], int(sys.argv[2])))
+'''
+
+
+def _hostile(topo: ClusterTopology, k: int, peer: int) -> dict:
+    """Garbage, a message cut short and one signed with another key, sent
+    to instance k's sync port from a peer's address (instance ``peer``'s
+    namespace) and from the client's (no peer): what k counted."""
+    from .cluster import _wire
+
+    forged = _wire.encode(_wire.SESSIONS, [], b"not-the-cluster-key-0000", 1, 0, 0)[0]
+    before = _stats(topo, k).get("sync", {})
+    target = (topo.uplink(k), "7700")
+    topo.run(topo.ns_instances[peer], sys.executable, "-c", HOSTILE, *target, topo.uplink(peer),
+             (b"\x00" * 200).hex(), b"short".hex(), forged.hex())
+    topo.run(topo.ns_client, sys.executable, "-c", HOSTILE, *target, "10.0.0.2", forged.hex())
+    time.sleep(0.3)
+    after = _stats(topo, k).get("sync", {})
+    return {n: after.get(n, 0) - before.get(n, 0) for n in
+            ("sync_bad_mac", "sync_malformed", "sync_unknown_peer", "sessions_installed")}
+
+
+def _sessions_with(topo: ClusterTopology, k: int, address: str) -> tuple[int, int]:
+    """Instance k's sessions to or from ``address``: (how many, the packets
+    they counted). A session a peer synced here has counted none."""
+    r = subprocess.run([sys.executable, "-P", "-m", "appliance", "show", "sessions", "--json", "--match", address,
+                        "--control", topo.control(k)], capture_output=True, text=True, timeout=10)
+    try:
+        sessions = json.loads(r.stdout).get("sessions", [])
+    except ValueError:
+        return 0, 0
+    return len(sessions), sum(sum(s["packets"]) for s in sessions)
+
+
 def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float = 14.0,
         drain_seconds: int = 30, workdir: Optional[str] = None) -> dict:
     """The scenario; returns its measurements (see the module docstring).
@@ -138,7 +177,7 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
     server = client = None
     try:
         server = topo.popen(topo.ns_backend, sys.executable, "-c", SERVER, "20.0.0.1", "20.0.0.2", "fd20::1",
-                            "fd20::2", stdout=subprocess.PIPE, text=True)
+                            "fd20::2", OUTSIDE, stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "serving"
         for k in range(instances):
             topo.start(k)
@@ -146,13 +185,20 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
         out["announced_s"] = round(topo.wait_nexthops(VIP4, everyone, 20), 2)
         topo.wait_nexthops(ICMP_VIP, everyone, 20)
         client = topo.popen(topo.ns_client, sys.executable, "-c", CLIENT, VIP4, "fd30::2", ICMP_VIP, str(n_tcp),
-                            str(size), str(seconds), stdout=subprocess.PIPE, text=True)
+                            str(size), str(seconds), OUTSIDE, stdout=subprocess.PIPE, text=True)
         assert client.stdout.readline().strip() == "started"
         time.sleep(2.5)
         load = {k: _sessions(topo, k) for k in range(instances)}
         out["sessions_before"] = load
-        # kill the busiest instance, drain the next busiest
-        kill, drain = sorted(load, key=lambda k: -load[k])[:2]
+        # kill the instance that SNATs the download to the outside host (the
+        # busiest if none does yet), drain the busiest of the others
+        snat = {k: _sessions_with(topo, k, OUTSIDE) for k in range(instances)}
+        order = sorted(load, key=lambda k: -load[k])
+        carrier = max(snat, key=lambda k: snat[k][1])
+        kill = carrier if snat[carrier][1] else order[0]
+        drain = next(k for k in order if k != kill)
+        out["snat_flow_on_killed"] = snat[kill][1] > 0
+        out["snat_sessions_before_kill"] = {k: n for k, (n, _) in snat.items()}
         out["killed"], out["drained"] = kill, drain
         before = {k: _stats(topo, k).get("nat", {}).get("counters", {}) for k in range(instances) if k != kill}
         t0 = time.monotonic()
@@ -186,6 +232,7 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
         topo.start(kill)
         left |= {topo.uplink(kill)}
         out["announced_after_restart_s"] = round(topo.wait_nexthops(VIP4, left, 20), 2)
+        out["hostile"] = _hostile(topo, next(k for k in range(instances) if k not in (kill, drain)), kill)
         res = json.loads(client.stdout.readline())
         out.update(res)
         waiter.join(max(0.0, t1 + drain_seconds + 10 - time.monotonic()))
@@ -194,6 +241,7 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
         out["counters"] = {k: {n: v for n, v in _stats(topo, k).get("nat", {}).get("counters", {}).items()
                                if n in ("session_recovered", "drop_orphan_reply", "session_miss", "translated")}
                            for k in range(instances) if k != drain}
+        out["sync"] = {k: _stats(topo, k).get("sync", {}) for k in range(instances) if k != drain}
         return out
     finally:
         for p in (client, server):

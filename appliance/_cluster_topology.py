@@ -35,11 +35,16 @@ ROUTER_AS, INSTANCE_AS, BACKEND_AS = 65000, 65001, 65100
 BACKENDS4, BACKENDS6 = ("20.0.0.1", "20.0.0.2"), ("fd20::1", "fd20::2")
 VIP4, VIP6, ICMP_VIP = "30.0.0.2", "fd30::2", "30.0.0.3"
 HOLD = 3
+SNAT4 = "30.0.0.1"       # the instances' shared SNAT address
+OUTSIDE = "40.0.0.1"     # a host reached through SNAT (on the backend host's lo)
+SYNC_PORT = 7700
 
 
-def instance_config(k: int, extra: str = "") -> str:
-    """The configuration of instance k: the same translations and seed for
-    all, its own [bgp] router id and neighbors."""
+def instance_config(k: int, n: int, extra: str = "") -> str:
+    """The configuration of instance k of n: the same translations, seed
+    and SNAT address for all, its own [bgp] router id and neighbors, the
+    others as session-sync peers."""
+    peers = ", ".join(f'"10.9.{j}.2:{SYNC_PORT}"' for j in range(n) if j != k)
     b4 = ", ".join(f'"->{b} 8080"' for b in BACKENDS4)
     b6 = ", ".join(f'"->{b} 8080"' for b in BACKENDS6)
     return f"""
@@ -69,6 +74,15 @@ proto = "tcp"
 vip = "{VIP6}"
 port = 80
 backends = [{b6}]
+[snat]
+ip4 = "{SNAT4}"
+interfaces = ["u0"]
+exclude = ["20.0.0.0/24", "fd20::/64"]   # the vips' flows come in on u0 too: their backends are not SNATed
+[cluster]
+sync_listen = "10.9.{k}.2:{SYNC_PORT}"
+sync_peers = [{peers}]
+sync_key = "cluster-test-shared-key"
+sync_refresh = 2
 [bgp]
 asn = {INSTANCE_AS}
 router_id = "10.9.{k}.2"
@@ -76,13 +90,14 @@ hold_time = {HOLD}
 [[bgp.neighbor]]
 address = "10.9.{k}.1"
 asn = {ROUTER_AS}
+announce = ["vips", "{OUTSIDE}/32"]
 [[bgp.neighbor]]
 address = "fd09:{k:x}::1"
 asn = {ROUTER_AS}
 [[bgp.neighbor]]
 address = "20.1.{k}.1"
 asn = {BACKEND_AS}
-announce = ["10.0.0.0/24"]
+announce = ["10.0.0.0/24", "{SNAT4}/32"]
 [[bgp.neighbor]]
 address = "fd21:{k:x}::1"
 asn = {BACKEND_AS}
@@ -138,7 +153,7 @@ class ClusterTopology(Topology):
         self._addr(r, "r0", "10.0.0.1/24", "fd00::1/64")
         sh("ip", "route", "add", "default", "via", "10.0.0.1", ns=self.ns_client)
         sh("ip", "-6", "route", "add", "default", "via", "fd00::1", ns=self.ns_client)
-        for b in (*BACKENDS4, *BACKENDS6):
+        for b in (*BACKENDS4, *BACKENDS6, OUTSIDE):
             self._addr(s, "lo", b + ("/128" if ":" in b else "/32"))
         for k, ns in enumerate(self.ns_instances):
             self._link(r, f"i{k}", ns, "u0")
@@ -148,6 +163,8 @@ class ClusterTopology(Topology):
             self._addr(s, f"s{k}", f"20.1.{k}.1/24", f"fd21:{k:x}::1/64")
             self._addr(ns, "d0", f"20.1.{k}.2/24", f"fd21:{k:x}::2/64")
             sh("ip", "route", "add", "20.0.0.0/24", "via", f"20.1.{k}.1", ns=ns)
+            sh("ip", "route", "add", f"{OUTSIDE}/32", "via", f"20.1.{k}.1", ns=ns)
+            sh("ip", "route", "add", "10.9.0.0/16", "via", f"10.9.{k}.1", ns=ns)   # the sync peers
             sh("ip", "-6", "route", "add", "fd20::/64", "via", f"fd21:{k:x}::1", ns=ns)
             sh("ip", "route", "add", "10.0.0.0/24", "via", f"10.9.{k}.1", ns=ns)
             sh("ip", "-6", "route", "add", "fd00::/64", "via", f"fd09:{k:x}::1", ns=ns)
@@ -171,7 +188,7 @@ class ClusterTopology(Topology):
 
     def start(self, k: int, timeout: float = 30.0, extra: str = "") -> subprocess.Popen:
         cfg = self.workdir / f"a{k}.toml"
-        cfg.write_text(instance_config(k, extra))
+        cfg.write_text(instance_config(k, self.n, extra))
         ready = self.workdir / f"a{k}.ready"
         ready.unlink(missing_ok=True)
         log = open(self.workdir / f"a{k}.log", "a")
@@ -225,4 +242,5 @@ class ClusterTopology(Topology):
         super().destroy()
 
 
-__all__ = ["ClusterTopology", "instance_config", "VIP4", "VIP6", "ICMP_VIP", "BACKENDS4", "BACKENDS6", "HOLD"]
+__all__ = ["ClusterTopology", "instance_config", "VIP4", "VIP6", "ICMP_VIP", "BACKENDS4", "BACKENDS6", "HOLD", "SNAT4",
+           "OUTSIDE"]

@@ -364,8 +364,16 @@ def to_toml(config: Config) -> str:
         out += ["", "[plugins]", f"modules = {arr(config.plugin_modules)}"]
     for i in config.interfaces:
         out += ["", "[[interface]]", f"name = {q(i.name)}", f"xdp_mode = {q(i.xdp_mode)}"]
-    if config.cluster != ClusterConfig(config.bgp is not None):
-        out += ["", "[cluster]", f"stateless_failover = {'true' if config.cluster.stateless_failover else 'false'}"]
+    cl = config.cluster
+    if cl != ClusterConfig(config.bgp is not None):
+        out += ["", "[cluster]", f"stateless_failover = {'true' if cl.stateless_failover else 'false'}"]
+        if cl.sync:
+            def ep(e) -> str:
+                return q(f"[{e[0]}]:{e[1]}" if e[0].version == 6 else f"{e[0]}:{e[1]}")
+            out += [f"sync_listen = {ep(cl.sync_listen)}", "sync_peers = [" + ", ".join(map(ep, cl.sync_peers)) + "]",
+                    f"sync_refresh = {cl.sync_refresh}",
+                    f"sync_key_file = {q(cl.sync_key_file)}" if cl.sync_key_file else
+                    f"sync_key = {q(cl.sync_key.decode())}"]
     if config.bgp is not None:
         b = config.bgp
         out += ["", "[bgp]", f"asn = {b.asn}", f"router_id = {q(b.router_id)}", f"hold_time = {b.hold_time}",

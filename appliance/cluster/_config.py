@@ -114,6 +114,10 @@ def parse_bgp(r, data: dict) -> Optional[BgpConfig]:
     return BgpConfig(asn, router_id, tuple(neighbors), hold, bird, sock)
 
 
+Endpoint = tuple  # (IPv4Address | IPv6Address, port)
+SYNC_KEY_MIN = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig:
     """``[cluster]``: what instances that share a configuration do for
@@ -122,11 +126,67 @@ class ClusterConfig:
     #: translation's selection would have given that backend, so another
     #: instance's flow continues here (docs/cluster.md)
     stateless_failover: bool = False
+    #: session sync: where to listen, the peers, the shared key (None: off)
+    sync_listen: Optional[Endpoint] = None
+    sync_peers: tuple = ()
+    sync_key: Optional[bytes] = dataclasses.field(default=None, repr=False)
+    sync_refresh: int = 5            # seconds between refreshes of live synced sessions
+    sync_key_file: Optional[str] = None   # where sync_key was read from, if from a file
+
+    @property
+    def sync(self) -> bool:
+        return self.sync_listen is not None
+
+
+def _endpoint(r, key: str, text, index=None) -> Endpoint:
+    where = f"{text!r}" if index is None else f"{text!r} (entry {index})"
+    if not isinstance(text, str):
+        raise r.error("cluster", None, key, f"{where} is not a string \"ADDRESS:PORT\"")
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        addr = ipaddress.ip_address(host)
+        p = int(port)
+    except ValueError:
+        raise r.error("cluster", None, key, f"{where} is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)") from None
+    if not sep or not 1 <= p <= 65535:
+        raise r.error("cluster", None, key, f"{where}: the port must be between 1 and 65535")
+    return addr, p
 
 
 def parse_cluster(r, data: dict, bgp: Optional[BgpConfig]) -> ClusterConfig:
     """The ``[cluster]`` table; stateless failover is on by default with [bgp]."""
     c = r.take(data, None, None, "cluster", (dict,), {})
     failover = r.take(c, "cluster", None, "stateless_failover", (bool,), bgp is not None)
-    r.no_leftovers(c, "cluster", None, {"stateless_failover"})
-    return ClusterConfig(failover)
+    listen = r.take(c, "cluster", None, "sync_listen", (str,), None)
+    peers = r.take(c, "cluster", None, "sync_peers", (list,), [])
+    key = r.take(c, "cluster", None, "sync_key", (str,), None)
+    key_file = r.take(c, "cluster", None, "sync_key_file", (str,), None)
+    refresh = r.take(c, "cluster", None, "sync_refresh", (int,), 5)
+    r.no_leftovers(c, "cluster", None, {"stateless_failover", "sync_listen", "sync_peers", "sync_key",
+                                        "sync_key_file", "sync_refresh"})
+    if listen is None:
+        if peers or key or key_file:
+            raise r.error("cluster", None, "sync_listen", "session sync needs sync_listen = \"ADDRESS:PORT\"")
+        return ClusterConfig(failover)
+    endpoint = _endpoint(r, "sync_listen", listen)
+    if not peers:
+        raise r.error("cluster", None, "sync_peers", "session sync needs at least one peer \"ADDRESS:PORT\"")
+    peer_eps = tuple(_endpoint(r, "sync_peers", p, i) for i, p in enumerate(peers))
+    if any(p[0].version != endpoint[0].version for p in peer_eps):
+        raise r.error("cluster", None, "sync_peers", f"peers must be of sync_listen's family (IPv{endpoint[0].version})")
+    if (key is None) == (key_file is None):
+        raise r.error("cluster", None, "sync_key", "session sync needs exactly one of sync_key or sync_key_file "
+                      "(the peers' shared key)")
+    if key_file is not None:
+        try:
+            key = open(key_file, encoding="utf-8").read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise r.error("cluster", None, "sync_key_file", f"{key_file}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+    if len(key) < SYNC_KEY_MIN:
+        raise r.error("cluster", None, "sync_key_file" if key_file else "sync_key",
+                      f"the key must be at least {SYNC_KEY_MIN} characters")
+    if not 1 <= refresh <= 3600:
+        raise r.error("cluster", None, "sync_refresh", "must be between 1 and 3600 seconds")
+    return ClusterConfig(failover, endpoint, peer_eps, key.encode(), refresh, key_file)

@@ -31,6 +31,7 @@ from ._binding import COUNTER_INDEX, ffi, lib
 from ._common import NO_BACKEND, Verdict, _allowed, _ntohs, _ns, _u8
 from ._expiry import Expiry, _Drain
 from ._failover import Failover
+from ._synced import Synced
 from ._introspection import Introspection
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("appliance.nat")
 
 
-class NatCore(Expiry, Introspection):
+class NatCore(Expiry, Introspection, Synced):
     """Translations, sessions and SNAT over the C fast path.
 
     Its jobs are in three files: configuration, batches and the slow path
@@ -372,6 +373,8 @@ class NatCore(Expiry, Introspection):
         # (and freed it), whose source port this one may now reuse.
         self._drain_events()
         self.sessions_created += 1
+        if self.sync_outbox is not None:
+            self.sync_outbox.append((f.session, f.serial))
         if hairpin is not None:
             self.hairpin_flows += 1
         if new_src in self.host_sources and self.on_host_source is not None:

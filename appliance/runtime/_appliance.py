@@ -20,11 +20,12 @@ from ._host_ports import _HostPorts
 from ._kernel_tables import KernelTables
 from ._reload import ConfigReload
 from ._sched import run_queue_wait_ns
+from ._sync import SessionSync
 
 log = logging.getLogger("appliance.run")
 
 
-class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket, Announce):
+class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket, Announce, SessionSync):
     def __init__(self, config: Config) -> None:
         self.config = config
         # `appliance cnat` changes: an overlay on the watched file, applied

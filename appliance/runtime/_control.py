@@ -104,7 +104,7 @@ class ControlSocket:
             return {"nat": self.core.statistics().as_dict(), **self.datapath_stats(),
                     "interfaces": dict(self.interface_state), "kernel": self.kernel_figures(),
                     "config": dict(self.config_status), "control": dict(self.control_counters),
-                    **self.cluster_stats()}
+                    **self.cluster_stats(), **self.sync_stats()}
         if command == "translations":   # with each backend's state and figures
             return self.core.describe_translations()
         return {"error": f"unknown command {command!r} (sessions, stats, translations)"}

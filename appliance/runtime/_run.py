@@ -74,6 +74,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
             app.open_bgp()
         except BirdError as exc:
             raise SystemExit(f"appliance: error: {config.path}: [bgp]: {exc}") from None
+        await app.open_sync()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app.rx_loop)
             nursery.start_soon(app.timer_loop)
@@ -83,6 +84,8 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
                 nursery.start_soon(app.config_loop)
             nursery.start_soon(app.bgp_loop)
             nursery.start_soon(app.drain_loop, nursery.cancel_scope)
+            nursery.start_soon(app.sync_send_loop)
+            nursery.start_soon(app.sync_recv_loop)
             for task in app.plugins.background_tasks():
                 nursery.start_soon(task)
             if control_sock is not None:
@@ -110,6 +113,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
         final = {"nat": app.core.statistics().as_dict(), **app.datapath_stats(),
                  "interfaces": dict(app.interface_state), "kernel": app.kernel_figures()} if app.ctx else None
         app.close_bgp()   # first: the routers move the traffic while the datapath still runs
+        app.close_sync()
         if state_file and serving:   # a start that failed half-way has nothing to hand over
             _save_sessions(app, state_file)
         app.close()

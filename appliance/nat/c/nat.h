@@ -242,6 +242,11 @@ int nat_session_get(const struct nat *nat, uint32_t index,
  * restart): keys, rewrite, state, counters and timestamps as they were.
  * 0: restored (index in *out); -1: a key exists already; -2: table full. */
 int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint32_t *out);
+/* A peer's news of a session this table has too (session sync): when the
+ * session of in->key[0] has both keys of in, its last-seen time moves up
+ * to in->last_seen_ns and its state to in->state. 0: refreshed; -1: no
+ * such session (or one with other keys); 1: ours is as fresh already. */
+int nat_session_refresh(struct nat *nat, const struct nat_session_info *in, uint64_t now_ns);
 int nat_session_remove(struct nat *nat, uint32_t index);
 /* Mark a session to be reset by its next packet (see NAT_SF_RESET). */
 void nat_session_reset(struct nat *nat, uint32_t index);

@@ -194,6 +194,24 @@ int nat_session_restore(struct nat *nat, const struct nat_session_info *in, uint
     return 0;
 }
 
+int nat_session_refresh(struct nat *nat, const struct nat_session_info *in, uint64_t now_ns)
+{
+    uint32_t ref = lookup_live(nat, &in->key[0], now_ns);
+    if (ref == NAT_NONE || (ref & 1))
+        return -1;
+    struct session *s = &nat->s[ref >> 1];
+    struct nat_key k = in->key[1];
+    k.zero = 0;
+    if (!key_eq(&s->key[1], &k))
+        return -1;
+    if (in->last_seen_ns <= s->last_seen_ns)
+        return 1;
+    s->last_seen_ns = in->last_seen_ns;
+    if (in->state < NAT_ST__COUNT)
+        __atomic_store_n(&s->state, in->state, __ATOMIC_RELAXED);
+    return 0;
+}
+
 uint32_t nat_session_find(const struct nat *nat, const struct nat_key *key, uint64_t now_ns)
 {
     uint32_t ref = table_lookup(nat, key);

@@ -1,0 +1,139 @@
+"""Session sync (issue 16, docs/cluster.md): the wire format refuses what
+it should, and a session a peer cannot recompute (SNAT, a chosen source
+port, a stateful selector) is carried to a second core, which then
+translates the flow's packets as the first would have."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.cluster import _wire
+from packets import Harness, tcp, udp
+
+KEY = b"0123456789abcdef-shared"
+CONFIG = """
+flow_hash_seed = 5
+[snat]
+ip4 = "30.0.0.1"
+interfaces = ["tap0"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 81
+selector = "least-sessions"
+backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
+"""
+
+
+def _records(core, now):
+    records, alive = core.sync_records(core.sync_outbox, now)
+    return records
+
+
+def pair():
+    a, b = Harness(CONFIG), Harness(CONFIG)
+    a.core.sync_outbox = []
+    return a, b
+
+
+def carry(a, b):
+    """A's new sessions through the wire into B: (messages, counts)."""
+    msgs = _wire.encode(_wire.SESSIONS, _records(a.core, a.now), KEY, 1, 0,
+                        _wire.config_digest(a.core.config.translations))
+    got = [_wire.decode(m, KEY) for m in msgs]
+    assert got[0].digest == _wire.config_digest(b.core.config.translations)
+    counts = b.core.install_synced([r for m in got for r in m.records], b.now)
+    return msgs, counts
+
+
+def test_an_snat_flow_continues_on_the_peer():
+    a, b = pair()
+    a.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
+    out = a.out
+    port = int.from_bytes(out[14 + 20:14 + 22], "big")
+    msgs, counts = carry(a, b)
+    assert counts == {"installed": 1, "refreshed": 0, "unchanged": 0, "refused": 0}
+    assert len(msgs) == 1 and len(msgs[0]) == _wire.HEADER.size + _wire.RECORD.size + _wire.MAC_LEN
+    # the reply to the SNAT address, on B: back to the client, as A would have done
+    b.send(tcp("40.0.0.1", 443, "30.0.0.1", port, flags=0x12), "eth1")
+    a.send(tcp("40.0.0.1", 443, "30.0.0.1", port, flags=0x12), "eth1")
+    assert b.out == a.out and b.out[14 + 16:14 + 20] == bytes([10, 1, 0, 2])
+    # the client's next packet on B: the same SNAT port
+    b.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x10), "tap0")
+    assert int.from_bytes(b.out[14 + 20:14 + 22], "big") == port
+
+
+def test_recomputable_sessions_are_not_sent_and_a_stateful_selector_is():
+    a, b = pair()
+    a.send(tcp("10.0.0.2", 6000, "30.0.0.2", 80, flags=0x02))          # hash, port kept: recomputable
+    a.send(tcp("10.0.0.2", 6001, "30.0.0.2", 81, flags=0x02))          # least_sessions: not
+    recs = _records(a.core, a.now)
+    assert len(recs) == 1 and int.from_bytes(recs[0].key0[32:34], "big") == 6001
+    _, counts = carry(a, b)
+    assert counts["installed"] == 1
+    assert b.core.find_session(4, 6, "10.0.0.2", 6001, "30.0.0.2", 81, b.now) is not None
+    assert b.core.find_session(4, 6, "10.0.0.2", 6000, "30.0.0.2", 80, b.now) is None
+
+
+def test_a_refresh_moves_the_last_seen_time_and_a_repeat_changes_nothing():
+    a, b = pair()
+    a.send(udp("10.1.0.2", 5000, "40.0.0.1", 53), "tap0")
+    carry(a, b)
+    s = b.core.find_session(4, 17, "10.1.0.2", 5000, "40.0.0.1", 53, b.now)
+    first_expiry = s.expires
+    a.advance(10)
+    b.advance(10)
+    a.send(udp("10.1.0.2", 5000, "40.0.0.1", 53), "tap0")    # traffic on A keeps it alive there
+    _, counts = carry(a, b)
+    assert counts["refreshed"] == 1
+    assert b.core.find_session(4, 17, "10.1.0.2", 5000, "40.0.0.1", 53, b.now).expires == first_expiry + 10
+    _, counts = carry(a, b)
+    assert counts["unchanged"] == 1
+
+
+BAD = [
+    ("garbage", lambda m: b"\x00" * len(m), "sync_bad_mac"),
+    ("a flipped bit", lambda m: m[:40] + bytes([m[40] ^ 1]) + m[41:], "sync_bad_mac"),
+    ("cut short", lambda m: m[:20], "sync_malformed"),
+    ("another key", None, "sync_bad_mac"),
+]
+
+
+@pytest.mark.parametrize("what,spoil,reason", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_message_is_refused_whole_with_a_reason(what, spoil, reason):
+    a, _ = pair()
+    a.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
+    recs = _records(a.core, a.now)
+    key = b"another-key-0123456" if spoil is None else KEY
+    m = _wire.encode(_wire.SESSIONS, recs, key, 1, 0, 0)[0]
+    with pytest.raises(_wire.SyncError) as e:
+        _wire.decode(m if spoil is None else spoil(m), KEY)
+    assert e.value.reason == reason
+
+
+def test_a_signed_message_of_another_version_or_a_wrong_count_is_malformed():
+    import struct
+    body = _wire.HEADER.pack(b"CNSY", 2, 1, 0, 1, 0, 0)
+    with pytest.raises(_wire.SyncError, match="version 2"):
+        _wire.decode(body + _wire._mac(KEY, body), KEY)
+    body = _wire.HEADER.pack(b"CNSY", 1, 1, 3, 1, 0, 0)
+    with pytest.raises(_wire.SyncError, match="3 records said"):
+        _wire.decode(body + _wire._mac(KEY, body), KEY)
+    assert struct  # noqa
+
+
+def test_many_sessions_split_into_datagrams_that_fit():
+    a, _ = pair()
+    for p in range(100):
+        a.send(udp("10.1.0.2", 10000 + p, "40.0.0.1", 53), "tap0")
+    recs = _records(a.core, a.now)
+    msgs = _wire.encode(_wire.SESSIONS, recs, KEY, 1, 7, 0)
+    assert len(recs) == 100 and all(len(m) <= _wire.MAX_DATAGRAM for m in msgs)
+    got = [_wire.decode(m, KEY) for m in msgs]
+    assert [g.seq for g in got] == list(range(7, 7 + len(msgs)))
+    assert sum(len(g.records) for g in got) == 100

@@ -66,7 +66,9 @@ class Announce:
 
     def bgp_changed(self) -> None:
         """Something the announcement depends on changed: look now."""
-        self._bgp_wake.set()
+        wake = getattr(self, "_bgp_wake", None)   # None before open_bgp(): the first look comes anyway
+        if wake is not None:
+            wake.set()
 
     async def bgp_loop(self) -> None:
         why = None

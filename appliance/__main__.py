@@ -23,6 +23,7 @@ commands:
   bench e2e     measure the live appliance against nftables DNAT (root)
   bench flood   a SYN flood against a full table, the appliance and nftables (root)
   bench failover  instances killed, drained and restarted behind BGP ECMP, under traffic (root)
+  bench sync    session sync's cost in process (sender, receiver, new-session rate)
   bench fuzz    the NAT core against an independent model, on generated and mutated frames
 
 Exit status: 0 success, 1 invalid configuration or unreadable file (bench
@@ -194,6 +195,13 @@ def _parser() -> argparse.ArgumentParser:
     bo.add_argument("--json", action="store_true", help="print one JSON object")
     bo.add_argument("--drain", type=int, default=30, metavar="SECONDS",
                     help="the drained instance's deadline (default 30)")
+    bs = bsub.add_parser("sync", help="session sync's cost in process: new SNAT sessions with and without sync "
+                         "collecting them, the sender's records and signing, the receiver's checks and installs",
+                         description="Creates --sessions SNAT sessions with sync off and on (new_sessions_per_s, "
+                         "_sync_on), turns them into signed messages (sender_sessions_per_s, bytes_per_session) "
+                         "and installs them into a second core (receiver_sessions_per_s). No UDP send.")
+    bs.add_argument("--json", action="store_true", help="print one JSON object")
+    bs.add_argument("--sessions", type=int, default=100_000, help="sessions (default 100000)")
     bz = bsub.add_parser("fuzz", help="differential fuzzing: generated, mutated and truncated frames through the "
                          "NAT core and an independent model; every verdict, byte and checksum compared",
                          description="Frames of every kind the core handles (v4/v6, TCP/UDP/ICMP, ICMP errors "
@@ -539,6 +547,12 @@ def _main(argv: list[str] | None = None) -> int:
             if not 1 <= args.drain <= 3600:
                 raise SystemExit("appliance: error: bench failover --drain: must be between 1 and 3600 seconds")
             result = _bench_failover.run(drain_seconds=args.drain)
+        elif args.bench == "sync":
+            from . import _bench_sync
+
+            if not 1000 <= args.sessions <= 200_000:
+                raise SystemExit("appliance: error: bench sync --sessions: must be between 1000 and 200000")
+            result = _bench_sync.run(args.sessions)
         elif args.bench == "fuzz":
             from . import fuzz
 

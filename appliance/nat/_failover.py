@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .._config import Config
 from .._types import Flow, proto_number
 from ._binding import COUNTER_INDEX, ffi, lib
-from ._common import Verdict, _allowed
+from ._common import Verdict, _allowed, _ntohs
 
 if TYPE_CHECKING:
     from ._core import NatCore
@@ -67,20 +67,20 @@ class Failover:
             t = bset.translation
             if j not in bset.eligible_set:
                 continue
+            if t.allow_from and not _allowed(t.allow_from, client):
+                continue          # the first packet would have been refused
             vip = t.address.packed
             fwd = ffi.new("struct nat_key *")
             ffi.memmove(fwd.src, client, alen)
             ffi.memmove(fwd.dst, vip, alen)
             fwd.proto, fwd.family = proto, family
             if icmp:
-                fwd.sport, fwd.dport = _be(cport), 0
+                fwd.sport, fwd.dport = _ntohs(cport), 0
             else:
-                fwd.sport, fwd.dport = _be(cport), _be(t.port)
+                fwd.sport, fwd.dport = _ntohs(cport), _ntohs(t.port)
             h = lib.nat_flow_hash(core._nat, fwd)
             flow = Flow(family, proto, client, vip, cport, 0 if icmp else t.port, iface, h, f.tcp_flags,
                         now_ns / 1e9)
-            if t.allow_from and not _allowed(t.allow_from, client):
-                continue          # the first packet would have been refused
             choice = plugins.select_backend(flow, t, bset)
             if choice != j:
                 continue
@@ -105,7 +105,3 @@ class Failover:
             return True
         core._slow_verdict(f, Verdict.DROP, "drop_orphan_reply")
         return True
-
-
-def _be(port: int) -> int:
-    return ((port & 0xFF) << 8) | (port >> 8)

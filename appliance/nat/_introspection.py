@@ -105,21 +105,27 @@ class Introspection:
                 refused += 1
                 continue
             restored += 1
-            if bs is not None and rec.backend != NO_BACKEND:
-                bs.count(rec.backend, 1)
-            k1 = rec.key[1]
-            if self.host_sources and self.on_host_source is not None and \
-                    bytes(ffi.buffer(k1.dst, 4 if k1.family == 4 else 16)) in self.host_sources:
-                s = self.session(out[0])
-                self.on_host_source(True, s.new_src, k1.proto, s.new_sport)
-            if self.plugins.wants_created:
-                self.plugins.notify("appliance_session_created", session=self.session(out[0]))
+            self._restored(rec, out[0], bs)
         for bs in self._sets:   # backends removed meanwhile: their drain policy
             for j in range(len(bs.translation.backends), len(bs.translation.backends) + len(bs.gone)):
                 self._schedule_drain(bs, j)
         self._stale_from = 0
         self._orphans = True    # and sessions whose translation is gone
         return restored, expired, refused
+
+    def _restored(self, rec, index: int, bs) -> None:
+        """What a session put back from outside the datapath (a state file,
+        a sync peer) needs: its backend's count, the steering of a host
+        source's port, the plugins told."""
+        if bs is not None and rec.backend != NO_BACKEND:
+            bs.count(rec.backend, 1)
+        k1 = rec.key[1]
+        if self.host_sources and self.on_host_source is not None and \
+                bytes(ffi.buffer(k1.dst, 4 if k1.family == 4 else 16)) in self.host_sources:
+            s = self.session(index)
+            self.on_host_source(True, s.new_src, k1.proto, s.new_sport)
+        if self.plugins.wants_created:
+            self.plugins.notify("appliance_session_created", session=self.session(index))
 
     @staticmethod
     def _restored_backend(bs, saved: list, index: int) -> int:

@@ -96,6 +96,9 @@ class Synced:
                     counts["refused"] += 1
                     continue
                 bs = self._sets[r.translation]
+            if bs is not None and r.backend != NO_BACKEND and r.backend >= len(bs.translation.backends):
+                counts["refused"] += 1     # a backend we do not have: the configurations differ after all
+                continue
             rec.translation, rec.backend = r.translation, r.backend
             rec.flags, rec.state = r.flags & ~lib.NAT_SF_DEAD & ~lib.NAT_SF_RESET, r.state
             rec.last_seen_ns = rec.created_ns = max(0, now_ns - r.age_ms * 1_000_000)
@@ -111,11 +114,5 @@ class Synced:
                 counts["refused"] += 1
                 continue
             counts["installed"] += 1
-            if bs is not None and rec.backend != NO_BACKEND and rec.backend < len(bs.translation.backends):
-                bs.count(rec.backend, 1)
-            k1 = rec.key[1]
-            if self.host_sources and self.on_host_source is not None and \
-                    bytes(ffi.buffer(k1.dst, 4 if k1.family == 4 else 16)) in self.host_sources:
-                s = self.session(out[0])
-                self.on_host_source(True, s.new_src, k1.proto, s.new_sport)
+            self._restored(rec, out[0], bs)
         return counts

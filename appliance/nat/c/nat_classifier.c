@@ -104,6 +104,7 @@ int nat_classifier_add_address(struct nat_classifier *c, uint8_t family, const u
     if (!e)
         return -1;
     e->flags |= flags;
+    c->flags_any |= flags;
     return 0;
 }
 

@@ -118,6 +118,8 @@ struct nat_classifier {
     uint32_t mask;
     uint32_t n;
     struct centry *e;
+    uint8_t flags_any;       /* every address flag some entry has: a lookup for a flag
+                              * no entry has (NAT_ADDR_BACKEND, mostly) is skipped */
 };
 
 struct nat {

@@ -126,7 +126,7 @@ static void process_one(struct nat *nat, struct nat_frame *f, uint64_t now, uint
         } else if (fl & NAT_ADDR_VIP) {
             verdict(nat, f, NAT_DROP, NAT_C_DROP_NO_TRANSLATION);
             goto done;
-        } else if (p.icmp != ICMPK_ECHO_REQ &&
+        } else if (p.icmp != ICMPK_ECHO_REQ && (nat->cls->flags_any & NAT_ADDR_BACKEND) &&
                    (addr_flags(nat, p.family, p.key.src) & NAT_ADDR_BACKEND)) {
             /* a backend's packet without a session: the reply of a flow
              * another instance started, perhaps; before the SNAT test, as

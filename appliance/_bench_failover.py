@@ -142,7 +142,7 @@ def _hostile(topo: ClusterTopology, k: int, peer: int) -> dict:
     namespace) and from the client's (no peer): what k counted."""
     from .cluster import _wire
 
-    forged = _wire.encode(_wire.SESSIONS, [], b"not-the-cluster-key-0000", 1, 0, 0)[0]
+    forged = _wire.encode(_wire.SESSIONS, b"", b"not-the-cluster-key-0000", 1, 0, 0)[0]
     before = _stats(topo, k).get("sync", {})
     target = (topo.uplink(k), "7700")
     topo.run(topo.ns_instances[peer], sys.executable, "-c", HOSTILE, *target, topo.uplink(peer),

@@ -30,20 +30,28 @@ backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
 """
 
 
-def _records(core, now):
-    records, alive = core.sync_records(core.sync_outbox, now)
-    return records
+def _blob(core, now, since=None):
+    """The core's records: of its new sessions, or (since) a refresh."""
+    blob, n = core.sync_new(now) if since is None else core.sync_refresh(now, since)
+    assert len(blob) == n * _wire.RECORD.size
+    return blob
+
+
+def _records(core, now, since=None):
+    blob = _blob(core, now, since)
+    return [_wire.Record(*_wire.RECORD.unpack_from(blob, at)) for at in range(0, len(blob), _wire.RECORD.size)]
 
 
 def pair():
     a, b = Harness(CONFIG), Harness(CONFIG)
-    a.core.sync_outbox = []
+    a.core.sync_start()
     return a, b
 
 
-def carry(a, b):
-    """A's new sessions through the wire into B: (messages, counts)."""
-    msgs = _wire.encode(_wire.SESSIONS, _records(a.core, a.now), KEY, 1, 0,
+def carry(a, b, since=None):
+    """A's new sessions (or, since, its refresh) through the wire into B:
+    (messages, counts)."""
+    msgs = _wire.encode(_wire.SESSIONS, _blob(a.core, a.now, since), KEY, 1, 0,
                         _wire.config_digest(a.core.config.translations))
     got = [_wire.decode(m, KEY) for m in msgs]
     assert got[0].digest == _wire.config_digest(b.core.config.translations)
@@ -72,9 +80,9 @@ def test_recomputable_sessions_are_not_sent_and_a_stateful_selector_is():
     a, b = pair()
     a.send(tcp("10.0.0.2", 6000, "30.0.0.2", 80, flags=0x02))          # hash, port kept: recomputable
     a.send(tcp("10.0.0.2", 6001, "30.0.0.2", 81, flags=0x02))          # least_sessions: not
-    recs = _records(a.core, a.now)
+    msgs, counts = carry(a, b)
+    recs = _wire.decode(msgs[0], KEY).records
     assert len(recs) == 1 and int.from_bytes(recs[0].key0[32:34], "big") == 6001
-    _, counts = carry(a, b)
     assert counts["installed"] == 1
     assert b.core.find_session(4, 6, "10.0.0.2", 6001, "30.0.0.2", 81, b.now) is not None
     assert b.core.find_session(4, 6, "10.0.0.2", 6000, "30.0.0.2", 80, b.now) is None
@@ -88,12 +96,49 @@ def test_a_refresh_moves_the_last_seen_time_and_a_repeat_changes_nothing():
     first_expiry = s.expires
     a.advance(10)
     b.advance(10)
+    assert _records(a.core, a.now, since=a.now - 5) == [], "not seen since: not in the refresh"
     a.send(udp("10.1.0.2", 5000, "40.0.0.1", 53), "tap0")    # traffic on A keeps it alive there
-    _, counts = carry(a, b)
+    _, counts = carry(a, b, since=a.now - 5)
     assert counts["refreshed"] == 1
     assert b.core.find_session(4, 17, "10.1.0.2", 5000, "40.0.0.1", 53, b.now).expires == first_expiry + 10
-    _, counts = carry(a, b)
+    _, counts = carry(a, b, since=a.now - 5)
     assert counts["unchanged"] == 1
+
+
+def test_a_record_says_what_the_session_is():
+    a, _ = pair()
+    a.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
+    a.advance(2)
+    (r,) = _records(a.core, a.now)
+    s = a.core.find_session(4, 6, "10.1.0.2", 5000, "40.0.0.1", 443, a.now)
+    assert r.key0[:4] == bytes([10, 1, 0, 2]) and r.key1[16:20] == bytes([30, 0, 0, 1])
+    assert int.from_bytes(r.key1[34:36], "big") == s.new_sport
+    assert r.age_ms == 2000 and r.left_ms == round((s.expires - a.now) * 1000)
+    assert r.flags & 2 and r.translation == 0xFFFFFFFF and r.backend == 0xFFFF
+
+
+def test_ended_sessions_leave_the_synced_set_and_a_dump_has_the_live_ones():
+    a, _ = pair()
+    a.send(udp("10.1.0.2", 5000, "40.0.0.1", 53), "tap0")
+    a.send(tcp("10.1.0.2", 5001, "40.0.0.1", 443, flags=0x02), "tap0")
+    assert len(_records(a.core, a.now)) == 2 and a.core.synced_sessions == 2
+    assert a.core.dump_records(a.now)[1] == 2
+    a.advance(31)                                             # past UDP's 30 s, not the SYN's
+    a.send(tcp("10.1.0.2", 5001, "40.0.0.1", 443, flags=0x10), "tap0")
+    assert len(_records(a.core, a.now, since=a.now - 1)) == 1
+    assert a.core.synced_sessions == 1
+    assert a.core.dump_records(a.now)[1] == 1
+
+
+def test_more_new_sessions_than_the_outbox_holds_are_counted():
+    a = Harness(CONFIG)
+    a.core.sync_start(capacity=2)
+    for p in range(3):
+        a.send(udp("10.1.0.2", 5000 + p, "40.0.0.1", 53), "tap0")
+    assert len(_records(a.core, a.now)) == 2
+    assert a.core.counters()["sync_outbox_full"] == 1
+    a.send(udp("10.1.0.2", 6000, "40.0.0.1", 53), "tap0")
+    assert len(_records(a.core, a.now)) == 1, "taken: room again"
 
 
 BAD = [
@@ -110,7 +155,7 @@ def test_a_bad_message_is_refused_whole_with_a_reason(what, spoil, reason):
     a.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
     recs = _records(a.core, a.now)
     key = b"another-key-0123456" if spoil is None else KEY
-    m = _wire.encode(_wire.SESSIONS, recs, key, 1, 0, 0)[0]
+    m = _wire.encode(_wire.SESSIONS, _wire.pack(recs), key, 1, 0, 0)[0]
     with pytest.raises(_wire.SyncError) as e:
         _wire.decode(m if spoil is None else spoil(m), KEY)
     assert e.value.reason == reason
@@ -130,7 +175,7 @@ def test_many_sessions_split_into_datagrams_that_fit():
     for p in range(100):
         a.send(udp("10.1.0.2", 10000 + p, "40.0.0.1", 53), "tap0")
     recs = _records(a.core, a.now)
-    msgs = _wire.encode(_wire.SESSIONS, recs, KEY, 1, 7, 0)
+    msgs = _wire.encode(_wire.SESSIONS, _wire.pack(recs), KEY, 1, 7, 0)
     assert len(recs) == 100 and all(len(m) <= _wire.MAX_DATAGRAM for m in msgs)
     got = [_wire.decode(m, KEY) for m in msgs]
     assert [g.seq for g in got] == list(range(7, 7 + len(msgs)))

@@ -76,15 +76,24 @@ def _mac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-def encode(kind: int, records, key: bytes, sender: int, seq: int, digest: int) -> list[bytes]:
-    """Messages carrying ``records`` (at most PER_MESSAGE each; one empty
-    message for a hello); seq numbers from ``seq`` on."""
+def pack(records) -> bytes:
+    """Records as the core builds them (nat_sync.c), from Record objects."""
+    return b"".join(RECORD.pack(r.key0, r.key1, r.translation, r.backend, r.flags, r.state,
+                                min(r.age_ms, 0xFFFFFFFF), min(r.left_ms, 0xFFFFFFFF)) for r in records)
+
+
+def encode(kind: int, records: bytes, key: bytes, sender: int, seq: int, digest: int) -> list[bytes]:
+    """Messages carrying ``records`` (packed, RECORD.size bytes each; at
+    most PER_MESSAGE a message, one empty message for a hello); seq
+    numbers from ``seq`` on. Per message, not per record: a header and a MAC."""
+    if len(records) % RECORD.size:
+        raise ValueError(f"{len(records)} bytes of records, not a multiple of {RECORD.size}")
+    step = PER_MESSAGE * RECORD.size
     out = []
-    chunks = [records[i:i + PER_MESSAGE] for i in range(0, len(records), PER_MESSAGE)] or [[]]
-    for n, chunk in enumerate(chunks):
-        body = HEADER.pack(MAGIC, VERSION, kind, len(chunk), sender & 0xFFFFFFFF, seq + n, digest)
-        body += b"".join(RECORD.pack(r.key0, r.key1, r.translation, r.backend, r.flags, r.state,
-                                     min(r.age_ms, 0xFFFFFFFF), min(r.left_ms, 0xFFFFFFFF)) for r in chunk)
+    for n, at in enumerate(range(0, len(records), step) if records else [0]):
+        chunk = records[at:at + step]
+        body = HEADER.pack(MAGIC, VERSION, kind, len(chunk) // RECORD.size, sender & 0xFFFFFFFF, seq + n,
+                           digest) + chunk
         out.append(body + _mac(key, body))
     return out
 

@@ -373,8 +373,6 @@ class NatCore(Expiry, Introspection, Synced):
         # (and freed it), whose source port this one may now reuse.
         self._drain_events()
         self.sessions_created += 1
-        if self.sync_outbox is not None:
-            self.sync_outbox.append((f.session, f.serial))
         if hairpin is not None:
             self.hairpin_flows += 1
         if new_src in self.host_sources and self.on_host_source is not None:

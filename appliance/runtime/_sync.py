@@ -2,9 +2,10 @@
 sessions a peer cannot recompute are sent to every peer in batches, from
 the trio thread, never per packet; a peer's are installed or refreshed.
 
-- New sessions: collected by the core at creation (an index and serial,
-  when sync is on), sent every ``FLUSH_SECONDS`` in messages of up to
-  ``_wire.PER_MESSAGE`` records.
+- New sessions: collected by the core's C at creation (an index and
+  serial, when sync is on), turned into records there and sent every
+  ``FLUSH_SECONDS`` in messages of up to ``_wire.PER_MESSAGE`` records:
+  the Python here runs per message, not per session.
 - Refresh: every ``sync_refresh`` seconds, the synced sessions that saw a
   packet since the last refresh are sent again, so a peer's copy expires
   when ours would: never before, at most one refresh period after.
@@ -56,8 +57,7 @@ class SessionSync:
             raise SystemExit(f"appliance: error: {self.config.path}: cluster.sync_listen {addr}:{port}: "
                              f"{exc.strerror or exc}") from None
         self.sync_sock = sock
-        self.core.sync_outbox = []
-        self._synced: list = []             # (index, serial) of the sessions we keep our peers told of
+        self.core.sync_start()
         self._sync_id = random.getrandbits(32)
         self._sync_seq = 0
         log.info("session sync on %s:%d with %d peer(s)", addr, port, len(cl.sync_peers))
@@ -70,7 +70,7 @@ class SessionSync:
     def _sync_digest(self) -> int:
         return _wire.config_digest(self.config.translations)
 
-    async def _send(self, kind: int, records, peers=None) -> None:
+    async def _send(self, kind: int, records: bytes, peers=None) -> None:
         cl = self.config.cluster
         msgs = _wire.encode(kind, records, cl.sync_key, self._sync_id, self._sync_seq, self._sync_digest())
         self._sync_seq += len(msgs)
@@ -86,27 +86,24 @@ class SessionSync:
                     break
                 c["messages_sent"] += 1
                 c["bytes_sent"] += len(m)
-            c["sessions_sent"] += len(records)
+            c["sessions_sent"] += len(records) // _wire.RECORD.size
 
     async def sync_send_loop(self) -> None:
         if self.sync_sock is None:
             return
-        await self._send(_wire.HELLO, [])
+        await self._send(_wire.HELLO, b"")
         refresh = self.config.cluster.sync_refresh
         last_refresh = time.time()
         while True:
             await trio.sleep(FLUSH_SECONDS)
             now = time.time()
-            if self.core.sync_outbox:
-                entries, self.core.sync_outbox = self.core.sync_outbox, []
-                records, alive = self.core.sync_records(entries, now)
-                self._synced += alive
-                if records:
-                    await self._send(_wire.SESSIONS, records)
+            records, n = self.core.sync_new(now)
+            if n:
+                await self._send(_wire.SESSIONS, records)
             if now - last_refresh >= refresh:
-                records, self._synced = self.core.sync_records(self._synced, now, since=last_refresh)
+                records, n = self.core.sync_refresh(now, since=last_refresh)
                 last_refresh = now
-                if records:
+                if n:
                     await self._send(_wire.SESSIONS, records)
 
     async def sync_recv_loop(self) -> None:
@@ -135,7 +132,7 @@ class SessionSync:
             c["messages_received"] += 1
             if msg.kind == _wire.HELLO:
                 c["hellos"] += 1
-                await self._send(_wire.SESSIONS, self.core.dump_records(time.time()), peers=[addr[:2]])
+                await self._send(_wire.SESSIONS, self.core.dump_records(time.time())[0], peers=[addr[:2]])
                 continue
             got = self.core.install_synced(msg.records, time.time())
             for k, v in got.items():
@@ -144,5 +141,5 @@ class SessionSync:
     def sync_stats(self) -> dict:
         if self.sync_sock is None:
             return {}
-        return {"sync": {**self.sync_counters, "synced_sessions": len(self._synced),
+        return {"sync": {**self.sync_counters, "synced_sessions": self.core.synced_sessions,
                          "peers": [f"{a}:{p}" for a, p in self.config.cluster.sync_peers]}}

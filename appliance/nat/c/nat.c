@@ -81,6 +81,7 @@ void nat_destroy(struct nat *nat)
     free(nat->ev);
     free(nat->limbo);
     free(nat->tent);
+    free(nat->sync_out);
     nat_classifier_destroy(nat->cls);
     free(nat);
 }

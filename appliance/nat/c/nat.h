@@ -314,6 +314,32 @@ uint64_t nat_lane_bench(struct nat_lane *lane, const uint8_t *pristine, uint32_t
 uint32_t nat_expire(struct nat *nat, uint64_t now_ns, uint32_t budget);
 /* Move up to max queued expiry events into out; returns how many. */
 uint32_t nat_drain_events(struct nat *nat, struct nat_session_info *out, uint32_t max);
+/* Session sync (docs/cluster.md): the sessions a peer cannot recompute,
+ * as wire records (NAT_SYNC_RECORD bytes each: both keys as stored,
+ * translation, backend, flags, state, ms since last seen, ms left; the
+ * numbers big-endian), built here so that a session costs no Python on
+ * the sender. stateful[t] is 1 for a translation t whose choice another
+ * instance cannot recompute (a stateful selector or affinity). */
+#define NAT_SYNC_RECORD 96
+/* Collect the sessions nat_flow_install() creates, up to capacity between
+ * two nat_sync_take() calls (more are counted sync_outbox_full and not
+ * sent); 0 stops. 0, or -1 when out of memory. */
+int nat_sync_collect(struct nat *nat, uint32_t capacity);
+/* The collected sessions, at most max, as (index, serial); returns how
+ * many, and forgets them. */
+uint32_t nat_sync_take(struct nat *nat, uint32_t *index, uint32_t *serial, uint32_t max);
+/* Of the n sessions (index[i], serial[i]), those still alive that need
+ * sync stay, moved to the front (*n_alive); of those, the ones seen after
+ * since_ns have their record written to out (room for n records).
+ * Returns the records written. */
+uint32_t nat_sync_records(const struct nat *nat, uint32_t *index, uint32_t *serial, uint32_t n,
+                          const uint8_t *stateful, uint32_t n_stateful, uint64_t now_ns,
+                          uint64_t since_ns, uint8_t *out, uint32_t *n_alive);
+/* Every live session that needs sync from slot *cursor on, at most max
+ * records into out; *cursor moves past them (NAT_NONE at the end). */
+uint32_t nat_sync_dump(const struct nat *nat, uint32_t *cursor, const uint8_t *stateful,
+                       uint32_t n_stateful, uint64_t now_ns, uint8_t *out, uint32_t max);
+
 /* CFFI-END */
 
 #endif

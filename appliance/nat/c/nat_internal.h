@@ -152,6 +152,8 @@ struct nat {
     struct tentative *tent;   /* sessions in creation order: a ring of max_sessions */
     uint32_t tent_head, tent_len;
     uint64_t pressure_ns;     /* when the table was last seen under pressure (0: never) */
+    uint32_t *sync_out;       /* session sync: (index, serial) pairs created since the last take */
+    uint32_t sync_cap, sync_len;
     int frag_lock;
 };
 
@@ -284,6 +286,21 @@ static inline uint32_t table_lookup(const struct nat *nat, const struct nat_key 
     return NAT_NONE;
 }
 
+
+/* A session nat_flow_install() created, kept for session sync (nat_sync.c)
+ * while it collects. */
+static inline void sync_note(struct nat *nat, uint32_t idx)
+{
+    if (!nat->sync_cap)
+        return;
+    if (nat->sync_len == nat->sync_cap) {
+        CTR(nat)[NAT_C_SYNC_OUTBOX_FULL]++;
+        return;
+    }
+    nat->sync_out[2 * nat->sync_len] = idx;
+    nat->sync_out[2 * nat->sync_len + 1] = nat->s[idx].serial;
+    nat->sync_len++;
+}
 
 /* nat_session.c, nat_limbo.c, nat_classifier.c, nat_lane.c */
 NAT_INTERNAL void sess_free(struct nat *nat, uint32_t idx, uint8_t reason);

@@ -266,6 +266,7 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     int rc = nat_session_add(nat, fwd, &rev, now_ns, translation, backend, profile, flags, &idx);
     if (rc != 0)
         return rc == -2 ? -2 : -3;
+    sync_note(nat, idx);
     process_one(nat, f, now_ns, pflags | NAT_PF_FINAL);
     return 0;
 }

@@ -83,6 +83,7 @@ sync_listen = "10.9.{k}.2:{SYNC_PORT}"
 sync_peers = [{peers}]
 sync_key = "cluster-test-shared-key"
 sync_refresh = 2
+source_ports = "{20000 + 10000 * k}-{29999 + 10000 * k}"   # the SNAT address is shared
 [bgp]
 asn = {INSTANCE_AS}
 router_id = "10.9.{k}.2"

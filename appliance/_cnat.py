@@ -367,6 +367,8 @@ def to_toml(config: Config) -> str:
     cl = config.cluster
     if cl != ClusterConfig(config.bgp is not None):
         out += ["", "[cluster]", f"stateless_failover = {'true' if cl.stateless_failover else 'false'}"]
+        if cl.source_ports is not None:
+            out.append(f"source_ports = {q('%d-%d' % cl.source_ports)}")
         if cl.sync:
             def ep(e) -> str:
                 return q(f"[{e[0]}]:{e[1]}" if e[0].version == 6 else f"{e[0]}:{e[1]}")

@@ -41,6 +41,12 @@ BAD = [
     ("the same neighbor twice", NEIGHBOR + NEIGHBOR, "bgp.neighbor[1].address", "listed twice"),
     ("hold time below BGP's 3 s", "hold_time = 1\n" + NEIGHBOR, "bgp.hold_time", "between 3"),
     ("a typo", "hold = 3\n" + NEIGHBOR, "bgp.hold", "unknown key"),
+    ("source ports not a range", NEIGHBOR + '[cluster]\nsource_ports = "20000"\n', "cluster.source_ports",
+     "not a range"),
+    ("source ports below 1024", NEIGHBOR + '[cluster]\nsource_ports = "80-30000"\n', "cluster.source_ports",
+     "within 1024-65535"),
+    ("too few source ports", NEIGHBOR + '[cluster]\nsource_ports = "20000-20010"\n', "cluster.source_ports",
+     "fewer than 256"),
 ]
 
 
@@ -58,6 +64,9 @@ def test_stateless_failover_is_on_with_bgp_and_can_be_turned_off():
     off = parse_config(BASE + NEIGHBOR + "[cluster]\nstateless_failover = false\n")
     assert not off.cluster.stateless_failover
     assert parse_config(_cnat.to_toml(off)) == dataclasses.replace(off, path="<string>")   # cnat save keeps it
+    ranged = parse_config(BASE + NEIGHBOR + '[cluster]\nsource_ports = "20000-29999"\n')
+    assert ranged.cluster.source_ports == (20000, 29999)
+    assert parse_config(_cnat.to_toml(ranged)) == dataclasses.replace(ranged, path="<string>")
 
 
 def test_cnat_drain_words():

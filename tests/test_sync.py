@@ -180,3 +180,37 @@ def test_many_sessions_split_into_datagrams_that_fit():
     got = [_wire.decode(m, KEY) for m in msgs]
     assert [g.seq for g in got] == list(range(7, 7 + len(msgs)))
     assert sum(len(g.records) for g in got) == 100
+
+
+def test_instances_sharing_an_snat_address_with_their_own_source_ports_never_clash():
+    """Two clients with one source port, to one destination, through one
+    SNAT address: each instance keeps the client's port when it can, so
+    without ranges both pick 5000 and the second sync is refused; with
+    disjoint [cluster] source_ports both flows live on both instances."""
+    def run(ranges):
+        cfgs = [CONFIG + (f'[cluster]\nsource_ports = "{r}"\n' if r else "") for r in ranges]
+        a, b = Harness(cfgs[0]), Harness(cfgs[1])
+        a.core.sync_start()
+        b.core.sync_start()
+        a.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
+        pa = int.from_bytes(a.out[14 + 20:14 + 22], "big")
+        b.send(tcp("10.1.0.3", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
+        pb = int.from_bytes(b.out[14 + 20:14 + 22], "big")
+        _, into_b = carry(a, b)
+        _, into_a = carry(b, a)
+        return pa, pb, into_a, into_b
+    pa, pb, into_a, into_b = run([None, None])
+    assert pa == pb == 5000 and into_b["refused"] == 1 and into_a["refused"] == 1
+    pa, pb, into_a, into_b = run(["20000-29999", "30000-39999"])
+    assert 20000 <= pa <= 29999 and 30000 <= pb <= 39999
+    assert into_a["installed"] == into_b["installed"] == 1
+
+
+def test_a_client_port_inside_the_range_is_kept_and_ports_untouched_flows_ignore_it():
+    h = Harness(CONFIG + '[cluster]\nsource_ports = "20000-29999"\n')
+    h.send(tcp("10.1.0.2", 25000, "40.0.0.1", 443, flags=0x02), "tap0")       # SNAT, the port in range
+    assert int.from_bytes(h.out[14 + 20:14 + 22], "big") == 25000
+    h.send(udp("10.1.0.2", 1, "40.0.0.1", 53), "tap0")                          # SNAT, out of range
+    assert 20000 <= int.from_bytes(h.out[14 + 20:14 + 22], "big") <= 29999
+    h.send(tcp("10.0.0.2", 6000, "30.0.0.2", 80, flags=0x02))                   # DNAT only: the source is the client's
+    assert int.from_bytes(h.out[14 + 20:14 + 22], "big") == 6000

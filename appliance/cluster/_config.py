@@ -132,6 +132,9 @@ class ClusterConfig:
     sync_key: Optional[bytes] = dataclasses.field(default=None, repr=False)
     sync_refresh: int = 5            # seconds between refreshes of live synced sessions
     sync_key_file: Optional[str] = None   # where sync_key was read from, if from a file
+    #: (lo, hi): the source ports this instance picks when it rewrites a
+    #: source (SNAT, source rewrites); None: 1024-65535
+    source_ports: Optional[tuple[int, int]] = None
 
     @property
     def sync(self) -> bool:
@@ -163,12 +166,13 @@ def parse_cluster(r, data: dict, bgp: Optional[BgpConfig]) -> ClusterConfig:
     key = r.take(c, "cluster", None, "sync_key", (str,), None)
     key_file = r.take(c, "cluster", None, "sync_key_file", (str,), None)
     refresh = r.take(c, "cluster", None, "sync_refresh", (int,), 5)
+    ports = _source_ports(r, r.take(c, "cluster", None, "source_ports", (str,), None))
     r.no_leftovers(c, "cluster", None, {"stateless_failover", "sync_listen", "sync_peers", "sync_key",
-                                        "sync_key_file", "sync_refresh"})
+                                        "sync_key_file", "sync_refresh", "source_ports"})
     if listen is None:
         if peers or key or key_file:
             raise r.error("cluster", None, "sync_listen", "session sync needs sync_listen = \"ADDRESS:PORT\"")
-        return ClusterConfig(failover)
+        return ClusterConfig(failover, source_ports=ports)
     endpoint = _endpoint(r, "sync_listen", listen)
     if not peers:
         raise r.error("cluster", None, "sync_peers", "session sync needs at least one peer \"ADDRESS:PORT\"")
@@ -189,4 +193,25 @@ def parse_cluster(r, data: dict, bgp: Optional[BgpConfig]) -> ClusterConfig:
                       f"the key must be at least {SYNC_KEY_MIN} characters")
     if not 1 <= refresh <= 3600:
         raise r.error("cluster", None, "sync_refresh", "must be between 1 and 3600 seconds")
-    return ClusterConfig(failover, endpoint, peer_eps, key.encode(), refresh, key_file)
+    return ClusterConfig(failover, endpoint, peer_eps, key.encode(), refresh, key_file, ports)
+
+
+#: fewer than this many ports would leave an instance few flows to one destination
+SOURCE_PORTS_MIN = 256
+
+
+def _source_ports(r, text) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    lo, sep, hi = text.partition("-")
+    try:
+        lo_n, hi_n = int(lo), int(hi)
+    except ValueError:
+        lo_n = hi_n = -1
+    if not sep or not 1024 <= lo_n <= hi_n <= 65535:
+        raise r.error("cluster", None, "source_ports",
+                      f"{text!r} is not a range \"LO-HI\" within 1024-65535 (such as \"20000-29999\")")
+    if hi_n - lo_n + 1 < SOURCE_PORTS_MIN:
+        raise r.error("cluster", None, "source_ports", f"{text!r} has {hi_n - lo_n + 1} ports, "
+                      f"fewer than {SOURCE_PORTS_MIN}")
+    return lo_n, hi_n

@@ -127,6 +127,10 @@ class NatCore(Expiry, Introspection, Synced):
         lib.nat_set_classifier(self._nat, c)
         self._failover = failover
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
+        if config.cluster.source_ports is None:
+            lib.nat_clear_source_ports(self._nat)
+        else:
+            lib.nat_set_source_ports(self._nat, *config.cluster.source_ports)
         self.config = config
         self._set_profile(0, config.timeouts)
         self._profiles = {config.timeouts: 0, **{k: v for k, v in self._profiles.items() if v != 0}}

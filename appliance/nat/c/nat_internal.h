@@ -152,6 +152,7 @@ struct nat {
     struct tentative *tent;   /* sessions in creation order: a ring of max_sessions */
     uint32_t tent_head, tent_len;
     uint64_t pressure_ns;     /* when the table was last seen under pressure (0: never) */
+    uint16_t src_lo, src_hi; /* nat_set_source_ports(): 0, 0 when unset */
     uint32_t *sync_out;       /* session sync: (index, serial) pairs created since the last take */
     uint32_t sync_cap, sync_len;
     int frag_lock;

@@ -47,3 +47,17 @@ int nat_alloc_port(const struct nat *nat, struct nat_key *rev, int32_t preferred
     return -1;
 }
 
+
+int nat_set_source_ports(struct nat *nat, uint16_t lo, uint16_t hi)
+{
+    if (lo > hi || lo < NAT_PORT_LO)
+        return -1;
+    nat->src_lo = lo;
+    nat->src_hi = hi;
+    return 0;
+}
+
+void nat_clear_source_ports(struct nat *nat)
+{
+    nat->src_lo = nat->src_hi = 0;
+}

@@ -256,10 +256,16 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     rev.proto = fwd->proto;
     rev.family = fwd->family;
     rev.sport = icmp ? 0 : new_dport;
+    uint16_t lo = icmp ? 0 : NAT_PORT_LO, hi = 0xffff;
+    if (nat->src_hi && memcmp(new_src, fwd->src, alen)) {   /* this instance's share */
+        lo = nat->src_lo;
+        hi = nat->src_hi;
+        if (src_pref < lo || src_pref > hi)
+            src_pref = -1;
+    }
     if (flags & NAT_SF_BYPASS) {
         rev.dport = fwd->sport;
-    } else if (nat_alloc_port(nat, &rev, src_pref, icmp ? 0 : NAT_PORT_LO, 0xffff,
-                              key_hash64(nat->table_seed, fwd), now_ns) != 0) {
+    } else if (nat_alloc_port(nat, &rev, src_pref, lo, hi, key_hash64(nat->table_seed, fwd), now_ns) != 0) {
         return -1;
     }
     uint32_t idx;

@@ -148,12 +148,45 @@ def render(stats: dict) -> str:
     out.family("appliance_kernel_neighbour_updates_total", "counter",
                "neighbours added or changed from netlink notifications, without a snapshot",
                [({}, stats["kernel"].get("neighbour_updates", 0))])
+    _cluster(out, stats)
     config = stats["config"]
     out.family("appliance_config_reloads_total", "counter", "valid configuration versions applied",
                [({}, config["reloads"])])
     out.family("appliance_config_rejected_total", "counter", "invalid configuration versions rejected",
                [({}, config["rejected"])])
     return "\n".join(out.lines) + "\n"
+
+
+def _cluster(out: _Out, stats: dict) -> None:
+    """[bgp], a drain and session sync (docs/cluster.md): only while configured."""
+    bgp = stats.get("bgp")
+    if bgp is not None:
+        out.family("appliance_bgp_daemon_up", "gauge", "1 while the BIRD the appliance runs is running",
+                   [({}, int(bgp["daemon"] == "running"))])
+        out.family("appliance_bgp_vips_announced", "gauge", "vips announced to the BGP neighbors",
+                   [({}, len(bgp["announced"]))])
+        out.family("appliance_bgp_withheld", "gauge",
+                   "1 while the vips are withdrawn on purpose (draining, a data interface gone), with the reason",
+                   [({"reason": bgp["withheld"]}, 1)] if bgp.get("withheld") else [({"reason": ""}, 0)])
+        out.family("appliance_bgp_neighbor_established", "gauge", "1 for each BGP session that is Established",
+                   [({"neighbor": n}, int(state.startswith("Established")))
+                    for n, state in sorted(bgp["neighbors"].items())])
+        out.family("appliance_bgp_daemon_starts_total", "counter", "times BIRD was started", [({}, bgp["starts"])])
+        out.family("appliance_bgp_errors_total", "counter", "BIRD exits and failed commands", [({}, bgp["errors"])])
+    drain = stats.get("drain")
+    out.family("appliance_draining", "gauge", "1 while `cnat drain` runs", [({}, int(drain is not None))])
+    if drain is not None:
+        out.family("appliance_drain_stops_in_seconds", "gauge", "seconds until a drain's deadline",
+                   [({}, drain["stops_in_s"])])
+    sync = stats.get("sync")
+    if sync is not None:
+        for name, value in sync.items():
+            if name == "synced_sessions":
+                out.family("appliance_sync_sessions", "gauge", "sessions this instance keeps its peers told of",
+                           [({}, value)])
+            elif isinstance(value, int):
+                out.family(f"appliance_sync_{name.removeprefix('sync_')}_total", "counter",
+                           "session sync counter sync." + name + " (docs/cluster.md)", [({}, value)])
 
 
 def parse_address(text: str) -> tuple[str, int]:

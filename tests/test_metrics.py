@@ -28,6 +28,11 @@ STATS = {
     "interfaces": {"a0": "up", "a1": "gone"},
     "kernel": {"snapshots": 9},
     "config": {"path": "x.toml", "reloads": 2, "rejected": 1, "last_error": "x.toml:3: port: bad"},
+    "bgp": {"daemon": "running", "pid": 9, "announced": ["30.0.0.2", "fd30::2"], "prefixes": True,
+            "neighbors": {"10.9.0.1": "Established", "fd09::1": "Active Socket: Connection refused"},
+            "starts": 1, "configures": 3, "errors": 0, "last_error": None, "withheld": "draining"},
+    "drain": {"since_s": 1.5, "stops_in_s": 28.5, "sessions": 4},
+    "sync": {"messages_sent": 12, "sync_bad_mac": 2, "synced_sessions": 40, "peers": ["10.9.1.2:7700"]},
 }
 
 # (metric line as it must appear)
@@ -54,6 +59,16 @@ EXPECTED = [
     "appliance_kernel_snapshots_total 9",
     "appliance_config_reloads_total 2",
     "appliance_config_rejected_total 1",
+    "appliance_bgp_daemon_up 1",
+    "appliance_bgp_vips_announced 2",
+    'appliance_bgp_withheld{reason="draining"} 1',
+    'appliance_bgp_neighbor_established{neighbor="10.9.0.1"} 1',
+    'appliance_bgp_neighbor_established{neighbor="fd09::1"} 0',
+    "appliance_draining 1",
+    "appliance_drain_stops_in_seconds 28.5",
+    "appliance_sync_messages_sent_total 12",
+    "appliance_sync_bad_mac_total 2",
+    "appliance_sync_sessions 40",
 ]
 
 

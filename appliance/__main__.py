@@ -286,21 +286,32 @@ def _stats_lines(answer: dict) -> list[str]:
     """show stats as text: every figure of the JSON answer, nested ones as
     dotted names (nat.plugins.first-party:health.probes; the core's
     counters directly under nat: nat.translated), aligned, zeros
-    included: what the JSON has. Per-translation figures are show
+    included: what the JSON has (null as "-", true/false as yes/no, a list
+    of plain values joined by commas). Per-translation figures are show
     translations'."""
     rows: list[tuple[str, object]] = []
+
+    def scalar(v) -> bool:
+        return v is None or isinstance(v, (int, float, str))
 
     def walk(prefix: str, values: dict) -> None:
         for k, v in values.items():
             name = f"{prefix}.{k}"
             if isinstance(v, dict):
                 walk(name, v)
-            elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            elif v is None:
+                rows.append((name, "-"))
+            elif isinstance(v, bool):
+                rows.append((name, "yes" if v else "no"))
+            elif isinstance(v, (int, float, str)):
                 rows.append((name, v))
+            elif isinstance(v, list) and all(map(scalar, v)):    # bgp.announced, sync.peers
+                rows.append((name, ",".join(map(str, v)) or "-"))
 
     for section, values in answer.items():
         if isinstance(values, dict):
-            figures = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
+            figures = {k: v for k, v in values.items() if not isinstance(v, (dict, list))
+                       or isinstance(v, list) and all(map(scalar, v))}
             walk(section, figures)
             walk(section, values.get("counters", {}))    # nat.translated, as operations.md names them
             walk(section, {k: v for k, v in values.items() if isinstance(v, dict) and k != "counters"})
@@ -314,6 +325,30 @@ def _stats_lines(answer: dict) -> list[str]:
                 rows.append((f"workers.{w['worker']}.{key}", value))
     width = max((len(n) for n, _ in rows), default=0)
     return [f"{n:{width}} {str(v).replace(' ', '_') if isinstance(v, str) else v}" for n, v in rows]
+
+
+def _cluster_lines(cfg) -> list[str]:
+    """check-config's lines for [bgp] and [cluster] (docs/cluster.md)."""
+    out = []
+    if cfg.bgp is not None:
+        b = cfg.bgp
+        out.append(f"bgp asn={b.asn} router_id={b.router_id} hold_time={b.hold_time}s bird={b.bird}")
+        for n in b.neighbors:
+            what = ["vips"] if n.vips else []
+            out.append(f"  neighbor {_endpoint(str(n.address), n.port)} asn={n.asn} "
+                       f"announce={','.join(what + [str(p) for p in n.prefixes]) or '-'}")
+    c = cfg.cluster
+    if c.stateless_failover or c.sync or c.source_ports:
+        words = [f"stateless_failover={'on' if c.stateless_failover else 'off'}"]
+        if c.sync:
+            words += [f"sync_listen={_endpoint(str(c.sync_listen[0]), c.sync_listen[1])}",
+                      "sync_peers=" + ",".join(_endpoint(str(a), p) for a, p in c.sync_peers),
+                      f"sync_refresh={c.sync_refresh}s",
+                      f"key from {c.sync_key_file}" if c.sync_key_file else "key inline"]
+        if c.source_ports:
+            words.append("source_ports=%d-%d" % c.source_ports)
+        out.append("cluster " + " ".join(words))
+    return out
 
 
 def _translation_lines(translations: list, figures: bool = True) -> list[str]:
@@ -488,6 +523,8 @@ def _main(argv: list[str] | None = None) -> int:
                   f"exclude={[str(n) for n in cfg.snat.exclude]}")
         print(f"  timeouts {cfg.timeouts}")
         print(f"  plugins {plugins.names}")
+        for line in _cluster_lines(cfg):
+            print(f"  {line}")
         return 0
 
     if args.command == "replay":

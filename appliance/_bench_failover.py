@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Optional
 
-from ._cluster_topology import HOLD, ICMP_VIP, OUTSIDE, VIP4, ClusterTopology
+from ._cluster_topology import CLUSTER_KEY, HOLD, ICMP_VIP, OUTSIDE, VIP4, ClusterTopology, instance_config
 
 #: a paced TCP source (each connection: "N\n" -> N bytes of a fixed pattern,
 #: then its backend's name) and a UDP echo that names its backend, on every
@@ -137,21 +137,28 @@ for h in sys.argv[4:]:
 
 
 def _hostile(topo: ClusterTopology, k: int, peer: int) -> dict:
-    """Garbage, a message cut short and one signed with another key, sent
-    to instance k's sync port from a peer's address (instance ``peer``'s
-    namespace) and from the client's (no peer): what k counted."""
+    """Garbage, a message cut short, one signed with another key and a
+    signed one twice (a recording played back), sent to instance k's sync
+    port from a peer's address (instance ``peer``'s namespace), and one
+    from the client's (no peer): what k counted."""
     from .cluster import _wire
 
-    forged = _wire.encode(_wire.SESSIONS, b"", b"not-the-cluster-key-0000", 1, 0, 0)[0]
+    from ._config import parse_config
+
+    forged = _wire.encode(_wire.SESSIONS, b"", b"not-the-cluster-key-0000", 1, 0, 0, time.time())[0]
+    # signed with the cluster's key, recorded, then played back
+    digest = _wire.config_digest(parse_config(instance_config(k, len(topo.ns_instances))).translations)
+    recorded = _wire.encode(_wire.SESSIONS, b"", CLUSTER_KEY, 0xBAD, 0, digest, time.time())[0]
     before = _stats(topo, k).get("sync", {})
     target = (topo.uplink(k), "7700")
     topo.run(topo.ns_instances[peer], sys.executable, "-c", HOSTILE, *target, topo.uplink(peer),
-             (b"\x00" * 200).hex(), b"short".hex(), forged.hex())
+             (b"\x00" * 200).hex(), b"short".hex(), forged.hex(), recorded.hex(), recorded.hex())
     topo.run(topo.ns_client, sys.executable, "-c", HOSTILE, *target, "10.0.0.2", forged.hex())
     time.sleep(0.3)
     after = _stats(topo, k).get("sync", {})
     return {n: after.get(n, 0) - before.get(n, 0) for n in
-            ("sync_bad_mac", "sync_malformed", "sync_unknown_peer", "sessions_installed")}
+            ("sync_bad_mac", "sync_malformed", "sync_unknown_peer", "sync_replayed", "messages_received",
+             "sessions_installed")}
 
 
 def _sessions_with(topo: ClusterTopology, k: int, address: str) -> tuple[int, int]:

@@ -49,7 +49,7 @@ def _with_sync(sessions: int, now: float):
     collecting = _create(a, sessions, now)
     t0 = time.perf_counter()
     blob, _ = a.sync_new(now)
-    msgs = _wire.encode(_wire.SESSIONS, blob, KEY, 1, 0, _wire.config_digest(a.config.translations))
+    msgs = _wire.encode(_wire.SESSIONS, blob, KEY, 1, 0, _wire.config_digest(a.config.translations), now)
     return collecting, time.perf_counter() - t0, a, msgs
 
 

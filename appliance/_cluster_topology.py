@@ -40,6 +40,9 @@ OUTSIDE = "40.0.0.1"     # a host reached through SNAT (on the backend host's lo
 SYNC_PORT = 7700
 
 
+CLUSTER_KEY = b"cluster-test-shared-key"
+
+
 def instance_config(k: int, n: int, extra: str = "") -> str:
     """The configuration of instance k of n: the same translations, seed
     and SNAT address for all, its own [bgp] router id and neighbors, the
@@ -81,7 +84,7 @@ exclude = ["20.0.0.0/24", "fd20::/64"]   # the vips' flows come in on u0 too: th
 [cluster]
 sync_listen = "10.9.{k}.2:{SYNC_PORT}"
 sync_peers = [{peers}]
-sync_key = "cluster-test-shared-key"
+sync_key = "{CLUSTER_KEY.decode()}"
 sync_refresh = 2
 source_ports = "{20000 + 10000 * k}-{29999 + 10000 * k}"   # the SNAT address is shared
 [bgp]

@@ -133,3 +133,85 @@ def test_off_without_the_setting():
     be, reply, _ = _first(a, "tcp", 44000)
     b.send(reply, "eth1").expect_pass(reply)
     assert b.counter("pass_no_match") == 1
+
+
+SHARED = """
+flow_hash_seed = 77
+[cluster]
+stateless_failover = true
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 81
+backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
+{second}
+"""
+
+
+def test_a_reply_two_translations_could_own_is_dropped_not_sent_from_the_wrong_port():
+    """vip:80 and vip:81 to the same backends, both hashed: a reply that
+    both selections give that backend is ambiguous. Recovered as vip:80 it
+    would reach a vip:81 client from port 80, which resets it."""
+    b = Harness(SHARED.format(second=""))
+    ambiguous = 0
+    for cport in range(45000, 45040):
+        for be in ("20.0.0.1", "20.0.1.1"):
+            before = b.counter("drop_ambiguous_reply"), b.counter("session_recovered")
+            b.send(tcp(be, 8080, "10.0.0.2", cport, flags=ACK), "eth1")
+            after = b.counter("drop_ambiguous_reply"), b.counter("session_recovered")
+            ambiguous += after[0] - before[0]
+            if after[1] > before[1]:
+                # one owner: the frame leaves from the port of the translation whose hash gives be
+                assert b.out[14 + 20:14 + 22] in (b"\x00\x50", b"\x00\x51")
+    orphan = b.counter("drop_orphan_reply")
+    assert ambiguous > 0 and b.counter("session_recovered") > 0 and orphan > 0, (ambiguous, orphan)
+
+
+def test_a_translation_whose_choice_cannot_be_checked_owns_the_reply_when_it_is_the_only_candidate():
+    """The hand-found case: vip:80 by hash, vip:81 with affinity, the same
+    backends. Where vip:80's hash gives the reply's backend to another
+    backend, vip:81 is its only owner: recovered, from port 81. Where
+    vip:80's hash gives it that backend too: ambiguous, dropped."""
+    b = Harness(SHARED.format(second="affinity = { timeout = 60 }"))
+    t81 = b.core.config.translations[1]
+    assert t81.affinity is not None, "the second translation has affinity"
+    from_81 = ambiguous = 0
+    for cport in range(46000, 46030):
+        before = b.counter("drop_ambiguous_reply")
+        b.send(tcp("20.0.0.1", 8080, "10.0.0.2", cport, flags=ACK), "eth1")
+        if b.counter("drop_ambiguous_reply") > before:
+            ambiguous += 1
+        else:
+            assert b.out[14 + 20:14 + 22] == b"\x00\x51", "recovered as vip:81, the only owner"
+            from_81 += 1
+    assert from_81 > 0 and ambiguous > 0 and b.counter("drop_orphan_reply") == 0
+
+
+def test_translations_sharing_a_backend_have_their_sessions_synced():
+    from appliance.cluster import _wire
+    a = Harness(SHARED.format(second=""))
+    a.core.sync_start()
+    a.send(tcp("10.0.0.2", 47000, "30.0.0.2", 80, flags=SYN))
+    blob, n = a.core.sync_new(a.now)
+    assert n == 1 and _wire.RECORD.unpack_from(blob)[2] == 0
+    lone = Harness(CONFIG.format(selector="hash"))
+    lone.core.sync_start()
+    lone.send(tcp("10.0.0.2", 47000, "30.0.0.2", 80, flags=SYN))
+    assert lone.core.sync_new(lone.now)[1] == 0, "a backend of its own: recomputable, not synced"
+
+
+def test_a_port_picked_for_a_taken_client_port_is_within_source_ports():
+    """The same client port to vip:80 and vip:81, one backend: the second
+    flow's source port is taken towards that backend, so one is picked,
+    from this instance's share."""
+    text = SHARED.format(second="").replace('"->20.0.0.1 8080", "->20.0.1.1 8080"', '"->20.0.0.1 8080"')
+    h = Harness(text.replace("stateless_failover = true", 'stateless_failover = true\nsource_ports = "30000-30999"'))
+    h.send(tcp("10.0.0.2", 48001, "30.0.0.2", 80, flags=SYN))
+    assert int.from_bytes(h.out[14 + 20:14 + 22], "big") == 48001
+    h.send(tcp("10.0.0.2", 48001, "30.0.0.2", 81, flags=SYN))
+    assert 30000 <= int.from_bytes(h.out[14 + 20:14 + 22], "big") <= 30999

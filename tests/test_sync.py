@@ -26,7 +26,7 @@ proto = "tcp"
 vip = "30.0.0.2"
 port = 81
 selector = "least-sessions"
-backends = ["->20.0.0.1 8080", "->20.0.1.1 8080"]
+backends = ["->20.0.2.1 8080", "->20.0.3.1 8080"]    # a backend another translation shares is synced anyway
 """
 
 
@@ -52,7 +52,7 @@ def carry(a, b, since=None):
     """A's new sessions (or, since, its refresh) through the wire into B:
     (messages, counts)."""
     msgs = _wire.encode(_wire.SESSIONS, _blob(a.core, a.now, since), KEY, 1, 0,
-                        _wire.config_digest(a.core.config.translations))
+                        _wire.config_digest(a.core.config.translations), a.now)
     got = [_wire.decode(m, KEY) for m in msgs]
     assert got[0].digest == _wire.config_digest(b.core.config.translations)
     counts = b.core.install_synced([r for m in got for r in m.records], b.now)
@@ -155,17 +155,17 @@ def test_a_bad_message_is_refused_whole_with_a_reason(what, spoil, reason):
     a.send(tcp("10.1.0.2", 5000, "40.0.0.1", 443, flags=0x02), "tap0")
     recs = _records(a.core, a.now)
     key = b"another-key-0123456" if spoil is None else KEY
-    m = _wire.encode(_wire.SESSIONS, _wire.pack(recs), key, 1, 0, 0)[0]
+    m = _wire.encode(_wire.SESSIONS, _wire.pack(recs), key, 1, 0, 0, a.now)[0]
     with pytest.raises(_wire.SyncError) as e:
         _wire.decode(m if spoil is None else spoil(m), KEY)
     assert e.value.reason == reason
 
 
 def test_a_signed_message_of_another_version_or_a_wrong_count_is_malformed():
-    body = _wire.HEADER.pack(b"CNSY", 2, 1, 0, 1, 0, 0)
+    body = _wire.HEADER.pack(b"CNSY", 2, 1, 0, 1, 0, 0, 0)
     with pytest.raises(_wire.SyncError, match="version 2"):
         _wire.decode(body + _wire._mac(KEY, body), KEY)
-    body = _wire.HEADER.pack(b"CNSY", 1, 1, 3, 1, 0, 0)
+    body = _wire.HEADER.pack(b"CNSY", 1, 1, 3, 1, 0, 0, 0)
     with pytest.raises(_wire.SyncError, match="3 records said"):
         _wire.decode(body + _wire._mac(KEY, body), KEY)
 
@@ -175,7 +175,7 @@ def test_many_sessions_split_into_datagrams_that_fit():
     for p in range(100):
         a.send(udp("10.1.0.2", 10000 + p, "40.0.0.1", 53), "tap0")
     recs = _records(a.core, a.now)
-    msgs = _wire.encode(_wire.SESSIONS, _wire.pack(recs), KEY, 1, 7, 0)
+    msgs = _wire.encode(_wire.SESSIONS, _wire.pack(recs), KEY, 1, 7, 0, a.now)
     assert len(recs) == 100 and all(len(m) <= _wire.MAX_DATAGRAM for m in msgs)
     got = [_wire.decode(m, KEY) for m in msgs]
     assert [g.seq for g in got] == list(range(7, 7 + len(msgs)))
@@ -214,3 +214,25 @@ def test_a_client_port_inside_the_range_is_kept_and_ports_untouched_flows_ignore
     assert 20000 <= int.from_bytes(h.out[14 + 20:14 + 22], "big") <= 29999
     h.send(tcp("10.0.0.2", 6000, "30.0.0.2", 80, flags=0x02))                   # DNAT only: the source is the client's
     assert int.from_bytes(h.out[14 + 20:14 + 22], "big") == 6000
+
+
+def test_a_message_played_back_or_sent_long_ago_is_refused():
+    guard, now = _wire.ReplayGuard(), 5000.0
+    msgs = [_wire.decode(m, KEY) for m in _wire.encode(_wire.HELLO, b"", KEY, 9, 10, 0, now)
+            + _wire.encode(_wire.HELLO, b"", KEY, 9, 11, 0, now) + _wire.encode(_wire.HELLO, b"", KEY, 9, 12, 0, now)]
+    guard.admit(msgs[0], now)
+    guard.admit(msgs[2], now)
+    guard.admit(msgs[1], now + 1)              # late, out of order: once
+    for m in msgs:
+        with pytest.raises(_wire.SyncError, match="seen before") as e:
+            guard.admit(m, now + 2)
+        assert e.value.reason == "sync_replayed"
+    other = _wire.decode(_wire.encode(_wire.HELLO, b"", KEY, 10, 10, 0, now)[0], KEY)
+    guard.admit(other, now)                    # another sender id (a peer's restart): its own numbers
+    old = _wire.decode(_wire.encode(_wire.HELLO, b"", KEY, 11, 0, 0, now - 31)[0], KEY)
+    with pytest.raises(_wire.SyncError, match="more than 30 s"):
+        guard.admit(old, now)
+    far = _wire.decode(_wire.encode(_wire.HELLO, b"", KEY, 9, 13 + _wire.SEQ_WINDOW, 0, now)[0], KEY)
+    guard.admit(far, now)
+    with pytest.raises(_wire.SyncError, match="too old"):
+        guard.admit(_wire.decode(_wire.encode(_wire.HELLO, b"", KEY, 9, 12 - 0, 0, now)[0], KEY), now)

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Optional
 
@@ -36,6 +37,24 @@ log = logging.getLogger("appliance.bgp")
 _PR_SET_PDEATHSIG = 1
 REPLY_SECONDS = 5          # for BIRD to answer a command
 RESTART_SECONDS = 2        # between an exit of the daemon and its restart
+
+
+_BIRD_LEVELS = {"<FATAL>": logging.CRITICAL, "<ERR>": logging.ERROR, "<WARN>": logging.WARNING}
+bird_log = logging.getLogger("appliance.bird")
+
+
+def _relay_log(pipe) -> None:
+    """BIRD's log lines into ours, at their level, under "appliance.bird".
+    Its "<FATAL> Shutdown completed" is the end of a clean stop, not a fault."""
+    for raw in pipe:
+        line = raw.decode(errors="replace").rstrip()
+        words = line.split(" ", 3)          # date, time, <LEVEL>, message
+        level = _BIRD_LEVELS.get(words[2], logging.INFO) if len(words) == 4 else logging.WARNING
+        message = words[3] if len(words) == 4 else line
+        if message == "Shutdown completed":
+            level = logging.INFO
+        bird_log.log(level, "%s", message)
+    pipe.close()
 
 
 class BirdError(Exception):
@@ -122,7 +141,8 @@ class Bird:
         # from the main thread: the parent-death signal follows the thread that forked
         self.proc = subprocess.Popen([binary, "-f", "-c", str(conf), "-s", self.socket],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=None, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        threading.Thread(target=_relay_log, args=(self.proc.stderr,), name="bird-log", daemon=True).start()
         self.starts += 1
         deadline = time.monotonic() + REPLY_SECONDS
         while not os.path.exists(self.socket):

@@ -4,7 +4,8 @@ One UDP datagram is one message:
 
     header  28 bytes  magic "CNSY", version 1, type (1 sessions, 2 hello),
                       record count, the sender's id, its sequence number,
-                      the digest of its translations
+                      the digest of its translations, the sender's clock
+                      (seconds)
     records 96 bytes each (type 1): the two session keys, translation id,
                       backend index, flags, state, milliseconds since the
                       session was last seen, its lifetime left
@@ -13,7 +14,9 @@ One UDP datagram is one message:
 
 A message whose length, magic, version, type, count or MAC is wrong is
 refused whole with a reason; nothing of it is used. The MAC is checked
-before anything else in it is believed.
+before anything else in it is believed. A signed message seen before, or
+sent more than ``REPLAY_WINDOW`` seconds from our clock, is refused too
+(:class:`ReplayGuard`): a recorded message cannot be played back.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import zlib
 MAGIC = b"CNSY"
 VERSION = 1
 SESSIONS, HELLO = 1, 2
-HEADER = struct.Struct("!4sBBHIQI4x")        # magic, version, type, count, sender, seq, config digest
+HEADER = struct.Struct("!4sBBHIQII")         # magic, version, type, count, sender, seq, config digest, time
 KEY = struct.Struct("!16s16sHHBBH")          # src, dst, sport, dport, proto, family, zero (host order ports)
 RECORD = struct.Struct("!40s40sIHBBII")      # key0, key1, translation, backend, flags, state, age ms, left ms
 MAC_LEN = 32
@@ -62,6 +65,7 @@ class Message:
     seq: int
     digest: int
     records: tuple
+    time: int = 0         # the sender's clock, seconds
 
 
 def config_digest(translations) -> int:
@@ -82,7 +86,7 @@ def pack(records) -> bytes:
                                 min(r.age_ms, 0xFFFFFFFF), min(r.left_ms, 0xFFFFFFFF)) for r in records)
 
 
-def encode(kind: int, records: bytes, key: bytes, sender: int, seq: int, digest: int) -> list[bytes]:
+def encode(kind: int, records: bytes, key: bytes, sender: int, seq: int, digest: int, now: float) -> list[bytes]:
     """Messages carrying ``records`` (packed, RECORD.size bytes each; at
     most PER_MESSAGE a message, one empty message for a hello); seq
     numbers from ``seq`` on. Per message, not per record: a header and a MAC."""
@@ -93,7 +97,7 @@ def encode(kind: int, records: bytes, key: bytes, sender: int, seq: int, digest:
     for n, at in enumerate(range(0, len(records), step) if records else [0]):
         chunk = records[at:at + step]
         body = HEADER.pack(MAGIC, VERSION, kind, len(chunk) // RECORD.size, sender & 0xFFFFFFFF, seq + n,
-                           digest) + chunk
+                           digest, int(now) & 0xFFFFFFFF) + chunk
         out.append(body + _mac(key, body))
     return out
 
@@ -105,7 +109,7 @@ def decode(data: bytes, key: bytes) -> Message:
     body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
     if not hmac.compare_digest(_mac(key, body), mac):
         raise SyncError("sync_bad_mac", "not signed with our key")
-    magic, version, kind, count, sender, seq, digest = HEADER.unpack_from(body)
+    magic, version, kind, count, sender, seq, digest, sent = HEADER.unpack_from(body)
     if magic != MAGIC:
         raise SyncError("sync_malformed", "not a session-sync message")
     if version != VERSION:
@@ -115,4 +119,43 @@ def decode(data: bytes, key: bytes) -> Message:
     if len(body) != HEADER.size + count * RECORD.size:
         raise SyncError("sync_malformed", f"{count} records said, {len(body) - HEADER.size} bytes of them")
     records = tuple(Record(*RECORD.unpack_from(body, HEADER.size + i * RECORD.size)) for i in range(count))
-    return Message(kind, sender, seq, digest, records)
+    return Message(kind, sender, seq, digest, records, sent)
+
+
+#: how far a message's time may be from ours (the peers' clocks must agree
+#: within it: NTP); and how many sequence numbers back are still accepted
+#: once, out of order
+REPLAY_WINDOW = 30
+SEQ_WINDOW = 1024
+MAX_SENDERS = 64
+
+
+class ReplayGuard:
+    """Refuses a signed message seen before or sent too long ago: per
+    sender id the highest sequence number and which of the SEQ_WINDOW
+    before it arrived (as IPsec's anti-replay window). A sender id is new
+    at each start of a peer; the time bounds what an old one could replay."""
+
+    def __init__(self) -> None:
+        self._senders: dict[int, tuple[int, int]] = {}    # sender -> (highest seq, bitmap of the ones below)
+
+    def admit(self, msg: Message, now: float) -> None:
+        """SyncError("sync_replayed") or None (the message is then recorded)."""
+        if abs(int(now) - msg.time) > REPLAY_WINDOW:
+            raise SyncError("sync_replayed", f"sent at {msg.time}, {int(now) - msg.time:+d} s from our clock "
+                                             f"(more than {REPLAY_WINDOW} s: a replay, or the clocks differ)")
+        top, seen = self._senders.get(msg.sender, (-1, 0))
+        if msg.seq > top:
+            shift = msg.seq - top
+            seen = ((seen << shift) | (1 << (shift - 1))) & ((1 << SEQ_WINDOW) - 1) if top >= 0 else 0
+            top = msg.seq
+        else:
+            back = top - msg.seq
+            if back == 0 or back > SEQ_WINDOW or seen >> (back - 1) & 1:
+                raise SyncError("sync_replayed", f"sequence number {msg.seq} from sender {msg.sender:#x} seen "
+                                                 "before or too old")
+            seen |= 1 << (back - 1)
+        self._senders.pop(msg.sender, None)
+        self._senders[msg.sender] = (top, seen)
+        while len(self._senders) > MAX_SENDERS:      # the least recently heard
+            del self._senders[next(iter(self._senders))]

@@ -2,9 +2,16 @@
 a backend's packet that finds no session may be the reply of a flow that
 another instance, with the same configuration and flow-hash seed, started
 and lost. Its forward flow is rebuilt from it (client -> vip of every
-translation with that backend address and port), and where the
-translation's selection gives that flow this backend, the session is made
-as the first packet would have made it, and the packet goes through it.
+translation with that backend address and port). The flow's owner is:
+the translations whose selection is recomputable (hash, maglev, no
+affinity) and gives that flow this backend, and any other translation with
+that backend (its choice cannot be checked). With exactly one owner the
+session is made as the first packet would have made it, and the packet
+goes through it; with none the packet is an orphan, with more it is
+ambiguous, and it is dropped either way: passed, it would reach the client
+from the wrong address and be reset. Such shared backends make their
+translations' sessions synced (``shared``), so the ambiguity lasts until
+the session arrives.
 
 Once per such packet, never per established packet: the session answers
 the flow's later packets in C.
@@ -30,10 +37,9 @@ class Failover:
     from a configuration, asked by :class:`~appliance.nat.NatCore`."""
 
     def __init__(self, config: Config) -> None:
+        self.enabled = config.cluster.stateless_failover
         #: (family, proto, backend address bytes, backend port; ICMP 0) -> [(translation id, backend index)]
         self.by_backend: dict[tuple, list[tuple[int, int]]] = {}
-        if not config.cluster.stateless_failover:
-            return
         for t in config.translations:
             proto = proto_number(t.proto, t.family)
             for j, b in enumerate(t.backends):
@@ -41,10 +47,14 @@ class Failover:
                     continue
                 port = 0 if t.proto == "icmp" else (b.dport or t.port)
                 self.by_backend.setdefault((t.family, proto, b.dst.packed, port), []).append((t.id, j))
+        #: translations with a backend (address and port) that another
+        #: translation has too: a reply alone cannot tell whose flow it is
+        self.shared = frozenset(tid for owners in self.by_backend.values() if len({t for t, _ in owners}) > 1
+                                for tid, _ in owners)
 
     def addresses(self) -> set:
         """(family, address bytes) of every backend the classifier marks."""
-        return {(k[0], k[2]) for k in self.by_backend}
+        return {(k[0], k[2]) for k in self.by_backend} if self.enabled else set()
 
     def resolve(self, core: "NatCore", f, raw: bytes, iface: str, now_ns: int, flags: int) -> bool:
         """Handle the backend packet ``f`` (key bytes ``raw``): True when it
@@ -62,6 +72,7 @@ class Failover:
         if not candidates:
             return False
         plugins = core.plugins
+        owners = []                       # (translation id, backend, forward key, flow; None: unchecked)
         for tid, j in candidates:
             bset = core._sets[tid]
             t = bset.translation
@@ -78,30 +89,49 @@ class Failover:
                 fwd.sport, fwd.dport = _ntohs(cport), 0
             else:
                 fwd.sport, fwd.dport = _ntohs(cport), _ntohs(t.port)
+            if not recomputable(t):
+                owners.append((tid, j, fwd, None))
+                continue
             h = lib.nat_flow_hash(core._nat, fwd)
             flow = Flow(family, proto, client, vip, cport, 0 if icmp else t.port, iface, h, f.tcp_flags,
                         now_ns / 1e9)
-            choice = plugins.select_backend(flow, t, bset)
-            if choice != j:
-                continue
-            plugins.backend_chosen(flow, t, bset, choice)
-            timeouts = plugins.session_timeouts(flow, t)
-            profile = 0 if timeouts is core.config.timeouts else core._profile(timeouts)
-            rev = ffi.new("struct nat_key *")
-            ffi.memmove(rev, ffi.addressof(f, "key"), ffi.sizeof("struct nat_key"))
-            rc = lib.nat_flow_install_keys(core._nat, f, fwd, rev, tid, j, profile, lib.NAT_SF_TRANSLATED,
-                                           now_ns, flags)
-            if rc == -2:
-                core._slow_verdict(f, Verdict.DROP, "drop_session_full")
-                return True
-            if rc != 0:
-                continue                  # the client's own key is taken by another session
-            lib.nat_count_event(core._nat, COUNTER_INDEX["session_recovered"])
-            core._drain_events()
-            core.sessions_created += 1
-            bset.took_flow(j)
-            if plugins.wants_created:
-                plugins.notify("appliance_session_created", session=core.session(f.session))
+            if plugins.select_backend(flow, t, bset) == j:
+                owners.append((tid, j, fwd, flow))
+        if len(owners) != 1:
+            core._slow_verdict(f, Verdict.DROP, "drop_ambiguous_reply" if owners else "drop_orphan_reply")
             return True
-        core._slow_verdict(f, Verdict.DROP, "drop_orphan_reply")
+        tid, j, fwd, flow = owners[0]
+        bset = core._sets[tid]
+        t = bset.translation
+        if flow is not None:
+            plugins.backend_chosen(flow, t, bset, j)
+        else:
+            flow = Flow(family, proto, client, t.address.packed, cport, 0 if icmp else t.port, iface,
+                        lib.nat_flow_hash(core._nat, fwd), f.tcp_flags, now_ns / 1e9)
+        timeouts = plugins.session_timeouts(flow, t)
+        profile = 0 if timeouts is core.config.timeouts else core._profile(timeouts)
+        rev = ffi.new("struct nat_key *")
+        ffi.memmove(rev, ffi.addressof(f, "key"), ffi.sizeof("struct nat_key"))
+        rc = lib.nat_flow_install_keys(core._nat, f, fwd, rev, tid, j, profile, lib.NAT_SF_TRANSLATED,
+                                       now_ns, flags)
+        if rc != 0:
+            # -2: the table is full; else the client's own key is taken by another session
+            core._slow_verdict(f, Verdict.DROP, "drop_session_full" if rc == -2 else "drop_orphan_reply")
+            return True
+        lib.nat_count_event(core._nat, COUNTER_INDEX["session_recovered"])
+        core._drain_events()
+        core.sessions_created += 1
+        bset.took_flow(j)
+        if plugins.wants_created:
+            plugins.notify("appliance_session_created", session=core.session(f.session))
         return True
+
+
+#: selectors whose choice any instance with the configuration recomputes
+STATELESS_SELECTORS = ("hash", "maglev")
+
+
+def recomputable(t) -> bool:
+    """Does any instance with this configuration pick the backend this
+    translation's first packet picked?"""
+    return t.selector in STATELESS_SELECTORS and t.affinity is None

@@ -10,9 +10,8 @@ from typing import Optional
 
 from ._binding import ffi, lib
 from ._common import NO_BACKEND, _ns
+from ._failover import recomputable
 
-#: selectors whose choice any instance with the configuration recomputes
-STATELESS_SELECTORS = ("hash", "maglev")
 KEY_SIZE = 40
 RECORD = lib.NAT_SYNC_RECORD
 #: new sessions held between two sends (50 ms): 1.3 M/s, far above the
@@ -60,9 +59,12 @@ class Synced:
         return 0 if self._sync_set is None else self._sync_set.n
 
     def _stateful(self):
+        """Per translation id: 1 when its sessions need sync whatever their
+        rewrite (a choice not recomputable, or a backend another
+        translation shares: failover cannot tell whose a reply is)."""
+        shared = self._failover.shared
         return ffi.from_buffer("uint8_t[]", bytes(
-            t.selector not in STATELESS_SELECTORS or t.affinity is not None
-            for t in (bs.translation for bs in self._sets)) or b"\0")
+            not recomputable(t) or t.id in shared for t in (bs.translation for bs in self._sets)) or b"\0")
 
     def _records(self, pairs: _Pairs, now: float, since: float) -> tuple[bytes, int]:
         out, kept = ffi.new("uint8_t[]", max(1, pairs.n) * RECORD), ffi.new("uint32_t *")

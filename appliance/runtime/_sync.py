@@ -12,7 +12,8 @@ the trio thread, never per packet; a peer's are installed or refreshed.
 - A peer that starts says hello; each peer that hears it answers with
   every session it has that needs sync.
 - Refused: datagrams from an address that is no peer, with a bad MAC (a
-  wrong key, or forged), malformed, or of another configuration. Each
+  wrong key, or forged), malformed, replayed (seen before, or sent more
+  than 30 s from our clock), or of another configuration. Each
   reason is counted (``show stats`` ``sync``) and nothing of the message is
   used. A peer that cannot be reached costs a counted send error; the
   sessions are not queued for it (the next refresh carries the live ones).
@@ -44,7 +45,8 @@ class SessionSync:
         self.sync_counters = dict.fromkeys(
             ("messages_sent", "sessions_sent", "bytes_sent", "send_errors", "messages_received",
              "sessions_installed", "sessions_refreshed", "sessions_unchanged", "sessions_refused",
-             "hellos", "sync_bad_mac", "sync_malformed", "sync_wrong_config", "sync_unknown_peer"), 0)
+             "hellos", "sync_bad_mac", "sync_malformed", "sync_replayed", "sync_wrong_config", "sync_unknown_peer"),
+            0)
         if not cl.sync:
             return
         addr, port = cl.sync_listen
@@ -72,7 +74,8 @@ class SessionSync:
 
     async def _send(self, kind: int, records: bytes, peers=None) -> None:
         cl = self.config.cluster
-        msgs = _wire.encode(kind, records, cl.sync_key, self._sync_id, self._sync_seq, self._sync_digest())
+        msgs = _wire.encode(kind, records, cl.sync_key, self._sync_id, self._sync_seq, self._sync_digest(),
+                            time.time())
         self._sync_seq += len(msgs)
         c = self.sync_counters
         for peer in peers or [(str(a), p) for a, p in cl.sync_peers]:
@@ -112,13 +115,18 @@ class SessionSync:
         cl = self.config.cluster
         peers = {str(a) for a, _ in cl.sync_peers}
         c = self.sync_counters
+        guard = _wire.ReplayGuard()
         while True:
             data, addr = await self.sync_sock.recvfrom(65536)
             if addr[0].split("%")[0] not in peers:
                 c["sync_unknown_peer"] += 1
+                if c["sync_unknown_peer"] in (1, 100, 10000):
+                    log.warning("sync from %s: refused: not one of sync_peers (%d so far)", addr[0],
+                                c["sync_unknown_peer"])
                 continue
             try:
                 msg = _wire.decode(data, self.config.cluster.sync_key)
+                guard.admit(msg, time.time())
             except _wire.SyncError as exc:
                 c[exc.reason] += 1
                 if c[exc.reason] in (1, 100, 10000):
@@ -142,4 +150,5 @@ class SessionSync:
         if self.sync_sock is None:
             return {}
         return {"sync": {**self.sync_counters, "synced_sessions": self.core.synced_sessions,
-                         "peers": [f"{a}:{p}" for a, p in self.config.cluster.sync_peers]}}
+                         "peers": [f"[{a}]:{p}" if a.version == 6 else f"{a}:{p}"
+                                   for a, p in self.config.cluster.sync_peers]}}

@@ -314,12 +314,14 @@ uint64_t nat_lane_bench(struct nat_lane *lane, const uint8_t *pristine, uint32_t
 uint32_t nat_expire(struct nat *nat, uint64_t now_ns, uint32_t budget);
 /* Move up to max queued expiry events into out; returns how many. */
 uint32_t nat_drain_events(struct nat *nat, struct nat_session_info *out, uint32_t max);
-/* The source ports (and ICMP identifiers) nat_flow_install() picks for a
- * flow whose source address it rewrites (SNAT, a source rewrite), and so
- * the preferred ones it keeps: [lo, hi]. Instances that share an SNAT
- * address get disjoint ranges ([cluster] source_ports), so a session one
- * syncs never clashes with one another picked. Default: 1024-65535 for
- * ports, every ICMP identifier. -1 if lo > hi or lo < NAT_PORT_LO. */
+/* The source ports (and ICMP identifiers) nat_flow_install() picks when
+ * it cannot keep the preferred one, and the preferred ones it keeps for a
+ * flow whose source address it rewrites (SNAT, a source rewrite): [lo, hi].
+ * A flow that keeps the client's address keeps its port wherever it is.
+ * Instances that share an SNAT address get disjoint ranges ([cluster]
+ * source_ports), so a session one syncs never clashes with one another
+ * picked. Default: 1024-65535 for ports, every ICMP identifier. -1 if
+ * lo > hi or lo < NAT_PORT_LO. */
 int nat_set_source_ports(struct nat *nat, uint16_t lo, uint16_t hi);
 /* Back to the default. */
 void nat_clear_source_ports(struct nat *nat);

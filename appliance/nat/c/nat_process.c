@@ -257,10 +257,10 @@ int nat_flow_install(struct nat *nat, struct nat_frame *f, const char *new_src,
     rev.family = fwd->family;
     rev.sport = icmp ? 0 : new_dport;
     uint16_t lo = icmp ? 0 : NAT_PORT_LO, hi = 0xffff;
-    if (nat->src_hi && memcmp(new_src, fwd->src, alen)) {   /* this instance's share */
+    if (nat->src_hi) {   /* this instance's share: what it picks, and keeps of a rewritten source */
         lo = nat->src_lo;
         hi = nat->src_hi;
-        if (src_pref < lo || src_pref > hi)
+        if ((src_pref < lo || src_pref > hi) && memcmp(new_src, fwd->src, alen))
             src_pref = -1;
     }
     if (flags & NAT_SF_BYPASS) {

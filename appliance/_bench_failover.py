@@ -85,7 +85,7 @@ def download(i):
     res["tcp"].append(r)
 def udp_stream():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.005); s.connect((vip4, 53))
-    sent = 0; names = {}; got = set(); t_end = time.time() + seconds
+    sent = 0; names = {}; got = set(); t_end = time.time() + seconds; arrivals = []
     while time.time() < t_end:
         s.send(b"%08d" % sent); sent += 1
         deadline = time.time() + 0.01
@@ -95,6 +95,7 @@ def udp_stream():
             except OSError:
                 continue
             names[d[:16].strip().decode()] = names.get(d[:16].strip().decode(), 0) + 1; got.add(int(d[16:24]))
+            arrivals.append(time.time())
     time.sleep(0.3)
     try:
         while True:
@@ -102,7 +103,9 @@ def udp_stream():
     except OSError:
         pass
     missing = sorted(set(range(sent)) - got)
-    res["udp"] = {"sent": sent, "received": len(got), "backends": names, "lost": len(missing), "missing": missing[:50]}
+    gaps = [(x, y) for x, y in zip(arrivals, arrivals[1:]) if y - x > 0.03]
+    res["udp"] = {"sent": sent, "received": len(got), "backends": names, "lost": len(missing), "missing": missing[:50],
+                  "gaps": gaps}
 def ping():
     out = subprocess.run(["ping", "-n", "-q", "-i", "0.05", "-w", str(int(seconds)), icmp_vip], capture_output=True, text=True).stdout
     line = [l for l in out.splitlines() if "transmitted" in l]
@@ -208,7 +211,7 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
         out["snat_sessions_before_kill"] = {k: n for k, (n, _) in snat.items()}
         out["killed"], out["drained"] = kill, drain
         before = {k: _stats(topo, k).get("nat", {}).get("counters", {}) for k in range(instances) if k != kill}
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         topo.procs[kill].kill()
         topo.procs[kill].wait()
         left = everyone - {topo.uplink(kill)}
@@ -242,6 +245,11 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
         out["hostile"] = _hostile(topo, next(k for k in range(instances) if k not in (kill, drain)), kill)
         res = json.loads(client.stdout.readline())
         out.update(res)
+        # the UDP stream's silence around the kill: from the SIGKILL to its first
+        # reply after it, which came through a survivor (none: its flow was not
+        # on the killed instance, the reply came within the 10 ms period)
+        gap = next(((x, y) for x, y in res["udp"].get("gaps", []) if x - 0.05 <= t0_wall <= y), None)
+        out["udp_first_reply_after_kill_s"] = None if gap is None else round(gap[1] - t0_wall, 3)
         waiter.join(max(0.0, t1 + drain_seconds + 10 - time.monotonic()))
         out["drained_exit_after_s"] = round(exited[0] - t1, 1) if exited else None
         out["drained_returncode"] = topo.procs[drain].returncode

@@ -319,6 +319,8 @@ def _stats_lines(answer: dict) -> list[str]:
         rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.rx", sock["rx"]))
         if "worker" in sock:
             rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.worker", sock["worker"]))
+        if "io" in sock:
+            rows.append((f"sockets.{sock['interface']}.q{sock['queue']}.io", sock["io"]))
     for w in answer.get("workers", []):          # the spread over the datapath's workers
         for key, value in w.items():
             if key != "worker" and value is not None:
@@ -419,7 +421,7 @@ def _main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)
         except ConfigError as exc:
             return _error(str(exc))
-        from .io_uring._steering import SteeringError
+        from .io_uring.xdp._steering import SteeringError
 
         try:
             metrics = _metrics.parse_address(args.metrics) if args.metrics else None

@@ -68,7 +68,7 @@ def test_show_stats_text_has_every_nested_figure_aligned():
                       "plugin_errors": {"my-plugin": 2}, "plugins": {"first-party:health": {"probes": 7}},
                       "new_flows_per_translation": {"web": 3}, "translations": [{"name": "web"}]},
               "io": {"rx": 5, "tx": 0}, "config": {"last_error": None, "reloads": 1},
-              "sockets": [{"interface": "a0", "queue": 0, "worker": 1, "rx": 0}],
+              "sockets": [{"interface": "a0", "queue": 0, "worker": 1, "rx": 0, "io": "xdp"}],
               "workers": [{"worker": 1, "cpu": None, "rx": 9, "new_flow_waiting": 0}],
               "bgp": {"announced": ["30.0.0.2", "fd30::2"], "prefixes": True, "withheld": None},
               "sync": {"peers": ["[fd09::3]:7700"], "sync_bad_mac": 0}}
@@ -77,7 +77,7 @@ def test_show_stats_text_has_every_nested_figure_aligned():
     assert rows == {"nat.sessions": "0", "nat.capacity": "16", "nat.translated": "3", "nat.dropped": "0",
                     "nat.plugin_errors.my-plugin": "2", "nat.plugins.first-party:health.probes": "7",
                     "nat.new_flows_per_translation.web": "3", "io.rx": "5", "io.tx": "0", "config.reloads": "1",
-                    "sockets.a0.q0.rx": "0", "sockets.a0.q0.worker": "1", "workers.1.rx": "9",
+                    "sockets.a0.q0.rx": "0", "sockets.a0.q0.worker": "1", "sockets.a0.q0.io": "xdp", "workers.1.rx": "9",
                     "workers.1.new_flow_waiting": "0", "config.last_error": "-",
                     "bgp.announced": "30.0.0.2,fd30::2", "bgp.prefixes": "yes", "bgp.withheld": "-",
                     "sync.peers": "[fd09::3]:7700", "sync.sync_bad_mac": "0"}

@@ -70,7 +70,7 @@ def test_io_shim_matches_package_and_counters():
     assert "RX" in listed and "NEW_FLOW_QUEUED" in listed, "the scan found no counters"
     assert [n.lower() for n in listed] == list(IO_NAMES)
     assert [getattr(io_lib, "IO_C_" + n) for n in listed] == list(range(len(listed))) and io_lib.IO_C__COUNT == len(listed)
-    steer = re.findall(r"^_\((\w+),", (io_dir / "bpf" / "steer_counters.def").read_text(), re.M)
+    steer = re.findall(r"^_\((\w+),", (io_dir / "xdp" / "bpf" / "steer_counters.def").read_text(), re.M)
     assert [n.lower() for n in steer] == list(STEER_COUNTER_NAMES) and "held" in STEER_COUNTER_NAMES
     # the NAT frame passes between the two modules unchanged
     assert io_ffi.sizeof("struct nat_frame") == ffi.sizeof("struct nat_frame")

@@ -12,13 +12,13 @@ pytestmark = pytest.mark.root
 
 def _flags(st, addr) -> int | None:
     from appliance.io_uring._binding import ffi, lib
-    from appliance.io_uring._steering import _key_addr
+    from appliance.io_uring.xdp._steering import _key_addr
     v = ffi.new("uint32_t *")
     return v[0] if lib.io_map_lookup(st.maps["addrs"], _key_addr(addr), v) == 0 else None
 
 
 def test_vips_beyond_the_address_map_are_left_out_with_one_warning(caplog):
-    from appliance.io_uring._steering import ADDR_HOST, ADDR_NAT, Steering
+    from appliance.io_uring.xdp._steering import ADDR_HOST, ADDR_NAT, Steering
     st = Steering()
     host = {ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("10.0.0.1")}
     base = int(ipaddress.ip_address("10.64.0.0"))

@@ -1,10 +1,13 @@
-"""cffi build script for the AF_XDP shim, and the XDP program (clang).
+"""cffi build script for packet I/O: the forwarding step (``c/``) and the
+backends' ports (``xdp/c/``: AF_XDP; ``uring/c/``: io_uring), one module,
+and the XDP program (clang).
 
-Links libxdp and libbpf (Debian: libxdp-dev, libbpf-dev). The cdef is the
+Links libxdp, libbpf and liburing (Debian: libxdp-dev, libbpf-dev,
+liburing-dev). The cdef is the
 CFFI-BEGIN/CFFI-END part of io.h; it includes the NAT core's cdef so a
 ``struct nat_frame`` batch passes between the two modules unchanged.
 The XDP program is compiled with ``clang -target bpf`` into
-``appliance/io_uring/steer.bpf.o`` as part of the build.
+``appliance/io_uring/xdp/steer.bpf.o`` as part of the build.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ def _load_nat_build():
 nat_build = _load_nat_build()
 
 C_DIR = HERE / "c"
+XDP_DIR = HERE / "xdp"
+BACKEND_C_DIRS = [XDP_DIR / "c", HERE / "uring" / "c"]
 NAT_C_DIR = HERE.parent / "nat" / "c"
-BPF_SRC = HERE / "bpf" / "steer.bpf.c"
-BPF_OBJ = HERE / "steer.bpf.o"
+BPF_DIR = XDP_DIR / "bpf"
+BPF_SRC = BPF_DIR / "steer.bpf.c"
+BPF_OBJ = XDP_DIR / "steer.bpf.o"
 
 
 def _rel(path: pathlib.Path) -> str:
@@ -43,7 +49,7 @@ def _rel(path: pathlib.Path) -> str:
 
 def build_bpf() -> None:
     arch_inc = f"/usr/include/{os.uname().machine}-linux-gnu"
-    cmd = ["clang", "-O2", "-g", "-target", "bpf", "-Wall", f"-I{arch_inc}", f"-I{HERE / 'bpf'}",
+    cmd = ["clang", "-O2", "-g", "-target", "bpf", "-Wall", f"-I{arch_inc}", f"-I{BPF_DIR}",
            "-c", str(BPF_SRC), "-o", str(BPF_OBJ)]
     subprocess.run(cmd, check=True)
 
@@ -59,7 +65,7 @@ def _cdef() -> str:
     header = (C_DIR / "io.h").read_text()
     body = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", header, re.S).group(1)
     body = body.replace("/* IO_COUNTERS: the enum io_counter, generated from io_counters.def */", _counters_enum())
-    steer = re.findall(r"^#define (STEER_\w+) ", (HERE / "bpf" / "steer.h").read_text(), re.M)
+    steer = re.findall(r"^#define (STEER_\w+) ", (BPF_DIR / "steer.h").read_text(), re.M)
     body = body.replace("/* STEER_DEFINES: bpf/steer.h's constants, generated; values from the compiler */",
                         "".join(f"#define {name} ...\n" for name in steer))
     return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
@@ -72,11 +78,13 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "appliance.io_uring._io_c",
     '#include "io.h"\n',
-    sources=[_rel(p) for p in sorted(C_DIR.glob("*.c"))],   # one object per file (io.h lists them)
-    include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR), _rel(HERE / "bpf")],
-    libraries=["xdp", "bpf", "pthread"],
+    # one object per file (io.h lists them)
+    sources=[_rel(p) for d in (C_DIR, *BACKEND_C_DIRS) for p in sorted(d.glob("*.c"))],
+    include_dirs=[_rel(C_DIR), _rel(NAT_C_DIR), _rel(BPF_DIR)],
+    libraries=["xdp", "bpf", "uring", "pthread"],
     define_macros=[("IO_BUILD_VERSION", '"%s"' % nat_build._version())],
-    depends=[_rel(p) for p in sorted(C_DIR.iterdir()) + sorted((HERE / "bpf").glob("*.[hd]*"))],
+    depends=[_rel(p) for d in (C_DIR, *BACKEND_C_DIRS) for p in sorted(d.iterdir())]
+    + [_rel(p) for p in sorted(BPF_DIR.glob("*.[hd]*"))],
     # -flto: the per-packet calls between the files inline as within one
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-flto", "-pthread"],
     extra_link_args=["-flto", "-O2", "-pthread"],

@@ -10,7 +10,7 @@ import trio
 
 from .._config import Config
 from .._plugins import Plugins
-from ..io_uring._steering import Steering, SteeringError
+from ..io_uring.xdp._steering import Steering, SteeringError
 from ..io_uring._tap import Tap
 from ..nat import NatCore
 from ._announce import Announce

@@ -187,11 +187,11 @@ class Datapath:
             for q in range(queues):
                 w = self.workers[q % n_workers]   # queue q: worker q mod N
                 mode = "zero-copy"
-                p = io.io_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"], key,
+                p = io.io_xdp_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"], key,
                                     UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 1)
                 if p == io_ffi.NULL:   # the driver has no zero-copy (veth): copy mode
                     mode = "copy"
-                    p = io.io_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"],
+                    p = io.io_xdp_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"],
                                         key, UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 0)
                 if p == io_ffi.NULL:
                     err = io_ffi.errno
@@ -240,9 +240,11 @@ class Datapath:
         return out
 
     def socket_counters(self) -> list[dict]:
-        """Frames received per AF_XDP socket: how RSS spread the traffic."""
+        """Frames received per port (an AF_XDP socket per queue): how RSS
+        spread the traffic, and the packet-I/O backend of each."""
         n = len(self.workers) or 1
-        return [{"interface": name, "queue": q, "worker": q % n, "rx": io.io_port_rx(p)}
+        return [{"interface": name, "queue": q, "worker": q % n, "rx": io.io_port_rx(p),
+                 "io": io_ffi.string(io.io_port_backend(p)).decode()}
                 for name, q, p in self.ports]
 
     def worker_counters(self) -> list[dict]:

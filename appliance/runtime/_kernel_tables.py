@@ -22,7 +22,7 @@ import trio
 from .. import _kernel
 from ..io_uring._binding import ffi as io_ffi
 from ..io_uring._binding import lib as io
-from ..io_uring._steering import SteeringError
+from ..io_uring.xdp._steering import SteeringError
 from ._datapath import MAX_MTU, MAX_RX_FRAME
 
 log = logging.getLogger("appliance.run")

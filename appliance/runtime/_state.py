@@ -8,7 +8,7 @@ import pathlib
 import time
 from typing import TYPE_CHECKING
 
-from ..io_uring._steering import SteeringError
+from ..io_uring.xdp._steering import SteeringError
 
 if TYPE_CHECKING:
     from ._appliance import Appliance

@@ -1,8 +1,10 @@
 /*
- * Ring-based packet I/O: AF_XDP sockets (libxdp) and the forwarding step.
+ * Ring-based packet I/O: ports of a backend, and the forwarding step.
  *
- * One struct io_port per (interface, RX queue): its own UMEM, fill,
- * completion, RX and TX rings. io_rx() turns RX descriptors into a batch of
+ * A struct io_port is one (interface, RX queue) of a backend: AF_XDP
+ * (xdp/c/xdp_port.c, libxdp: its own UMEM, fill, completion, RX and TX
+ * rings per port) or io_uring (uring/c/uring_port.c, liburing: an
+ * AF_PACKET socket read and written through io_uring). io_rx() turns what it received into a batch of
  * struct nat_frame; after the NAT core, io_forward() routes each frame
  * (tables set from the kernel's routes and neighbours), rewrites MACs and
  * TTL, and queues it on the egress port's TX ring -- or hands it to the
@@ -16,10 +18,12 @@
  * caller's thread (io_poll); more run on threads of their own
  * (io_worker_run), each over a lane of the NAT core.
  *
- * Files: io_ctx.c (context, workers, pausing), io_port.c (sockets, rings),
- * io_route.c, io_neigh.c (tables), io_forward.c, io_icmp.c (our answers),
- * io_poll.c (one worker), io_worker.c (worker threads), io_xdp.c (BPF);
- * io_internal.h is what they share.
+ * Files: io_ctx.c (context, workers, pausing), io_port.c (a port, whatever
+ * its backend: io_port_ops), io_route.c, io_neigh.c (tables), io_forward.c,
+ * io_icmp.c (our answers), io_poll.c (one worker), io_worker.c (worker
+ * threads); the AF_XDP backend in xdp/c/ (xdp_port.c its port, xdp_prog.c
+ * the XDP program's loading and maps, BPF), the io_uring backend in
+ * uring/c/ (uring_port.c); io_internal.h is what they share.
  *
  * Declarations between CFFI-BEGIN/CFFI-END are the cffi cdef
  * (appliance/io_uring/_build.py).
@@ -74,17 +78,31 @@ struct io_worker *io_ctx_worker(struct io_ctx *ctx, uint32_t i);
 void io_counters_sum(const struct io_ctx *ctx, uint64_t *out);
 const uint64_t *io_worker_counters(const struct io_worker *w);
 
-/* Open an AF_XDP socket on ifname/queue for worker w, insert it into
+/* AF_XDP: open a socket on ifname/queue for worker w, insert it into
  * xsks_map_fd at key. Its UMEM has nrx frames for the fill/RX rings and ntx
  * for the TX pool (both powers of two, at least IO_BATCH_MAX). The worker's
  * first socket on an interface is the one it transmits through there, so a
  * worker needs one on every interface. Returns NULL with errno set on
  * failure. */
-struct io_port *io_port_open(struct io_worker *w, const char *ifname, uint32_t queue,
-                             uint16_t port_id, int xsks_map_fd, uint32_t key,
-                             uint32_t nrx, uint32_t ntx, const uint8_t *mac, uint32_t mtu,
-                             int zerocopy);
+struct io_port *io_xdp_port_open(struct io_worker *w, const char *ifname, uint32_t queue,
+                                 uint16_t port_id, int xsks_map_fd, uint32_t key,
+                                 uint32_t nrx, uint32_t ntx, const uint8_t *mac, uint32_t mtu,
+                                 int zerocopy);
+/* io_uring (uring/c/uring_port.c, docs/io.md): an AF_PACKET socket on
+ * ifname (every frame of the interface, the kernel's copy is its own),
+ * nrx receive buffers in a provided-buffer ring and ntx registered
+ * transmit buffers (powers of two, IO_BATCH_MAX to 32768 for nrx). NULL
+ * with errno set: EPERM when io_uring or AF_PACKET is refused (seccomp,
+ * kernel.io_uring_disabled, no CAP_NET_RAW), ENOSYS without io_uring. */
+struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
+                                   uint32_t ntx, const uint8_t *mac, uint32_t mtu);
+/* An io_uring port's frames dropped for being longer than a buffer (0 for
+ * another backend's port). */
+uint64_t io_uring_port_truncated(const struct io_port *p);
+/* Any port: closed (it leaves its worker first); its backend's name ("xdp",
+ * "uring"). */
 void io_port_close(struct io_port *p);
+const char *io_port_backend(const struct io_port *p);
 /* The kernel's drop counters of this socket (XDP_STATISTICS): rx_dropped,
  * rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs,
  * tx_ring_empty_descs. Returns 0 or -errno. */

@@ -33,14 +33,14 @@ static void slow_credit_update(struct io_worker *w, uint64_t now)
     w->slow_at = now;
 }
 
-/* The producer index is the kernel's latest; read once per new flow. */
+/* The backend's count of frames waiting is the kernel's latest; read once per new flow. */
 static int slow_path_may_run(struct io_worker *w, const struct io_port *p)
 {
     slow_credit_update(w, now_ns());
     if (w->slow_credit > 0)
         return 1;
-    uint32_t waiting = __atomic_load_n(p->rx.producer, __ATOMIC_ACQUIRE) - p->rx.cached_cons;
-    return waiting <= p->rx.size / IO_SLOW_SHARE;
+    uint32_t size, waiting = p->ops->waiting(p, &size);
+    return waiting <= size / IO_SLOW_SHARE;
 }
 
 static int poll_batches(struct io_worker *w, struct nat *nat, nat_process_fn process,

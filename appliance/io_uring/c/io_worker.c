@@ -107,13 +107,13 @@ static void sleep_on_sockets(struct io_worker *w, int epfd)
     ports_wakeup(w);
     for (uint32_t k = 0; k < w->nports; k++) {
         ev.data.u32 = k;
-        epoll_ctl(epfd, EPOLL_CTL_ADD, xsk_socket__fd(w->ports[k]->xsk), &ev);
+        epoll_ctl(epfd, EPOLL_CTL_ADD, io_port_fd(w->ports[k]), &ev);
     }
     struct epoll_event out[8];
     if (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
         epoll_wait(epfd, out, 8, 1000);
     for (uint32_t k = 0; k < w->nports; k++)
-        epoll_ctl(epfd, EPOLL_CTL_DEL, xsk_socket__fd(w->ports[k]->xsk), NULL);
+        epoll_ctl(epfd, EPOLL_CTL_DEL, io_port_fd(w->ports[k]), NULL);
     unwake(w->wake_fd);
 }
 

@@ -16,7 +16,7 @@ import pathlib
 import socket
 import time
 
-from ._binding import STEER_COUNTER_NAMES, ffi, lib
+from .._binding import STEER_COUNTER_NAMES, ffi, lib
 
 OBJ = pathlib.Path(__file__).resolve().parent / "steer.bpf.o"
 

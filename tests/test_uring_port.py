@@ -1,0 +1,114 @@
+"""The io_uring backend's port (issue 17, docs/io.md) on real veths in a
+namespace the test makes: frames sent from a peer arrive as a batch
+through the io_uring port, and the forwarding step sends them out of a
+second io_uring port, TTL decremented and MACs rewritten, to the other
+peer. The runtime does not select this backend yet."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+#: run inside the namespace: u0/d0 are ours, their peers p0/p1 are the
+#: hosts on either side. Prints what arrived at p1.
+SCRIPT = r'''
+import socket, struct, sys, time
+from appliance.io_uring._binding import ffi, lib
+from appliance.nat._binding import ffi as nffi, lib as nlib
+
+def mac(name):
+    return bytes.fromhex(open(f"/sys/class/net/{name}/address").read().strip().replace(":", ""))
+
+def ip4(src, dst, ttl, payload):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), 1, 0, ttl, 17, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))
+    s = sum(struct.unpack("!10H", h)); s = (s & 0xFFFF) + (s >> 16); s = (s & 0xFFFF) + (s >> 16)
+    h = h[:10] + struct.pack("!H", ~s & 0xFFFF) + h[12:]
+    return h + struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
+
+ctx = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 1024, 1, 0), lib.io_ctx_destroy)
+w = lib.io_ctx_worker(ctx, 0)
+u0 = lib.io_uring_port_open(w, b"u0", 0, 256, 256, mac("u0"), 1500)
+d0 = lib.io_uring_port_open(w, b"d0", 1, 256, 256, mac("d0"), 1500)
+assert u0 != ffi.NULL and d0 != ffi.NULL, ffi.errno
+assert ffi.string(lib.io_port_backend(u0)) == b"uring"
+assert lib.io_route_add(ctx, 4, socket.inet_aton("10.2.0.0") + bytes(12), 24, lib.IO_ROUTE_FORWARD,
+                        ffi.NULL, ffi.new("int[]", [1]), ffi.NULL, 1) == 0
+assert lib.io_neigh_set(ctx, 4, socket.inet_aton("10.2.0.2") + bytes(12), 1, mac("p1")) == 0
+
+rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)); rx.bind(("p1", 0))
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); tx.bind(("p0", 0))
+seen = []
+def drain(timeout):
+    rx.settimeout(timeout)
+    try:
+        while True:
+            f = rx.recv(2048)
+            if f[6:12] == mac("d0"):
+                seen.append(f)
+    except socket.timeout:
+        pass
+
+N, BURST = 1200, 150          # bursts: the socket's queue holds a few hundred frames, as a NIC ring would
+frames = nffi.new("struct nat_frame[256]")
+got = batches = 0
+for start in range(0, N, BURST):
+    for i in range(start, start + BURST):
+        tx.send(mac("u0") + mac("p0") + b"\x08\x00" + ip4("10.1.0.2", "10.2.0.2", 64, b"%06d" % i + b"x" * 40))
+    deadline = time.time() + 5
+    while got < start + BURST and time.time() < deadline:
+        n = lib.io_rx(u0, ffi.cast("struct nat_frame *", frames), 256)
+        for i in range(n):
+            frames[i].verdict, frames[i].session = nlib.NAT_PASS, nlib.NAT_NONE
+        lib.io_forward(u0, ffi.cast("struct nat_frame *", frames), n)
+        lib.io_flush(w)
+        got += n
+        batches += n > 0
+    drain(0.05)               # the peer's own socket queue is no bigger than ours
+drain(0.3)
+counters = ffi.new("uint64_t[]", lib.io_counter_count())
+lib.io_counters_sum(ctx, counters)
+names = [ffi.string(lib.io_counter_name(i)).decode() for i in range(lib.io_counter_count())]
+c = dict(zip(names, counters))
+ok_ttl = all(f[14 + 8] == 63 and f[0:6] == mac("p1") for f in seen)
+payloads = sorted(int(f[14 + 28:14 + 34]) for f in seen)
+print(got, len(seen), ok_ttl, payloads == list(range(N)), c["RX"], c["TX"], c["DROP_TX_FULL"], batches,
+      lib.io_uring_port_truncated(u0))
+lib.io_port_close(u0); lib.io_port_close(d0)
+'''
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns():
+    ns = f"ur{uuid.uuid4().hex[:8]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        for a, b in (("u0", "p0"), ("d0", "p1")):
+            sh("ip", "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b)
+            for x in (a, b):
+                sh("ip", "-n", ns, "link", "set", x, "up")
+        yield ns
+    finally:
+        sh("ip", "netns", "del", ns)
+
+
+def test_frames_arrive_in_batches_and_leave_through_another_uring_port(netns):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    got, seen, ok_ttl, complete, rx, tx, tx_full, batches, truncated = r.stdout.split()
+    assert int(got) == 1200 and int(rx) == 1200, r.stdout
+    assert int(batches) < 1200, "frames came in batches"
+    assert int(seen) == 1200 and complete == "True", r.stdout    # every frame out on d0, none twice
+    assert ok_ttl == "True" and int(tx) == 1200 and tx_full == "0" and truncated == "0", r.stdout

@@ -99,6 +99,17 @@ struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint
 /* An io_uring port's frames dropped for being longer than a buffer (0 for
  * another backend's port). */
 uint64_t io_uring_port_truncated(const struct io_port *p);
+/* What a port that sees every frame (io_uring) takes, as the XDP program
+ * does (docs/io.md): the addresses that are the host's (STEER_ADDR_HOST)
+ * or the NAT's (STEER_ADDR_NAT), the whole set at once. 0, or -ENOMEM. */
+struct io_steer_entry {
+    uint8_t addr[16];
+    uint8_t family, flags;
+};
+int io_steer_load(struct io_ctx *ctx, const struct io_steer_entry *entries, uint32_t n);
+/* For the tests: 1 if the appliance takes this frame from a port with MAC
+ * mac, 0 if it is the kernel's. */
+int io_steer_take(struct io_ctx *ctx, const uint8_t *frame, uint32_t len, const uint8_t *mac);
 /* Any port: closed (it leaves its worker first); its backend's name ("xdp",
  * "uring"). */
 void io_port_close(struct io_port *p);

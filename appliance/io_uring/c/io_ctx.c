@@ -101,6 +101,7 @@ void io_ctx_destroy(struct io_ctx *ctx)
     free(ctx->routes);
     free(ctx->nhs);
     free(ctx->route_index);
+    free(ctx->steer);
     free(ctx);
 }
 

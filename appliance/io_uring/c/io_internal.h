@@ -152,6 +152,11 @@ struct io_ctx {
     uint32_t n_neigh;
     int tap_fd;
     uint8_t tap_mac[6];
+    /* the backends that see every frame (io_uring): which addresses are
+     * the host's or the NAT's, as the XDP program's addrs map says
+     * (uring/c/uring_steer.c); open addressing, NULL until loaded */
+    struct steer_slot *steer;
+    uint32_t steer_mask;
     uint32_t mtu[IO_MAX_PORTS];              /* frames longer go to the kernel */
     uint8_t has_port[IO_MAX_PORTS];          /* a socket of ours is on the port */
     /* for the ICMP errors the appliance sends itself */
@@ -228,6 +233,10 @@ IO_INTERNAL struct neigh *neigh_slot(struct io_ctx *ctx, uint8_t family, int por
 IO_INTERNAL int send_icmp_error(struct io_worker *w, const struct nat_frame *f, uint8_t family, uint8_t *ip,
                                 uint32_t iplen, enum icmp_error kind, uint32_t mtu);
 IO_INTERNAL int answer_neighbour(struct io_worker *w, const struct nat_frame *f);
+
+/* uring/c/uring_steer.c: does the appliance take this frame (received on
+ * a port whose MAC is mac), or is it the kernel's? */
+IO_INTERNAL int steer_take(const struct io_ctx *ctx, const uint8_t *frame, uint32_t len, const uint8_t *mac);
 
 /* io_forward.c */
 IO_INTERNAL void forward_one(struct io_worker *w, const struct nat_frame *f);

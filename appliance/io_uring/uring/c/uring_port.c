@@ -88,8 +88,14 @@ static uint32_t uring_rx(struct io_port *p, struct nat_frame *frames, uint32_t m
             give_back(u, bid, back++);
             continue;
         }
+        uint8_t *data = u->rx_area + (size_t)bid * IO_FRAME_SIZE;
+        if (!steer_take(p->ctx, data, (uint32_t)cqe->res, p->mac)) {
+            p->w->counters[IO_C_LEFT_TO_KERNEL]++;    /* its own copy is the kernel's */
+            give_back(u, bid, back++);
+            continue;
+        }
         u->rx_bid[n] = bid;
-        frames[n].data = u->rx_area + (size_t)bid * IO_FRAME_SIZE;
+        frames[n].data = data;
         frames[n].len = (uint32_t)cqe->res;
         frames[n].port = p->port_id;
         n++;

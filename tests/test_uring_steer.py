@@ -1,0 +1,82 @@
+"""What a port that sees every frame (the io_uring backend, docs/io.md)
+takes for the appliance and what it leaves to the kernel: the XDP
+program's decision, made in C on the frame's copy. Each row: a frame, and
+whether the appliance takes it. Addresses: 192.0.2.1 and fd00::1 the
+host's, 30.0.0.2 and fd30::2 vips, 10.0.0.1 the host's and SNAT's."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from appliance.io_uring._binding import ffi, lib
+from packets import MAC_A, MAC_B, eth, tcp, udp
+
+HOST, NAT = lib.STEER_ADDR_HOST, lib.STEER_ADDR_NAT
+ADDRESSES = [("192.0.2.1", HOST), ("fd00::1", HOST), ("30.0.0.2", NAT), ("fd30::2", NAT),
+             ("10.0.0.1", HOST), ("10.0.0.1", NAT)]
+
+
+def arp_request(target: str, sender: str = "192.0.2.9") -> bytes:
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, MAC_A, ipaddress.ip_address(sender).packed,
+                       bytes(6), ipaddress.ip_address(target).packed)
+    return b"\xff" * 6 + MAC_A + b"\x08\x06" + body
+
+
+def neighbour_solicitation(target: str, icmp_type: int = 135) -> bytes:
+    ns = bytes([icmp_type, 0, 0, 0, 0, 0, 0, 0]) + ipaddress.ip_address(target).packed + b"\x01\x01" + MAC_A
+    hdr = struct.pack("!IHBB16s16s", 6 << 28, len(ns), 58, 255, ipaddress.ip_address("fe80::9").packed,
+                      ipaddress.ip_address("ff02::1:ff00:2").packed)
+    return b"\x33\x33\xff\x00\x00\x02" + MAC_A + b"\x86\xdd" + hdr + ns
+
+
+ROWS = [
+    ("transit", udp("10.1.0.2", 1000, "20.0.0.9", 53), 1),
+    ("transit, TTL 1: the kernel's time-exceeded", udp("10.1.0.2", 1000, "20.0.0.9", 53, ttl=1), 0),
+    ("a vip", tcp("10.1.0.2", 1000, "30.0.0.2", 80), 1),
+    ("a vip at TTL 1: our time-exceeded", tcp("10.1.0.2", 1000, "30.0.0.2", 80, ttl=1), 1),
+    ("the host's own (BGP, ssh, sync)", tcp("10.1.0.2", 1000, "192.0.2.1", 179), 0),
+    ("an address both the host's and SNAT's: the host's", udp("40.0.0.1", 53, "10.0.0.1", 20000), 0),
+    ("IPv6 transit", udp("fd01::2", 1000, "fd02::9", 53), 1),
+    ("an IPv6 vip", tcp("fd01::2", 1000, "fd30::2", 80), 1),
+    ("the host's own, IPv6", tcp("fd01::2", 1000, "fd00::1", 22), 0),
+    ("IPv6 multicast", udp("fd01::2", 1000, "ff02::1", 53), 0),
+    ("another host's MAC (promiscuous)", eth(udp("10.1.0.2", 1000, "20.0.0.9", 53)[14:], dst=MAC_A), 0),
+    ("ARP for a vip", arp_request("30.0.0.2"), 1),
+    ("ARP for the host", arp_request("192.0.2.1"), 0),
+    ("ARP for an address the host has too", arp_request("10.0.0.1"), 0),
+    ("a solicitation for an IPv6 vip", neighbour_solicitation("fd30::2"), 1),
+    ("a solicitation for the host", neighbour_solicitation("fd00::1"), 0),
+    ("a router solicitation", neighbour_solicitation("fd30::2", icmp_type=133), 0),
+    ("not IP (LLDP)", b"\x01\x80\xc2\x00\x00\x0e" + MAC_A + b"\x88\xcc" + bytes(40), 0),
+    ("cut short", udp("10.1.0.2", 1000, "20.0.0.9", 53)[:20], 0),
+]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    c = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 16, 1, 0), lib.io_ctx_destroy)
+    entries = ffi.new("struct io_steer_entry[]", len(ADDRESSES))
+    for e, (a, flags) in zip(entries, ADDRESSES):
+        addr = ipaddress.ip_address(a)
+        e.family, e.flags = addr.version, flags
+        ffi.memmove(e.addr, addr.packed, len(addr.packed))
+    assert lib.io_steer_load(c, entries, len(ADDRESSES)) == 0
+    return c
+
+
+@pytest.mark.parametrize("what,frame,taken", ROWS, ids=[r[0] for r in ROWS])
+def test_the_appliance_takes_what_xdp_would_redirect(ctx, what, frame, taken):
+    assert lib.io_steer_take(ctx, frame, len(frame), MAC_B) == taken
+
+
+def test_before_the_addresses_are_loaded_everything_is_the_kernels():
+    """Else the host's own traffic (its BGP session, ssh) would be taken
+    in the moment between a port's opening and the first load."""
+    c = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 16, 1, 0), lib.io_ctx_destroy)
+    frame = udp("10.1.0.2", 1000, "20.0.0.9", 53)
+    assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 0
+    assert lib.io_steer_load(c, ffi.NULL, 0) == 0
+    assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 1

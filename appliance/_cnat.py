@@ -363,7 +363,7 @@ def to_toml(config: Config) -> str:
     if config.plugin_modules:
         out += ["", "[plugins]", f"modules = {arr(config.plugin_modules)}"]
     for i in config.interfaces:
-        out += ["", "[[interface]]", f"name = {q(i.name)}", f"xdp_mode = {q(i.xdp_mode)}"]
+        out += ["", "[[interface]]", f"name = {q(i.name)}", f"xdp_mode = {q(i.xdp_mode)}", f"io = {q(i.io)}"]
     cl = config.cluster
     if cl != ClusterConfig(config.bgp is not None):
         out += ["", "[cluster]", f"stateless_failover = {'true' if cl.stateless_failover else 'false'}"]

@@ -53,6 +53,8 @@ def _one_line(text: str) -> str:
 # driver's XDP hook, "generic" the kernel's skb-level one, "auto" native
 # except on veth (see appliance/io_uring/_steering.py for why).
 XDP_MODES = ("auto", "native", "generic")
+#: packet I/O per interface (docs/io.md): AF_XDP, io_uring, or the first of them that can be had
+IO_MODES = ("auto", "xdp", "uring")
 
 
 #: [snat] policy: which new flows on an SNAT interface are SNATed (VPP
@@ -112,6 +114,7 @@ class SnatConfig:
 class InterfaceConfig:
     name: str
     xdp_mode: str = "auto"               # "auto", "native" or "generic"
+    io: str = "auto"                     # "auto", "xdp" or "uring" (docs/io.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -638,8 +641,11 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         mode = r.take(itf, "interface", i, "xdp_mode", (str,), "auto")
         if mode not in XDP_MODES:
             raise r.error("interface", i, "xdp_mode", f"{mode!r} is not one of {', '.join(XDP_MODES)}")
-        r.no_leftovers(itf, "interface", i, {"name", "xdp_mode"})
-        interfaces.append(InterfaceConfig(name, mode))
+        io_mode = r.take(itf, "interface", i, "io", (str,), "auto")
+        if io_mode not in IO_MODES:
+            raise r.error("interface", i, "io", f"{io_mode!r} is not one of {', '.join(IO_MODES)}")
+        r.no_leftovers(itf, "interface", i, {"name", "xdp_mode", "io"})
+        interfaces.append(InterfaceConfig(name, mode, io_mode))
 
     # [locality]
     lo = r.take(data, None, None, "locality", (dict,), {})
@@ -650,6 +656,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     bgp = parse_bgp(r, data)
     cluster = parse_cluster(r, data, bgp)
+    uring = next((itf.name for itf in interfaces if itf.io == "uring"), None)
+    real = next((t for t in translations if t.kind == "real"), None)
+    if uring is not None and real is not None:
+        # its frames are addressed to the host: io_uring mode leaves those to the kernel (docs/io.md)
+        raise r.error("translation", translations.index(real), "real",
+                      f"a `real` translation (ports of a host address) needs AF_XDP; interface '{uring}' has "
+                      f"io = \"uring\" (docs/io.md)")
 
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,

@@ -1,11 +1,14 @@
 """The container image: built with podman from the Containerfile, run as the
-appliance of a namespace topology, serving a vip; stops cleanly.
+appliance of a namespace topology, serving a vip; stops cleanly. With the
+capabilities XDP needs it uses AF_XDP; without CAP_BPF/CAP_SYS_ADMIN,
+`io = "auto"` gives io_uring (docs/io.md).
 
 Needs root, podman and (once) debootstrap: podman cannot pull images here,
 so the Debian base image is made locally as MACHINE-NOTES describes."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -23,6 +26,8 @@ BASE = "docker.io/library/debian:bookworm-slim"
 IMAGE = "localhost/cnat-appliance:test"
 CA = "/etc/ssl/certs/ca-certificates.crt"
 CAPS = "NET_ADMIN,NET_RAW,BPF,SYS_ADMIN,IPC_LOCK,SYS_NICE"   # also what examples/k8s grants
+#: where XDP is not allowed (docs/io.md): io = "auto" falls back to io_uring
+CAPS_NO_BPF = "NET_ADMIN,NET_RAW,IPC_LOCK,SYS_NICE"
 
 CONFIG = """
 [[interface]]
@@ -62,7 +67,15 @@ def image():
     return IMAGE
 
 
-def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
+MODES = [
+    # (capabilities, podman options, the backend io = "auto" gives)
+    (CAPS, [], "xdp"),
+    (CAPS_NO_BPF, ["--security-opt", "seccomp=unconfined"], "uring"),   # a profile permitting io_uring
+]
+
+
+@pytest.mark.parametrize("caps,options,backend", MODES, ids=["xdp", "no-bpf-caps"])
+def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path, caps, options, backend):
     topo = Topology(backends=2)
     name = f"cnat-{topo.prefix}"
     try:
@@ -75,7 +88,7 @@ def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
             proc = subprocess.Popen(
                 ["podman", "--runtime", "runc", "run", "--rm", "--name", name,
                  "--network", f"ns:/run/netns/{topo.ns_app}",
-                 "--cap-add", CAPS, "--device", "/dev/net/tun",
+                 "--cap-add", caps, *options, "--device", "/dev/net/tun",
                  "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                  "-v", f"{cfg}:/etc/appliance/appliance.toml:ro", image], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
@@ -91,12 +104,40 @@ def test_container_image_serves_a_vip_and_stops_cleanly(image, tmp_path):
         assert seen == {"backend0 10.0.0.2", "backend1 10.0.0.2"}
         r = podman("exec", name, "appliance", "show", "translations")   # the default control socket
         assert "tcp/30.0.0.2/80" in r.stdout, r.stdout + r.stderr
+        stats = json.loads(podman("exec", name, "appliance", "show", "stats", "--json").stdout)
+        assert {v["backend"] for v in stats["packet_io"].values()} == {backend}, stats["packet_io"]
         podman("stop", "-t", "10", name)
         assert proc.wait(20) == 0, log.read_text()
         assert "appliance: final statistics" in log.read_text()
         assert "cannot set niceness" not in log.read_text()      # SYS_NICE is enough for --nice
         links = topo.run(topo.ns_app, "ip", "-d", "link", "show").stdout
         assert "prog/xdp" not in links and "xnat0" not in links
+        tables = topo.run(topo.ns_app, "nft", "list", "tables").stdout
+        assert "appliance_steer" not in tables, "a clean stop removes io_uring mode's table"
     finally:
         podman("rm", "-f", name, check=False)
+        topo.destroy()
+
+
+def test_without_bpf_capabilities_and_with_the_default_seccomp_profile_the_refusal_names_both_reasons(image,
+                                                                                                       tmp_path):
+    """Neither AF_XDP nor io_uring (podman's default profile filters
+    io_uring_setup): the batched-socket fallback is not built, so the start
+    is refused, saying why each backend could not be had; nothing is left."""
+    topo = Topology(backends=2)
+    try:
+        cfg = tmp_path / "appliance.toml"
+        cfg.write_text(CONFIG)
+        r = subprocess.run(["podman", "--runtime", "runc", "run", "--rm", "--network", f"ns:/run/netns/{topo.ns_app}",
+                            "--cap-add", CAPS_NO_BPF, "--device", "/dev/net/tun",
+                            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+                            "-v", f"{cfg}:/etc/appliance/appliance.toml:ro", image],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        err = r.stderr.splitlines()[-1]
+        assert "neither AF_XDP" in err and "Operation not permitted" in err and "seccomp profile" in err, r.stderr
+        assert "Traceback" not in r.stderr
+        links = topo.run(topo.ns_app, "ip", "-d", "link", "show").stdout
+        assert "xnat0" not in links and "prog/xdp" not in links
+    finally:
         topo.destroy()

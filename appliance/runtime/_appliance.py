@@ -10,12 +10,12 @@ import trio
 
 from .._config import Config
 from .._plugins import Plugins
-from ..io_uring.xdp._steering import Steering, SteeringError
+from ..io_uring.xdp._steering import SteeringError
 from ..io_uring._tap import Tap
 from ..nat import NatCore
 from ._announce import Announce
 from ._control import ControlSocket
-from ._datapath import Datapath
+from ._datapath import Datapath, Steerings
 from ._host_ports import _HostPorts
 from ._kernel_tables import KernelTables
 from ._reload import ConfigReload
@@ -32,7 +32,7 @@ class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket, Announce, S
         # after it at every reload, dropped at a restart (docs/operations.md)
         self.file_config = config
         self.overlay: list = []
-        self.steering = Steering()
+        self.steering = Steerings()    # each backend's, added as the datapath opens (docs/io.md)
         self.plugins = Plugins(config.plugin_modules, config_path=config.path, waited=run_queue_wait_ns)
         self.core = NatCore(config, plugins=self.plugins)
         self.core.on_host_source = self._host_source

@@ -1,5 +1,6 @@
-"""The data plane: the AF_XDP sockets (one per data interface and queue),
-the TAP device and the XDP steering program they are opened with, the
+"""The data plane: the ports of packet I/O (AF_XDP sockets, one per data
+interface and queue, or an io_uring port per interface: docs/io.md), the
+TAP device and the steering they are opened with, the
 workers that serve them (the established-flow loop in C: io_worker_run on
 a thread of its own per worker; io_poll on the trio thread only for one
 worker in a process with one CPU), the new flows they hand to the slow path, the session timers and
@@ -29,6 +30,8 @@ from ..io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
 from ..io_uring._binding import ffi as io_ffi
 from ..io_uring._binding import lib as io
 from ..io_uring._tap import Tap, _sysctl
+from ..io_uring.uring._steering import SocketSteering
+from ..io_uring.xdp._steering import Steering, SteeringError
 from ..nat import Batch
 
 log = logging.getLogger("appliance.run")
@@ -70,6 +73,105 @@ MISS_SLICE = 256
 # kernel (xsk_rx_dropped), so a data interface's MTU may not allow them.
 MAX_RX_FRAME = io.IO_FRAME_SIZE - 256
 MAX_MTU = MAX_RX_FRAME - 14
+# io_uring ports: receive buffers in the provided-buffer ring (the socket's
+# own queue, sk_rcvbuf, holds more in front of it) and transmit buffers
+URING_RX_BUFFERS = 4096
+URING_TX_BUFFERS = 1024
+
+
+def _uring_refused(err: int) -> str:
+    """Why io_uring cannot be had, for the error message."""
+    try:
+        disabled = pathlib.Path("/proc/sys/kernel/io_uring_disabled").read_text().strip()
+    except OSError:
+        disabled = "0"
+    if err == errno.EPERM and disabled != "0":
+        return f"io_uring is disabled (sysctl kernel.io_uring_disabled = {disabled})"
+    seccomp = "a seccomp profile refuses io_uring_setup (Docker's, containerd's and podman's defaults do)"
+    if err == errno.ENOSYS and os.path.exists("/proc/sys/kernel/io_uring_disabled"):
+        return seccomp       # the kernel has it (the sysctl exists): the call was filtered
+    if err == errno.ENOSYS:
+        return "io_uring_setup is not available (a kernel without io_uring, or " + seccomp + ")"
+    if err == errno.EPERM:
+        return seccomp
+    return f"io_uring_setup: {os.strerror(err)}"
+
+
+def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optional[Steering], str]:
+    """Each interface's backend ("xdp" or "uring", docs/io.md), the XDP
+    steering when some interface uses AF_XDP, and why AF_XDP was passed
+    over ("" when it was not). `auto` is AF_XDP where it can be had,
+    else io_uring; what cannot be had is a SystemExit naming the reason."""
+    steering, xdp_refused = None, ""
+    if any(itf.io in ("xdp", "auto") for itf in interfaces):
+        try:
+            steering = Steering()
+        except SteeringError as exc:
+            xdp_refused = f"{exc} (no CAP_BPF/CAP_SYS_ADMIN, or bpf() refused)"
+    chosen = {}
+    for itf in interfaces:
+        if itf.io == "xdp" and steering is None:
+            raise SystemExit(f"appliance: error: interface '{itf.name}' has io = \"xdp\": {xdp_refused}")
+        chosen[itf.name] = "xdp" if itf.io == "xdp" or (itf.io == "auto" and steering is not None) else "uring"
+    uring = [n for n, b in chosen.items() if b == "uring"]
+    if uring:
+        rc = io.io_uring_probe()
+        if rc < 0:
+            why = _uring_refused(-rc)
+            if xdp_refused:
+                raise SystemExit(f"appliance: error: interface '{uring[0]}': neither AF_XDP ({xdp_refused}) "
+                                 f"nor io_uring ({why}) can be had; the batched-socket fallback is not built "
+                                 f"yet (docs/io.md)")
+            raise SystemExit(f"appliance: error: interface '{uring[0]}' has io = \"uring\": {why}")
+        if real_translation:
+            raise SystemExit(f"appliance: error: interface '{uring[0]}' uses io_uring"
+                             f"{' (AF_XDP: ' + xdp_refused + ')' if xdp_refused else ''}, which does not serve "
+                             f"`real` translations (ports of a host address): give it AF_XDP (docs/io.md)")
+        for itf in interfaces:
+            if itf.io == "auto" and chosen[itf.name] == "uring":
+                log.warning("%s: AF_XDP cannot be had (%s): io_uring", itf.name, xdp_refused)
+    if steering is not None and "xdp" not in chosen.values():
+        steering = None
+    return chosen, steering, xdp_refused
+
+
+class Steerings:
+    """The steering of every backend in use (AF_XDP's program, io_uring's
+    table), fed alike by the control plane."""
+
+    def __init__(self) -> None:
+        self.xdp: Optional[Steering] = None
+        self.socket: Optional[SocketSteering] = None
+
+    def _all(self) -> list:
+        return [x for x in (self.xdp, self.socket) if x is not None]
+
+    def set_addresses(self, host: set, nat: set, echo: frozenset = frozenset()) -> None:
+        for x in self._all():
+            x.set_addresses(host, nat, echo)
+
+    def set_host_ports(self, ports: set) -> None:
+        for x in self._all():
+            x.set_host_ports(ports)
+
+    def add_port(self, p) -> None:
+        for x in self._all():
+            x.add_port(p)
+
+    def remove_port(self, p) -> None:
+        for x in self._all():
+            x.remove_port(p)
+
+    def hold(self, seconds: float) -> None:
+        for x in self._all():
+            x.hold(seconds)
+
+    def detach_all(self) -> None:
+        for x in self._all():
+            x.detach_all()
+
+    def counters(self) -> dict[str, int]:
+        return self.xdp.counters() if self.xdp is not None else {}
 
 
 def worker_count(configured: Optional[int], queues: dict[str, int]) -> int:
@@ -150,7 +252,12 @@ class Datapath:
         if not self.config.interfaces:
             raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
         infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
-        n_workers = worker_count(self.config.workers, {name: info[3] for name, info in infos.items()})
+        self.io_chosen, self.steering.xdp, self.xdp_refused = choose_io(
+            self.config.interfaces, any(t.kind == "real" for t in self.config.translations))
+        # an io_uring port is one socket per interface, which one worker
+        # serves and transmits through (PACKET_FANOUT per worker: not yet)
+        queues = {name: info[3] if self.io_chosen[name] == "xdp" else 1 for name, info in infos.items()}
+        n_workers = worker_count(self.config.workers, queues)
         _sysctl("net.ipv4.ip_forward", "1")
         _sysctl("net.ipv6.conf.all.forwarding", "1")
         # UMEM pages are locked memory: 24 MiB per socket (UMEM_*_FRAMES)
@@ -176,6 +283,8 @@ class Datapath:
         self.ctx = io_ffi.gc(ctx, io.io_ctx_destroy)
         self.workers = [io.io_ctx_worker(self.ctx, i) for i in range(n_workers)]
         io.io_set_nat(self.ctx, *self.core.session_peek_pointer())
+        if "uring" in self.io_chosen.values():
+            self.steering.socket = SocketSteering(self.ctx)
         key = 0
         for itf in self.config.interfaces:
             name = itf.name
@@ -183,15 +292,19 @@ class Datapath:
             self._ifindex[name] = ifindex
             self.interface_state[name] = "up"
             port_id = self.core.port(name)
-            self.steering.set_ifbase(ifindex, key)
+            if self.io_chosen[name] == "uring":
+                self._open_uring(name, ifindex, port_id, mac, mtu)
+                continue
+            xdp = self.steering.xdp
+            xdp.set_ifbase(ifindex, key)
             for q in range(queues):
                 w = self.workers[q % n_workers]   # queue q: worker q mod N
                 mode = "zero-copy"
-                p = io.io_xdp_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"], key,
+                p = io.io_xdp_port_open(w, name.encode(), q, port_id, xdp.maps["xsks"], key,
                                     UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 1)
                 if p == io_ffi.NULL:   # the driver has no zero-copy (veth): copy mode
                     mode = "copy"
-                    p = io.io_xdp_port_open(w, name.encode(), q, port_id, self.steering.maps["xsks"],
+                    p = io.io_xdp_port_open(w, name.encode(), q, port_id, xdp.maps["xsks"],
                                         key, UMEM_RX_FRAMES, UMEM_TX_FRAMES, mac, mtu, 0)
                 if p == io_ffi.NULL:
                     err = io_ffi.errno
@@ -202,11 +315,30 @@ class Datapath:
                 log.info("%s queue %d: AF_XDP socket in %s mode, worker %d", name, q, mode, q % n_workers)
                 self.ports.append((name, q, p))
                 key += 1
-            mode = self.steering.attach(ifindex, name, itf.xdp_mode)
+            mode = xdp.attach(ifindex, name, itf.xdp_mode)
             log.info("%s: XDP attached in %s mode", name, mode)
         cpus = sorted(os.sched_getaffinity(0))
         # one CPU each while there are enough; else the scheduler places them
         self.worker_cpus = cpus[:n_workers] if n_workers > 1 and len(cpus) >= n_workers else [None] * n_workers
+
+    def _open_uring(self, name: str, ifindex: int, port_id: int, mac: bytes, mtu: int) -> None:
+        """An io_uring port on the interface (docs/io.md), and the kernel
+        kept off its frames by the steering table."""
+        p = io.io_uring_port_open(self.workers[0], name.encode(), port_id, URING_RX_BUFFERS, URING_TX_BUFFERS,
+                                  mac, mtu)
+        if p == io_ffi.NULL:
+            err = io_ffi.errno
+            hint = " (AF_PACKET needs CAP_NET_RAW)" if err == errno.EPERM else ""
+            raise SystemExit(f"appliance: error: cannot open the io_uring port on {name}: "
+                             f"{_uring_refused(err) if err in (errno.EPERM, errno.ENOSYS) else os.strerror(err)}"
+                             f"{hint}")
+        self.ports.append((name, 0, p))
+        try:
+            self.steering.socket.attach(ifindex, name)
+        except SteeringError as exc:
+            raise SystemExit(f"appliance: error: {name}: {exc}") from None
+        why = f" (AF_XDP: {self.xdp_refused})" if self.xdp_refused else ""
+        log.info("%s: io_uring port (AF_PACKET), worker 0%s", name, why)
 
     def close(self) -> None:
         self.steering.detach_all()
@@ -263,7 +395,20 @@ class Datapath:
         """The datapath's part of `show stats` and of the final statistics
         (read before close: the sockets' own counters go with them)."""
         return {"io": self.io_counters(), "sockets": self.socket_counters(), "workers": self.worker_counters(),
-                "worker_threads": not self.inline, "xdp": self.steering.counters()}
+                "worker_threads": not self.inline, "xdp": self.steering.counters(),
+                "packet_io": {itf.name: self._io_reason(itf) for itf in self.config.interfaces
+                              if itf.name in getattr(self, "io_chosen", {})}}
+
+    def _io_reason(self, itf) -> dict:
+        """An interface's backend and why (docs/io.md)."""
+        backend = self.io_chosen[itf.name]
+        if itf.io != "auto":
+            why = f"io = \"{itf.io}\""
+        elif backend == "xdp":
+            why = "auto: AF_XDP could be had"
+        else:
+            why = f"auto: AF_XDP cannot be had: {self.xdp_refused}"
+        return {"backend": backend, "why": why}
 
     async def rx_loop(self) -> None:
         if self.inline:

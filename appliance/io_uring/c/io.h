@@ -96,6 +96,9 @@ struct io_port *io_xdp_port_open(struct io_worker *w, const char *ifname, uint32
  * kernel.io_uring_disabled, no CAP_NET_RAW), ENOSYS without io_uring. */
 struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
                                    uint32_t ntx, const uint8_t *mac, uint32_t mtu);
+/* Can this process have an io_uring? 0, or -errno (EPERM: refused by
+ * kernel.io_uring_disabled or seccomp; ENOSYS: no io_uring). */
+int io_uring_probe(void);
 /* An io_uring port's frames dropped for being longer than a buffer (0 for
  * another backend's port). */
 uint64_t io_uring_port_truncated(const struct io_port *p);

@@ -311,3 +311,13 @@ uint64_t io_uring_port_truncated(const struct io_port *p)
 {
     return p->ops == &uring_ops ? CU(p)->truncated : 0;
 }
+
+int io_uring_probe(void)
+{
+    struct io_uring r;
+    int rc = io_uring_queue_init(2, &r, 0);
+    if (rc < 0)
+        return rc;
+    io_uring_queue_exit(&r);
+    return 0;
+}

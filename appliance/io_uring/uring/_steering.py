@@ -1,0 +1,130 @@
+"""Steering for the io_uring backend (docs/io.md): the appliance's C
+takes what the XDP program would redirect (``c/uring_steer.c``, fed the
+host's and the NAT's addresses here), and an nftables table keeps the
+kernel off those same frames, dropping them before routing.
+
+The same methods as the XDP steering (``xdp/_steering.py``), so the
+runtime feeds both alike. Host-address ports (``real`` translations, SNAT
+to an address of the host's) are not served in this mode: their frames
+stay the kernel's; the configuration check refuses ``real`` with
+``io = "uring"``, and an SNAT address of the host's is reported here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shutil
+import subprocess
+
+from .._binding import ffi, lib
+from ..xdp._steering import SteeringError
+
+log = logging.getLogger("appliance.steering")
+
+TABLE = "appliance_steer"
+
+
+def _nft(script: str) -> None:
+    nft = shutil.which("nft")
+    if nft is None:
+        raise SteeringError("io_uring mode keeps the kernel off the appliance's frames with nftables: "
+                            "`nft` not found (Debian: apt install nftables)")
+    r = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SteeringError(f"nftables refused the steering table: {r.stderr.strip() or r.returncode}")
+
+
+class SocketSteering:
+    """``attach`` adds an interface to the table's ``data`` set;
+    ``set_addresses`` loads the C's address set and the table's NAT-only
+    sets; ``detach_all`` removes the table, ``hold`` keeps it (the kernel
+    goes on dropping the appliance's traffic until the next start)."""
+
+    maps: dict = {}
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.interfaces: list[str] = []
+        self.nat_only: set = set()
+        self.warned_host_ports = False
+        self.held = False
+
+    def _table(self) -> str:
+        def elements(items) -> str:
+            return "elements = { " + ", ".join(items) + " }" if items else ""
+        v4 = sorted(str(a) for a in self.nat_only if a.version == 4)
+        v6 = sorted(str(a) for a in self.nat_only if a.version == 6)
+        data = [f'"{n}"' for n in self.interfaces]
+        # the frames the appliance takes: to no address of the host's at a
+        # TTL it forwards, or to a NAT-only address at any (uring_steer.c)
+        return f"""table inet {TABLE}
+delete table inet {TABLE}
+table inet {TABLE} {{
+    set data {{ type ifname; {elements(data)} }}
+    set nat4 {{ type ipv4_addr; {elements(v4)} }}
+    set nat6 {{ type ipv6_addr; {elements(v6)} }}
+    chain prerouting {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname @data fib daddr type != {{ local, broadcast, multicast }} ip ttl > 1 drop
+        iifname @data fib daddr type != {{ local, broadcast, multicast }} ip6 hoplimit > 1 drop
+        iifname @data ip daddr @nat4 drop
+        iifname @data ip6 daddr @nat6 drop
+    }}
+}}
+"""
+
+    def attach(self, ifindex: int, name: str, mode: str = "auto") -> str:
+        if name not in self.interfaces:
+            self.interfaces.append(name)
+        _nft(self._table())
+        return "uring"
+
+    def set_ifbase(self, ifindex: int, base: int) -> None:
+        pass
+
+    def detach_all(self) -> None:
+        if self.interfaces and not self.held:
+            try:
+                _nft(f"table inet {TABLE}\ndelete table inet {TABLE}\n")
+            except SteeringError as exc:
+                log.error("%s", exc)
+        self.interfaces.clear()
+
+    def hold(self, seconds: float) -> None:
+        """A restart's gap: the table stays, so the kernel does not forward
+        that traffic untranslated until the next start replaces it."""
+        self.held = True
+
+    def set_addresses(self, host: set, nat: set, echo: frozenset = frozenset()) -> None:
+        entries = [(a, lib.STEER_ADDR_HOST) for a in host] + [(a, lib.STEER_ADDR_NAT) for a in nat]
+        arr = ffi.new("struct io_steer_entry[]", max(1, len(entries)))
+        for e, (a, flags) in zip(arr, entries):
+            e.family, e.flags = a.version, flags
+            ffi.memmove(e.addr, a.packed, len(a.packed))
+        if lib.io_steer_load(self.ctx, arr, len(entries)) != 0:
+            raise SteeringError("io_uring steering: out of memory")
+        nat_only = {ipaddress.ip_address(a) for a in nat} - {ipaddress.ip_address(a) for a in host}
+        if nat_only != self.nat_only:
+            self.nat_only = nat_only
+            if self.interfaces:
+                _nft(self._table())
+
+    def set_host_ports(self, ports: set) -> None:
+        if ports:
+            self._host_ports_unserved()
+
+    def add_port(self, p) -> None:
+        self._host_ports_unserved()
+
+    def remove_port(self, p) -> None:
+        pass
+
+    def _host_ports_unserved(self) -> None:
+        if not self.warned_host_ports:
+            self.warned_host_ports = True
+            log.error("io_uring mode: flows whose replies come to an address of the host's (an SNAT address "
+                      "the host has) are not served: their replies stay the kernel's (docs/io.md)")
+
+    def counters(self) -> dict[str, int]:
+        return {}

@@ -119,3 +119,22 @@ def test_frames_arrive_in_batches_and_leave_through_another_uring_port(netns):
     assert int(seen) == 1200 and complete == "True", r.stdout    # every frame out on d0, none twice
     assert ok_ttl == "True" and int(tx) == 1200 and tx_full == "0" and truncated == "0", r.stdout
     assert int(left) >= 5, "the host's frames (and IPv6 chatter) left to the kernel"
+
+
+def test_io_uring_disabled_by_sysctl_is_named_and_auto_takes_af_xdp():
+    from appliance._config import InterfaceConfig
+    from appliance.runtime._datapath import choose_io
+
+    path = "/proc/sys/kernel/io_uring_disabled"
+    before = open(path).read().strip()
+    try:
+        with open(path, "w") as f:
+            f.write("2")
+        with pytest.raises(SystemExit, match=r'io = "uring": io_uring is disabled \(sysctl '
+                                             r'kernel.io_uring_disabled = 2\)'):
+            choose_io([InterfaceConfig("x0", io="uring")], False)
+        chosen, steering, refused = choose_io([InterfaceConfig("x0", io="auto")], False)
+        assert chosen == {"x0": "xdp"} and steering is not None and refused == ""
+    finally:
+        with open(path, "w") as f:
+            f.write(before)

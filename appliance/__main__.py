@@ -161,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     be = bsub.add_parser("e2e", help="live, against nftables DNAT on the same topology (root): udp pps, "
                          "tcp connections/s, bulk tcp, CPU per packet")
     be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.add_argument("--io", choices=["xdp", "uring"], default="xdp",
+                    help="uring: also the appliance in io_uring mode (one worker, key uring), side by side with "
+                    "AF_XDP and nftables in the same runs (docs/io.md)")
     be.add_argument("--runs", type=int, default=7,
                     help="runs per mode, the modes alternating; medians reported (default 7: single runs "
                     "vary by 1.5x on a shared VM)")
@@ -571,7 +574,7 @@ def _main(argv: list[str] | None = None) -> int:
 
             if args.workers < 1:
                 raise SystemExit("appliance: error: bench e2e --workers: must be at least 1")
-            result = _bench_e2e.run(seconds=args.seconds, runs=args.runs, workers=args.workers)
+            result = _bench_e2e.run(seconds=args.seconds, runs=args.runs, workers=args.workers, io=args.io)
         elif args.bench == "flood":
             from . import _bench_flood
 

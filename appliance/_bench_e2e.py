@@ -179,9 +179,11 @@ class TaskClock:
         self.fds = []
 
 
-def config(workers: int) -> str:
+def config(workers: int, io: str = "xdp") -> str:
     """CONFIG for `workers` worker threads: the native hook when there are
-    several (see the module docstring)."""
+    several (see the module docstring); io: the packet-I/O backend."""
+    if io != "xdp":
+        return CONFIG.replace('name = "a0"', f'name = "a0"\nio = "{io}"').replace('name = "a1"', f'name = "a1"\nio = "{io}"')
     if workers == 1:
         return CONFIG
     return (CONFIG.replace('name = "a0"', 'name = "a0"\nxdp_mode = "native"')
@@ -190,9 +192,10 @@ def config(workers: int) -> str:
 
 
 class Bench:
-    def __init__(self, seconds: float, workers: int = 1) -> None:
+    def __init__(self, seconds: float, workers: int = 1, io: str = "xdp") -> None:
         self.seconds = seconds
         self.workers = workers
+        self.io = io
         self.tmp = tempfile.mkdtemp(prefix="appliance-bench-")
         self.topo = Topology(backends=1, queues=workers)
         self.procs: list[subprocess.Popen] = []
@@ -252,12 +255,12 @@ class Bench:
         self.topo.run(self.topo.ns_app, "nft", "delete", "table", "ip", "benchnat", check=False)
         self.topo.run(self.topo.ns_app, "conntrack", "-F", check=False)
 
-    def start_appliance(self, workers: int, cpu: int | None) -> None:
+    def start_appliance(self, workers: int, cpu: int | None, io: str = "xdp") -> None:
         """`workers` workers, the process on CPU `cpu` (None: on every CPU,
-        each worker pinned to one of its own)."""
+        each worker pinned to one of its own), packet I/O through `io`."""
         cfg = os.path.join(self.tmp, "bench.toml")
         with open(cfg, "w") as f:
-            f.write(config(workers))
+            f.write(config(workers, io))
         self.control = os.path.join(self.tmp, "control.sock")
         self.app = start_appliance(self.topo, cfg, self.tmp, control=self.control, cpu=cpu)
         time.sleep(1.2)   # first kernel snapshot with neighbours
@@ -275,11 +278,12 @@ class Bench:
         stats = json.loads(out)
         return [stats["io"]["rx"]] + [w["rx"] for w in stats["workers"]]
 
-    def appliance_modes(self) -> dict[str, tuple[int, int | None]]:
-        """Mode name: (workers, CPU of the process)."""
+    def appliance_modes(self) -> dict[str, tuple]:
+        """Mode name: (workers, CPU of the process[, packet I/O])."""
+        extra = {"uring": (1, 1, "uring")} if self.io == "uring" else {}   # one worker: io_uring mode's
         if self.workers == 1:
-            return {"appliance": (1, 1)}   # CPU 1 to itself
-        return {"appliance": (self.workers, None), "one_worker": (1, 1), "same_cpu": (self.workers, 1)}
+            return {"appliance": (1, 1), **extra}   # CPU 1 to itself
+        return {"appliance": (self.workers, None), "one_worker": (1, 1), "same_cpu": (self.workers, 1), **extra}
 
     # -- measurements ----------------------------------------------------------
 
@@ -383,11 +387,11 @@ def _appliance_keys(app: dict) -> dict:
     return out
 
 
-def run(seconds: float = 4.0, runs: int = 7, workers: int = 1) -> dict:
+def run(seconds: float = 4.0, runs: int = 7, workers: int = 1, io: str = "xdp") -> dict:
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"appliance bench e2e: missing tools {missing} (./dev installs them)")
-    b = Bench(seconds, workers)
+    b = Bench(seconds, workers, io)
     modes = ["nftables", *b.appliance_modes()]
     samples: dict[str, dict[str, list]] = {mode: {} for mode in modes}
     try:

@@ -123,6 +123,8 @@ static void reap_tx(struct uring_port *u)
     unsigned head, seen = 0;
     io_uring_for_each_cqe(&u->txr, head, cqe) {
         seen++;
+        if (cqe->res < 0)    /* counted as sent when queued: the kernel refused it after all */
+            u->port.w->counters[IO_C_DROP_TX_REFUSED]++;
         u->tx_free[u->ntx_free++] = (uint32_t)io_uring_cqe_get_data64(cqe);
     }
     if (seen)

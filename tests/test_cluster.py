@@ -126,8 +126,10 @@ def test_instances_fail_over_drain_and_come_back_under_traffic(tmp_path):
     assert r["snat_flow_on_killed"], info
     assert all(n >= 1 for n in r["snat_sessions_before_kill"].values()), info   # every instance had it
     # a peer's address with garbage, a short message, another key, a replay; a stranger
-    assert r["hostile"] == {"sync_bad_mac": 2, "sync_malformed": 1, "sync_unknown_peer": 1,
-                            "sync_replayed": 1, "messages_received": 1, "sessions_installed": 0}, info
+    hostile = dict(r["hostile"])
+    assert hostile.pop("messages_received") >= 1, info    # the recording's first copy (and the peers' own)
+    assert hostile == {"sync_bad_mac": 2, "sync_malformed": 1, "sync_unknown_peer": 1, "sync_replayed": 1,
+                       "sessions_installed": 0}, info
     # the UDP stream kept its backend and lost no more than was in flight
     # during the withdrawal (100 packets a second: 0.5 s of them)
     assert len(r["udp"]["backends"]) == 1, info

@@ -13,7 +13,7 @@ EPILOG = """\
 commands:
   demo          live demo: namespaces, appliance, traffic via a vip and SNAT (root);
                 --offline: the seed's examples through the NAT core, explained
-  run           NAT live traffic on the configured interfaces (AF_XDP; root)
+  run           NAT live traffic on the configured interfaces (AF_XDP or io_uring; root)
   show          sessions / stats / translations of a running appliance (control socket)
   cnat          the seed's cnat verbs on a running appliance (translation add/del, snat, show, drain)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("run", help="run the appliance on the configured data interfaces (root)",
                         description="Attach the steering XDP program and AF_XDP sockets to every "
-                        "[[interface]] of the configuration and NAT/forward live traffic until "
+                        "[[interface]] of the configuration (where XDP is not allowed, or with io = "
+                        "\"uring\": an io_uring port on an AF_PACKET socket and an nftables steering "
+                        "table; docs/io.md) and NAT/forward live traffic until "
                         "SIGTERM or SIGINT. The configuration file is watched (SIGHUP: read it "
                         "now). Addresses, routes and neighbours come from the kernel.")
     rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")

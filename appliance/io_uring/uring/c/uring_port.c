@@ -198,6 +198,7 @@ static void uring_wakeup(struct io_port *p)
     }
     if (!u->armed)
         arm(u);
+    collect(&u->rxr);        /* completions held back as task work (COOP_TASKRUN) are posted now */
     if (io_uring_cq_ready(&u->rxr) && write(u->efd, &(uint64_t){1}, sizeof v) < 0) {
         /* the counter is far from full: cannot fail */
     }

@@ -99,9 +99,6 @@ struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint
 /* Can this process have an io_uring? 0, or -errno (EPERM: refused by
  * kernel.io_uring_disabled or seccomp; ENOSYS: no io_uring). */
 int io_uring_probe(void);
-/* An io_uring port's frames dropped for being longer than a buffer (0 for
- * another backend's port). */
-uint64_t io_uring_port_truncated(const struct io_port *p);
 /* What a port that sees every frame (io_uring) takes, as the XDP program
  * does (docs/io.md): the addresses that are the host's (STEER_ADDR_HOST)
  * or the NAT's (STEER_ADDR_NAT), the whole set at once. 0, or -ENOMEM. */

@@ -12,7 +12,6 @@ stay the kernel's; the configuration check refuses ``real`` with
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shutil
 import subprocess
@@ -40,8 +39,6 @@ class SocketSteering:
     ``set_addresses`` loads the C's address set and the table's NAT-only
     sets; ``detach_all`` removes the table, ``hold`` keeps it (the kernel
     goes on dropping the appliance's traffic until the next start)."""
-
-    maps: dict = {}
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
@@ -104,7 +101,7 @@ table inet {TABLE} {{
             ffi.memmove(e.addr, a.packed, len(a.packed))
         if lib.io_steer_load(self.ctx, arr, len(entries)) != 0:
             raise SteeringError("io_uring steering: out of memory")
-        nat_only = {ipaddress.ip_address(a) for a in nat} - {ipaddress.ip_address(a) for a in host}
+        nat_only = set(nat) - set(host)
         if nat_only != self.nat_only:
             self.nat_only = nat_only
             if self.interfaces:

@@ -40,7 +40,7 @@ struct uring_port {
     uint32_t ntx;
     uint32_t *tx_free;
     uint32_t ntx_free;
-    uint64_t drops, truncated;       /* the socket's drops (summed: reading them resets them), frames too long */
+    uint64_t drops;          /* the socket's drops, summed: reading them resets them */
 };
 
 static inline struct uring_port *U(struct io_port *p) { return (struct uring_port *)p; }
@@ -101,7 +101,7 @@ static uint32_t uring_rx(struct io_port *p, struct nat_frame *frames, uint32_t m
         uint16_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         if (cqe->res <= 0 || cqe->res > IO_FRAME_SIZE) {
             if (cqe->res > IO_FRAME_SIZE)
-                u->truncated++;
+                p->w->counters[IO_C_DROP_TOO_LONG]++;
             give_back(u, bid, back++);
             continue;
         }
@@ -332,12 +332,6 @@ fail:
         errno = e;
     }
     return NULL;
-}
-
-/* The frames dropped because they were longer than a buffer. */
-uint64_t io_uring_port_truncated(const struct io_port *p)
-{
-    return p->ops == &uring_ops ? CU(p)->truncated : 0;
 }
 
 int io_uring_probe(void)

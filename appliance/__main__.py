@@ -13,7 +13,7 @@ EPILOG = """\
 commands:
   demo          live demo: namespaces, appliance, traffic via a vip and SNAT (root);
                 --offline: the seed's examples through the NAT core, explained
-  run           NAT live traffic on the configured interfaces (AF_XDP or io_uring; root)
+  run           NAT live traffic on the configured interfaces (AF_XDP, io_uring or mmap; root)
   show          sessions / stats / translations of a running appliance (control socket)
   cnat          the seed's cnat verbs on a running appliance (translation add/del, snat, show, drain)
   replay        run a pcap/pcapng capture through the NAT core, write what it forwards
@@ -57,6 +57,16 @@ def _finish(sub: argparse.ArgumentParser, help_text: str) -> None:
                 _finish(action.choices[choice.dest], choice.help)
 
 
+def _socket_modes(text: str) -> tuple[str, ...]:
+    """`bench e2e --io`: a comma-separated list of socket backends ("xdp",
+    the default mode, adds none)."""
+    modes = tuple(m for m in text.split(",") if m and m != "xdp")
+    bad = [m for m in modes if m not in ("uring", "mmap")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a socket mode (uring, mmap)")
+    return tuple(dict.fromkeys(modes))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appliance", description="cnat-style NAT appliance",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="run the appliance on the configured data interfaces (root)",
                         description="Attach the steering XDP program and AF_XDP sockets to every "
                         "[[interface]] of the configuration (where XDP is not allowed, or with io = "
-                        "\"uring\": an io_uring port on an AF_PACKET socket and an nftables steering "
-                        "table; docs/io.md) and NAT/forward live traffic until "
+                        "\"uring\" or \"mmap\": an AF_PACKET socket read through io_uring, or through "
+                        "PACKET_MMAP rings where io_uring is not allowed either, and an nftables "
+                        "steering table; docs/io.md) and NAT/forward live traffic until "
                         "SIGTERM or SIGINT. The configuration file is watched (SIGHUP: read it "
                         "now). Addresses, routes and neighbours come from the kernel.")
     rn.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
@@ -163,9 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     be = bsub.add_parser("e2e", help="live, against nftables DNAT on the same topology (root): udp pps, "
                          "tcp connections/s, bulk tcp, CPU per packet")
     be.add_argument("--json", action="store_true", help="print one JSON object")
-    be.add_argument("--io", choices=["xdp", "uring"], default="xdp",
-                    help="uring: also the appliance in io_uring mode (one worker, key uring), side by side with "
-                    "AF_XDP and nftables in the same runs (docs/io.md)")
+    be.add_argument("--io", type=_socket_modes, default=(), metavar="uring,mmap",
+                    help="also the appliance in these socket modes, one worker each, under keys of their names "
+                    "(uring, mmap), side by side with AF_XDP and nftables in the same runs (docs/io.md)")
     be.add_argument("--runs", type=int, default=7,
                     help="runs per mode, the modes alternating; medians reported (default 7: single runs "
                     "vary by 1.5x on a shared VM)")

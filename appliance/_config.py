@@ -51,10 +51,11 @@ def _one_line(text: str) -> str:
 
 # How the steering program attaches to an interface: "native" is the
 # driver's XDP hook, "generic" the kernel's skb-level one, "auto" native
-# except on veth (see appliance/io_uring/_steering.py for why).
+# except on veth (see appliance/io_uring/xdp/_steering.py for why).
 XDP_MODES = ("auto", "native", "generic")
-#: packet I/O per interface (docs/io.md): AF_XDP, io_uring, or the first of them that can be had
-IO_MODES = ("auto", "xdp", "uring")
+#: packet I/O per interface (docs/io.md): AF_XDP, io_uring, PACKET_MMAP
+#: rings, or the first of them that can be had
+IO_MODES = ("auto", "xdp", "uring", "mmap")
 
 
 #: [snat] policy: which new flows on an SNAT interface are SNATed (VPP
@@ -114,7 +115,7 @@ class SnatConfig:
 class InterfaceConfig:
     name: str
     xdp_mode: str = "auto"               # "auto", "native" or "generic"
-    io: str = "auto"                     # "auto", "xdp" or "uring" (docs/io.md)
+    io: str = "auto"                     # "auto", "xdp", "uring" or "mmap" (docs/io.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -656,13 +657,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     bgp = parse_bgp(r, data)
     cluster = parse_cluster(r, data, bgp)
-    uring = next((itf.name for itf in interfaces if itf.io == "uring"), None)
+    sock = next((itf for itf in interfaces if itf.io in ("uring", "mmap")), None)
     real = next((t for t in translations if t.kind == "real"), None)
-    if uring is not None and real is not None:
-        # its frames are addressed to the host: io_uring mode leaves those to the kernel (docs/io.md)
+    if sock is not None and real is not None:
+        # its frames are addressed to the host: the socket modes leave those to the kernel (docs/io.md)
         raise r.error("translation", translations.index(real), "real",
-                      f"a `real` translation (ports of a host address) needs AF_XDP; interface '{uring}' has "
-                      f"io = \"uring\" (docs/io.md)")
+                      f"a `real` translation (ports of a host address) needs AF_XDP; interface '{sock.name}' has "
+                      f"io = \"{sock.io}\" (docs/io.md)")
 
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,

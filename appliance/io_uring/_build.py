@@ -1,5 +1,6 @@
 """cffi build script for packet I/O: the forwarding step (``c/``) and the
-backends' ports (``xdp/c/``: AF_XDP; ``uring/c/``: io_uring), one module,
+backends' ports (``xdp/c/``: AF_XDP; ``uring/c/``: io_uring; ``mmap/c/``:
+PACKET_MMAP rings), one module,
 and the XDP program (clang).
 
 Links libxdp, libbpf and liburing (Debian: libxdp-dev, libbpf-dev,
@@ -36,7 +37,7 @@ nat_build = _load_nat_build()
 
 C_DIR = HERE / "c"
 XDP_DIR = HERE / "xdp"
-BACKEND_C_DIRS = [XDP_DIR / "c", HERE / "uring" / "c"]
+BACKEND_C_DIRS = [XDP_DIR / "c", HERE / "uring" / "c", HERE / "mmap" / "c"]
 NAT_C_DIR = HERE.parent / "nat" / "c"
 BPF_DIR = XDP_DIR / "bpf"
 BPF_SRC = BPF_DIR / "steer.bpf.c"

@@ -1,5 +1,6 @@
 """The data plane: the ports of packet I/O (AF_XDP sockets, one per data
-interface and queue, or an io_uring port per interface: docs/io.md), the
+interface and queue, or an io_uring or mmap port per interface:
+docs/io.md), the
 TAP device and the steering they are opened with, the
 workers that serve them (the established-flow loop in C: io_worker_run on
 a thread of its own per worker; io_poll on the trio thread only for one
@@ -30,7 +31,7 @@ from ..io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
 from ..io_uring._binding import ffi as io_ffi
 from ..io_uring._binding import lib as io
 from ..io_uring._tap import Tap, _sysctl
-from ..io_uring.uring._steering import SocketSteering
+from ..io_uring._socket_steering import SocketSteering
 from ..io_uring.xdp._steering import Steering, SteeringError
 from ..nat import Batch
 
@@ -77,6 +78,10 @@ MAX_MTU = MAX_RX_FRAME - 14
 # own queue, sk_rcvbuf, holds more in front of it) and transmit buffers
 URING_RX_BUFFERS = 4096
 URING_TX_BUFFERS = 1024
+# mmap ports: slots of the receive ring (16 MiB: as many frames as an
+# AF_XDP socket's RX ring holds) and of the transmit ring
+MMAP_RX_SLOTS = 8192
+MMAP_TX_SLOTS = 1024
 
 
 def _uring_refused(err: int) -> str:
@@ -97,42 +102,58 @@ def _uring_refused(err: int) -> str:
     return f"io_uring_setup: {os.strerror(err)}"
 
 
+#: the backends that read an AF_PACKET socket and share its steering
+SOCKET_BACKENDS = ("uring", "mmap")
+#: how the log and errors name each backend
+BACKEND_NAMES = {"xdp": "AF_XDP", "uring": "io_uring", "mmap": "PACKET_MMAP rings (mmap)"}
+
+
 def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optional[Steering], str]:
-    """Each interface's backend ("xdp" or "uring", docs/io.md), the XDP
-    steering when some interface uses AF_XDP, and why AF_XDP was passed
-    over ("" when it was not). `auto` is AF_XDP where it can be had,
-    else io_uring; what cannot be had is a SystemExit naming the reason."""
+    """Each interface's backend ("xdp", "uring" or "mmap", docs/io.md),
+    the XDP steering when some interface uses AF_XDP, and why the backends
+    before the one `auto` took were passed over ("" when none was). `auto`
+    is AF_XDP where it can be had, else io_uring, else mmap; what cannot
+    be had is a SystemExit naming the reason."""
     steering, xdp_refused = None, ""
     if any(itf.io in ("xdp", "auto") for itf in interfaces):
         try:
             steering = Steering()
         except SteeringError as exc:
             xdp_refused = f"{exc} (no CAP_BPF/CAP_SYS_ADMIN, or bpf() refused)"
-    chosen = {}
+    uring_refused = ""
+    if any(itf.io == "uring" or (itf.io == "auto" and steering is None) for itf in interfaces):
+        rc = io.io_uring_probe()
+        uring_refused = _uring_refused(-rc) if rc < 0 else ""
+    chosen, passed_over = {}, ""
     for itf in interfaces:
         if itf.io == "xdp" and steering is None:
             raise SystemExit(f"appliance: error: interface '{itf.name}' has io = \"xdp\": {xdp_refused}")
-        chosen[itf.name] = "xdp" if itf.io == "xdp" or (itf.io == "auto" and steering is not None) else "uring"
-    uring = [n for n, b in chosen.items() if b == "uring"]
-    if uring:
-        rc = io.io_uring_probe()
-        if rc < 0:
-            why = _uring_refused(-rc)
-            if xdp_refused:
-                raise SystemExit(f"appliance: error: interface '{uring[0]}': neither AF_XDP ({xdp_refused}) "
-                                 f"nor io_uring ({why}) can be had; the batched-socket fallback is not built "
-                                 f"yet (docs/io.md)")
-            raise SystemExit(f"appliance: error: interface '{uring[0]}' has io = \"uring\": {why}")
-        if real_translation:
-            raise SystemExit(f"appliance: error: interface '{uring[0]}' uses io_uring"
-                             f"{' (AF_XDP: ' + xdp_refused + ')' if xdp_refused else ''}, which does not serve "
-                             f"`real` translations (ports of a host address): give it AF_XDP (docs/io.md)")
-        for itf in interfaces:
-            if itf.io == "auto" and chosen[itf.name] == "uring":
-                log.warning("%s: AF_XDP cannot be had (%s): io_uring", itf.name, xdp_refused)
+        if itf.io == "uring" and uring_refused:
+            raise SystemExit(f"appliance: error: interface '{itf.name}' has io = \"uring\": {uring_refused}")
+        if itf.io != "auto":
+            chosen[itf.name] = itf.io
+        elif steering is not None:
+            chosen[itf.name] = "xdp"
+        elif not uring_refused:
+            chosen[itf.name] = "uring"
+            passed_over = f"AF_XDP cannot be had: {xdp_refused}"
+        else:
+            chosen[itf.name] = "mmap"
+            passed_over = f"AF_XDP cannot be had: {xdp_refused}; io_uring cannot be had: {uring_refused}"
+    sockets = [n for n, b in chosen.items() if b in SOCKET_BACKENDS]
+    if sockets and real_translation:
+        name = sockets[0]
+        why = f" ({passed_over})" if passed_over else ""
+        raise SystemExit(f"appliance: error: interface '{name}' uses {BACKEND_NAMES[chosen[name]]}{why}, which "
+                         f"does not serve `real` translations (ports of a host address): give it AF_XDP "
+                         f"(docs/io.md)")
+    for itf in interfaces:
+        if itf.io == "auto" and chosen[itf.name] != "xdp":
+            log.warning("%s: %s: %s", itf.name, passed_over, BACKEND_NAMES[chosen[itf.name]])
     if steering is not None and "xdp" not in chosen.values():
         steering = None
-    return chosen, steering, xdp_refused
+    return chosen, steering, passed_over
+
 
 
 class Steerings:
@@ -252,10 +273,10 @@ class Datapath:
         if not self.config.interfaces:
             raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
         infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
-        self.io_chosen, self.steering.xdp, self.xdp_refused = choose_io(
+        self.io_chosen, self.steering.xdp, self.io_passed_over = choose_io(
             self.config.interfaces, any(t.kind == "real" for t in self.config.translations))
-        # an io_uring port is one socket per interface, which one worker
-        # serves and transmits through (PACKET_FANOUT per worker: not yet)
+        # a socket backend's port is one socket per interface, which one
+        # worker serves and transmits through (PACKET_FANOUT per worker: not yet)
         queues = {name: info[3] if self.io_chosen[name] == "xdp" else 1 for name, info in infos.items()}
         n_workers = worker_count(self.config.workers, queues)
         _sysctl("net.ipv4.ip_forward", "1")
@@ -283,7 +304,7 @@ class Datapath:
         self.ctx = io_ffi.gc(ctx, io.io_ctx_destroy)
         self.workers = [io.io_ctx_worker(self.ctx, i) for i in range(n_workers)]
         io.io_set_nat(self.ctx, *self.core.session_peek_pointer())
-        if "uring" in self.io_chosen.values():
+        if set(SOCKET_BACKENDS) & set(self.io_chosen.values()):
             self.steering.socket = SocketSteering(self.ctx)
         key = 0
         for itf in self.config.interfaces:
@@ -292,8 +313,8 @@ class Datapath:
             self._ifindex[name] = ifindex
             self.interface_state[name] = "up"
             port_id = self.core.port(name)
-            if self.io_chosen[name] == "uring":
-                self._open_uring(name, ifindex, port_id, mac, mtu)
+            if self.io_chosen[name] in SOCKET_BACKENDS:
+                self._open_socket_port(self.io_chosen[name], name, ifindex, port_id, mac, mtu)
                 continue
             xdp = self.steering.xdp
             xdp.set_ifbase(ifindex, key)
@@ -321,24 +342,29 @@ class Datapath:
         # one CPU each while there are enough; else the scheduler places them
         self.worker_cpus = cpus[:n_workers] if n_workers > 1 and len(cpus) >= n_workers else [None] * n_workers
 
-    def _open_uring(self, name: str, ifindex: int, port_id: int, mac: bytes, mtu: int) -> None:
-        """An io_uring port on the interface (docs/io.md), and the kernel
-        kept off its frames by the steering table."""
-        p = io.io_uring_port_open(self.workers[0], name.encode(), port_id, URING_RX_BUFFERS, URING_TX_BUFFERS,
-                                  mac, mtu)
+    def _open_socket_port(self, backend: str, name: str, ifindex: int, port_id: int, mac: bytes,
+                          mtu: int) -> None:
+        """An io_uring or mmap port on the interface (docs/io.md), and the
+        kernel kept off its frames by the steering table."""
+        if backend == "uring":
+            p = io.io_uring_port_open(self.workers[0], name.encode(), port_id, URING_RX_BUFFERS,
+                                      URING_TX_BUFFERS, mac, mtu)
+        else:
+            p = io.io_mmap_port_open(self.workers[0], name.encode(), port_id, MMAP_RX_SLOTS, MMAP_TX_SLOTS, mac, mtu)
         if p == io_ffi.NULL:
             err = io_ffi.errno
             hint = " (AF_PACKET needs CAP_NET_RAW)" if err == errno.EPERM else ""
-            raise SystemExit(f"appliance: error: cannot open the io_uring port on {name}: "
-                             f"{_uring_refused(err) if err in (errno.EPERM, errno.ENOSYS) else os.strerror(err)}"
-                             f"{hint}")
+            why = (_uring_refused(err) if backend == "uring" and err in (errno.EPERM, errno.ENOSYS)
+                   else os.strerror(err))
+            raise SystemExit(f"appliance: error: cannot open the {BACKEND_NAMES[backend]} port on {name}: "
+                             f"{why}{hint}")
         self.ports.append((name, 0, p))
         try:
             self.steering.socket.attach(ifindex, name)
         except SteeringError as exc:
             raise SystemExit(f"appliance: error: {name}: {exc}") from None
-        why = f" (AF_XDP: {self.xdp_refused})" if self.xdp_refused else ""
-        log.info("%s: io_uring port (AF_PACKET), worker 0%s", name, why)
+        why = f" ({self.io_passed_over})" if self.io_passed_over else ""
+        log.info("%s: %s port (AF_PACKET), worker 0%s", name, BACKEND_NAMES[backend], why)
 
     def close(self) -> None:
         self.steering.detach_all()
@@ -407,7 +433,7 @@ class Datapath:
         elif backend == "xdp":
             why = "auto: AF_XDP could be had"
         else:
-            why = f"auto: AF_XDP cannot be had: {self.xdp_refused}"
+            why = f"auto: {self.io_passed_over}"
         return {"backend": backend, "why": why}
 
     async def rx_loop(self) -> None:

@@ -3,9 +3,10 @@
  *
  * A struct io_port is one (interface, RX queue) of a backend: AF_XDP
  * (xdp/c/xdp_port.c, libxdp: its own UMEM, fill, completion, RX and TX
- * rings per port) or io_uring (uring/c/uring_port.c, liburing: an
- * AF_PACKET socket read and written through io_uring). io_rx() turns what it received into a batch of
- * struct nat_frame; after the NAT core, io_forward() routes each frame
+ * rings per port), io_uring (uring/c/uring_port.c, liburing: an AF_PACKET
+ * socket read and written through io_uring) or mmap (mmap/c/mmap_port.c:
+ * an AF_PACKET socket with PACKET_MMAP rings). io_rx() turns what it
+ * received into a batch of struct nat_frame; after the NAT core, io_forward() routes each frame
  * (tables set from the kernel's routes and neighbours), rewrites MACs and
  * TTL, and queues it on the egress port's TX ring -- or hands it to the
  * kernel through a TAP device when the appliance cannot forward it itself.
@@ -23,7 +24,9 @@
  * io_icmp.c (our answers), io_poll.c (one worker), io_worker.c (worker
  * threads); the AF_XDP backend in xdp/c/ (xdp_port.c its port, xdp_prog.c
  * the XDP program's loading and maps, BPF), the io_uring backend in
- * uring/c/ (uring_port.c); io_internal.h is what they share.
+ * uring/c/ (uring_port.c), the mmap backend in mmap/c/ (mmap_port.c); what
+ * the two socket backends share: io_packet.c (the AF_PACKET socket),
+ * io_steer.c (what they take); io_internal.h is what they all share.
  *
  * Declarations between CFFI-BEGIN/CFFI-END are the cffi cdef
  * (appliance/io_uring/_build.py).
@@ -96,10 +99,17 @@ struct io_port *io_xdp_port_open(struct io_worker *w, const char *ifname, uint32
  * kernel.io_uring_disabled, no CAP_NET_RAW), ENOSYS without io_uring. */
 struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
                                    uint32_t ntx, const uint8_t *mac, uint32_t mtu);
+/* mmap (mmap/c/mmap_port.c, docs/io.md): an AF_PACKET socket on ifname
+ * with a PACKET_MMAP (TPACKET_V2) receive ring of nrx slots and transmit
+ * ring of ntx (powers of two, IO_BATCH_MAX to 65536), for where neither
+ * XDP nor io_uring is allowed. NULL with errno set: EPERM without
+ * CAP_NET_RAW. */
+struct io_port *io_mmap_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
+                                  uint32_t ntx, const uint8_t *mac, uint32_t mtu);
 /* Can this process have an io_uring? 0, or -errno (EPERM: refused by
  * kernel.io_uring_disabled or seccomp; ENOSYS: no io_uring). */
 int io_uring_probe(void);
-/* What a port that sees every frame (io_uring) takes, as the XDP program
+/* What a port that sees every frame (io_uring, mmap) takes, as the XDP program
  * does (docs/io.md): the addresses that are the host's (STEER_ADDR_HOST)
  * or the NAT's (STEER_ADDR_NAT), the whole set at once. 0, or -ENOMEM. */
 struct io_steer_entry {
@@ -111,7 +121,7 @@ int io_steer_load(struct io_ctx *ctx, const struct io_steer_entry *entries, uint
  * mac, 0 if it is the kernel's. */
 int io_steer_take(struct io_ctx *ctx, const uint8_t *frame, uint32_t len, const uint8_t *mac);
 /* Any port: closed (it leaves its worker first); its backend's name ("xdp",
- * "uring"). */
+ * "uring", "mmap"). */
 void io_port_close(struct io_port *p);
 const char *io_port_backend(const struct io_port *p);
 /* The kernel's drop counters of this socket (XDP_STATISTICS): rx_dropped,

@@ -28,8 +28,8 @@
 #define IO_VERDICT_QUEUED 0xfe
 
 /* A port's packet I/O: how frames come in and go out. One implementation
- * per backend (xdp/c/xdp_port.c: AF_XDP); the rest of the datapath sees
- * only this. Called by the port's worker. */
+ * per backend (xdp/c/xdp_port.c, uring/c/uring_port.c, mmap/c/mmap_port.c);
+ * the rest of the datapath sees only this. Called by the port's worker. */
 struct io_port_ops {
     const char *name;
     /* Received frames into frames[] (data, len, port; at most max, <=
@@ -152,9 +152,9 @@ struct io_ctx {
     uint32_t n_neigh;
     int tap_fd;
     uint8_t tap_mac[6];
-    /* the backends that see every frame (io_uring): which addresses are
-     * the host's or the NAT's, as the XDP program's addrs map says
-     * (uring/c/uring_steer.c); open addressing, NULL until loaded */
+    /* the backends that see every frame (io_uring, mmap): which addresses
+     * are the host's or the NAT's, as the XDP program's addrs map says
+     * (io_steer.c); open addressing, NULL until loaded */
     struct steer_slot *steer;
     uint32_t steer_mask;
     uint32_t mtu[IO_MAX_PORTS];              /* frames longer go to the kernel */
@@ -234,9 +234,16 @@ IO_INTERNAL int send_icmp_error(struct io_worker *w, const struct nat_frame *f, 
                                 uint32_t iplen, enum icmp_error kind, uint32_t mtu);
 IO_INTERNAL int answer_neighbour(struct io_worker *w, const struct nat_frame *f);
 
-/* uring/c/uring_steer.c: does the appliance take this frame (received on
- * a port whose MAC is mac), or is it the kernel's? */
+/* io_steer.c: does the appliance take this frame (received on a port
+ * that sees every frame, whose MAC is mac), or is it the kernel's? */
 IO_INTERNAL int steer_take(const struct io_ctx *ctx, const uint8_t *frame, uint32_t len, const uint8_t *mac);
+
+/* io_packet.c: the socket backends' AF_PACKET socket, unbound, then bound
+ * to ifname (-1 with errno), and its drops (io_port_ops.kernel_stats:
+ * rx_dropped only) */
+IO_INTERNAL int packet_socket(void);
+IO_INTERNAL int packet_bind(int sock, const char *ifname);
+IO_INTERNAL int packet_kernel_stats(int sock, uint64_t *drops, uint64_t *out6);
 
 /* io_forward.c */
 IO_INTERNAL void forward_one(struct io_worker *w, const struct nat_frame *f);

@@ -10,16 +10,12 @@
 #include "io_internal.h"
 
 #include <errno.h>
-#include <net/if.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <linux/if_ether.h>
-#include <linux/if_packet.h>
 #include <liburing.h>
 
 #define RX_BGID 1
@@ -206,19 +202,10 @@ static void uring_wakeup(struct io_port *p)
 
 static int uring_fd(const struct io_port *p) { return CU(p)->efd; }
 
-/* rx_dropped: the socket's drops (its queue full); the other five of the
- * AF_XDP layout have no meaning here. */
 static int uring_kernel_stats(const struct io_port *p, uint64_t *out6)
 {
     struct uring_port *u = (struct uring_port *)p;
-    struct tpacket_stats st;
-    socklen_t len = sizeof st;
-    if (getsockopt(u->sock, SOL_PACKET, PACKET_STATISTICS, &st, &len))
-        return -errno;
-    u->drops += st.tp_drops;
-    memset(out6, 0, 6 * sizeof *out6);
-    out6[0] = u->drops;
-    return 0;
+    return packet_kernel_stats(u->sock, &u->drops, out6);
 }
 
 static void uring_destroy(struct io_port *p)
@@ -255,28 +242,16 @@ struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint
         errno = EINVAL;
         return NULL;
     }
-    unsigned ifindex = if_nametoindex(ifname);
-    if (!ifindex)
-        return NULL;
     struct uring_port *u = calloc(1, sizeof *u);
     if (!u)
         return NULL;
     u->port.ops = &uring_ops;
-    u->sock = u->efd = -1;
+    u->efd = -1;
     u->nrx = nrx;
     u->ntx = ntx;
     int rc;
-    u->sock = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
-    if (u->sock < 0)
-        goto fail;
-    struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = ifindex};
-    if (bind(u->sock, (struct sockaddr *)&sll, sizeof sll))
-        goto fail;
-    int one = 1;
-    /* our own transmissions are not received back; and they skip the
-     * qdisc, as AF_XDP's do */
-    if (setsockopt(u->sock, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) ||
-        setsockopt(u->sock, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one))
+    u->sock = packet_socket();
+    if (u->sock < 0 || packet_bind(u->sock, ifname))
         goto fail;
     /* The socket's own queue is what holds a burst while the worker is
      * away (AF_XDP's is its 8192-frame RX ring): the default, ~212 KB, is

@@ -1,8 +1,9 @@
-"""The io_uring backend's port (issue 17, docs/io.md) on real veths in a
-namespace the test makes: frames sent from a peer arrive as a batch
-through the io_uring port, and the forwarding step sends them out of a
-second io_uring port, TTL decremented and MACs rewritten, to the other
-peer. The runtime does not select this backend yet."""
+"""The socket backends' ports (issue 17, docs/io.md: io_uring, mmap) on
+real veths in a namespace the test makes: frames sent from a peer arrive
+in batches through one port, and the forwarding step sends them out of a
+second port of the same backend, TTL decremented and MACs rewritten, to
+the other peer. Too long a frame is counted and dropped, the host's own
+frames are left to the kernel."""
 
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ def ip4(src, dst, ttl, payload):
 
 ctx = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 1024, 1, 0), lib.io_ctx_destroy)
 w = lib.io_ctx_worker(ctx, 0)
-u0 = lib.io_uring_port_open(w, b"u0", 0, 256, 256, mac("u0"), 1500)
-d0 = lib.io_uring_port_open(w, b"d0", 1, 256, 256, mac("d0"), 1500)
+BACKEND = sys.argv[1]
+open_port = {"uring": lib.io_uring_port_open, "mmap": lib.io_mmap_port_open}[BACKEND]
+u0 = open_port(w, b"u0", 0, 256, 256, mac("u0"), 1500)
+d0 = open_port(w, b"d0", 1, 256, 256, mac("d0"), 1500)
 assert u0 != ffi.NULL and d0 != ffi.NULL, ffi.errno
-assert ffi.string(lib.io_port_backend(u0)) == b"uring"
+assert ffi.string(lib.io_port_backend(u0)).decode() == BACKEND
 host = ffi.new("struct io_steer_entry *", {"family": 4, "flags": lib.STEER_ADDR_HOST})
 host.addr[0:4] = socket.inet_aton("10.9.9.9")
 assert lib.io_steer_load(ctx, host, 1) == 0
@@ -63,7 +66,7 @@ tx.send(mac("u0") + mac("p0") + b"\x08\x00" + ip4("10.1.0.2", "10.2.0.2", 64, b"
 # the host's own traffic: left to the kernel
 for i in range(5):
     tx.send(mac("u0") + mac("p0") + b"\x08\x00" + ip4("10.1.0.2", "10.9.9.9", 64, b"host"))
-N, BURST = 1200, 150          # bursts: the socket's queue holds a few hundred frames, as a NIC ring would
+N, BURST = 1200, 150          # bursts: the socket's queue (or ring) holds 256 frames, as a NIC ring would
 frames = nffi.new("struct nat_frame[256]")
 got = batches = 0
 for start in range(0, N, BURST):
@@ -110,9 +113,11 @@ def netns():
         sh("ip", "netns", "del", ns)
 
 
-def test_frames_arrive_in_batches_and_leave_through_another_uring_port(netns):
+@pytest.mark.parametrize("backend", ["uring", "mmap"])
+def test_frames_arrive_in_batches_and_leave_through_another_port(netns, backend):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT, backend], capture_output=True,
+                       text=True,
                        timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     got, seen, ok_ttl, complete, rx, tx, tx_full, batches, truncated, left = r.stdout.split()
@@ -140,3 +145,46 @@ def test_io_uring_disabled_by_sysctl_is_named_and_auto_takes_af_xdp():
     finally:
         with open(path, "w") as f:
             f.write(before)
+
+
+#: choose_io as a process without CAP_BPF/CAP_SYS_ADMIN sees it
+CHOOSE = r'''
+import sys
+from appliance._config import InterfaceConfig
+from appliance.runtime._datapath import choose_io
+try:
+    chosen, steering, why = choose_io([InterfaceConfig("x0", io="auto")], sys.argv[1] == "real")
+except SystemExit as exc:
+    print("refused:", exc)
+else:
+    print(chosen["x0"], steering is None, why, sep="|")
+'''
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["vips", "real-translation"])
+def test_neither_af_xdp_nor_io_uring_auto_takes_mmap_and_names_both_reasons(real):
+    """io_uring disabled by the sysctl and no BPF capabilities: `auto`
+    falls back to PACKET_MMAP rings, saying why it passed over each of the
+    others; a `real` translation, which needs AF_XDP, is refused."""
+    path = "/proc/sys/kernel/io_uring_disabled"
+    before = open(path).read().strip()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    try:
+        with open(path, "w") as f:
+            f.write("2")
+        r = subprocess.run(["capsh", "--drop=cap_bpf,cap_sys_admin,cap_perfmon", "--", "-c",
+                            f"exec {sys.executable} -c '{CHOOSE}' {'real' if real else 'vips'}"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        with open(path, "w") as f:
+            f.write(before)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.strip()
+    if real:
+        assert out.startswith("refused: appliance: error: interface 'x0' uses PACKET_MMAP rings (mmap)"), out
+        assert "does not serve `real` translations" in out, out
+        return
+    backend, no_xdp, why = out.split("|")
+    assert backend == "mmap" and no_xdp == "True", out
+    assert why.startswith("AF_XDP cannot be had: ") and "(no CAP_BPF/CAP_SYS_ADMIN, or bpf() refused)" in why, why
+    assert "io_uring cannot be had: io_uring is disabled (sysctl kernel.io_uring_disabled = 2)" in why, why

@@ -1,13 +1,14 @@
-"""Steering for the io_uring backend (docs/io.md): the appliance's C
-takes what the XDP program would redirect (``c/uring_steer.c``, fed the
-host's and the NAT's addresses here), and an nftables table keeps the
-kernel off those same frames, dropping them before routing.
+"""Steering for the socket backends, io_uring and mmap (docs/io.md): the
+appliance's C takes what the XDP program would redirect (``c/io_steer.c``,
+fed the host's and the NAT's addresses here), and an nftables table keeps
+the kernel off those same frames, dropping them before routing.
 
 The same methods as the XDP steering (``xdp/_steering.py``), so the
 runtime feeds both alike. Host-address ports (``real`` translations, SNAT
-to an address of the host's) are not served in this mode: their frames
+to an address of the host's) are not served in these modes: their frames
 stay the kernel's; the configuration check refuses ``real`` with
-``io = "uring"``, and an SNAT address of the host's is reported here.
+``io = "uring"`` or ``"mmap"``, and an SNAT address of the host's is
+reported here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import logging
 import shutil
 import subprocess
 
-from .._binding import ffi, lib
-from ..xdp._steering import SteeringError
+from ._binding import ffi, lib
+from .xdp._steering import SteeringError
 
 log = logging.getLogger("appliance.steering")
 
@@ -27,7 +28,8 @@ TABLE = "appliance_steer"
 def _nft(script: str) -> None:
     nft = shutil.which("nft")
     if nft is None:
-        raise SteeringError("io_uring mode keeps the kernel off the appliance's frames with nftables: "
+        raise SteeringError("the socket modes (io_uring, mmap) keep the kernel off the appliance's frames with "
+                            "nftables: "
                             "`nft` not found (Debian: apt install nftables)")
     r = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True)
     if r.returncode != 0:
@@ -54,7 +56,7 @@ class SocketSteering:
         v6 = sorted(str(a) for a in self.nat_only if a.version == 6)
         data = [f'"{n}"' for n in self.interfaces]
         # the frames the appliance takes: to no address of the host's at a
-        # TTL it forwards, or to a NAT-only address at any (uring_steer.c)
+        # TTL it forwards, or to a NAT-only address at any (io_steer.c)
         return f"""table inet {TABLE}
 delete table inet {TABLE}
 table inet {TABLE} {{
@@ -75,7 +77,7 @@ table inet {TABLE} {{
         if name not in self.interfaces:
             self.interfaces.append(name)
         _nft(self._table())
-        return "uring"
+        return "socket"
 
     def set_ifbase(self, ifindex: int, base: int) -> None:
         pass
@@ -100,7 +102,7 @@ table inet {TABLE} {{
             e.family, e.flags = a.version, flags
             ffi.memmove(e.addr, a.packed, len(a.packed))
         if lib.io_steer_load(self.ctx, arr, len(entries)) != 0:
-            raise SteeringError("io_uring steering: out of memory")
+            raise SteeringError("socket steering: out of memory")
         nat_only = set(nat) - set(host)
         if nat_only != self.nat_only:
             self.nat_only = nat_only
@@ -120,7 +122,7 @@ table inet {TABLE} {{
     def _host_ports_unserved(self) -> None:
         if not self.warned_host_ports:
             self.warned_host_ports = True
-            log.error("io_uring mode: flows whose replies come to an address of the host's (an SNAT address "
+            log.error("io_uring/mmap mode: flows whose replies come to an address of the host's (an SNAT address "
                       "the host has) are not served: their replies stay the kernel's (docs/io.md)")
 
     def counters(self) -> dict[str, int]:

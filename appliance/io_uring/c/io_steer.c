@@ -1,9 +1,9 @@
 /*
  * Which frames a port that sees every frame (an AF_PACKET socket: the
- * io_uring backend) takes for the appliance, and which it leaves to the
- * kernel, which gets its own copy of each (docs/io.md). The same decision
- * as the XDP program's (xdp/bpf/steer.bpf.c) for what io_uring mode
- * serves: not `real` translations or an SNAT address of the host's, whose
+ * io_uring and mmap backends) takes for the appliance, and which it leaves
+ * to the kernel, which gets its own copy of each (docs/io.md). The same
+ * decision as the XDP program's (xdp/bpf/steer.bpf.c) for what the socket
+ * modes serve: not `real` translations or an SNAT address of the host's, whose
  * ports the XDP program lists per session. The kernel drops what this
  * takes, by the appliance's nftables table.
  */
@@ -118,7 +118,7 @@ int steer_take(const struct io_ctx *ctx, const uint8_t *f, uint32_t len, const u
     }
     uint8_t flags = addr_flags(ctx, family, daddr);
     if (flags & STEER_ADDR_HOST)
-        return 0;            /* the host's own traffic (io_uring mode serves no host-address ports) */
+        return 0;            /* the host's own traffic (the socket modes serve no host-address ports) */
     return ttl > 1 || (flags & STEER_ADDR_NAT);   /* transit expiring here: the kernel answers it */
 }
 

@@ -217,7 +217,7 @@ class Live:
         or in the socket modes (io_uring, mmap) the nftables table that
         keeps the kernel off them (docs/io.md)."""
         if self.io in ("uring", "mmap"):
-            r = self.run(self.topo.ns_app, "nft", "list", "table", "inet", "appliance_steer")
+            r = self.run(self.topo.ns_app, "nft", "list", "table", "netdev", "appliance_steer")
             return [r.stdout] if r.returncode == 0 else []
         return self.xdp_attached()
 

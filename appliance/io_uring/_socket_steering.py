@@ -54,21 +54,22 @@ class SocketSteering:
             return "elements = { " + ", ".join(items) + " }" if items else ""
         v4 = sorted(str(a) for a in self.nat_only if a.version == 4)
         v6 = sorted(str(a) for a in self.nat_only if a.version == 6)
-        data = [f'"{n}"' for n in self.interfaces]
+        devices = ", ".join(f'"{n}"' for n in self.interfaces)
         # the frames the appliance takes: to no address of the host's at a
-        # TTL it forwards, or to a NAT-only address at any (io_steer.c)
-        return f"""table inet {TABLE}
-delete table inet {TABLE}
-table inet {TABLE} {{
-    set data {{ type ifname; {elements(data)} }}
+        # TTL it forwards, or to a NAT-only address at any (io_steer.c).
+        # At the ingress hook, after AF_PACKET's taps have seen the frame
+        # and before IP: the kernel's copy costs it no IP input.
+        return f"""table netdev {TABLE}
+delete table netdev {TABLE}
+table netdev {TABLE} {{
     set nat4 {{ type ipv4_addr; {elements(v4)} }}
     set nat6 {{ type ipv6_addr; {elements(v6)} }}
-    chain prerouting {{
-        type filter hook prerouting priority raw; policy accept;
-        iifname @data fib daddr type != {{ local, broadcast, multicast }} ip ttl > 1 drop
-        iifname @data fib daddr type != {{ local, broadcast, multicast }} ip6 hoplimit > 1 drop
-        iifname @data ip daddr @nat4 drop
-        iifname @data ip6 daddr @nat6 drop
+    chain ingress {{
+        type filter hook ingress devices = {{ {devices} }} priority -500; policy accept;
+        meta protocol ip fib daddr type != {{ local, broadcast, multicast }} ip ttl > 1 drop
+        meta protocol ip6 fib daddr type != {{ local, broadcast, multicast }} ip6 hoplimit > 1 drop
+        ip daddr @nat4 drop
+        ip6 daddr @nat6 drop
     }}
 }}
 """
@@ -85,7 +86,7 @@ table inet {TABLE} {{
     def detach_all(self) -> None:
         if self.interfaces and not self.held:
             try:
-                _nft(f"table inet {TABLE}\ndelete table inet {TABLE}\n")
+                _nft(f"table netdev {TABLE}\ndelete table netdev {TABLE}\n")
             except SteeringError as exc:
                 log.error("%s", exc)
         self.interfaces.clear()

@@ -55,3 +55,41 @@ def test_show_stats_says_each_interfaces_backend_and_why(live):
     # the host's own traffic (the kernel's snapshot of neighbours, IPv6
     # chatter) was seen and left alone
     assert stats["io"]["left_to_kernel"] > 0 and not live.xdp_attached()
+
+
+@pytest.fixture(params=["uring", "mmap"])
+def two_workers(tmp_path, request):
+    lv = L.Live(tmp_path, io=request.param)
+    try:
+        lv.stop()
+        lv.config.write_text(lv.config.read_text() + "\n[datapath]\nworkers = 2\n")
+        lv.start()
+    except BaseException:
+        lv.close()
+        raise
+    yield lv
+    lv.close()
+
+
+def test_two_workers_share_each_interface_by_fanout(two_workers):
+    """[datapath] workers = 2 in a socket mode: each interface has a socket
+    per worker in one PACKET_FANOUT group, frames shared by flow hash; a
+    flow's reply may arrive on the other worker's socket and is
+    translated all the same."""
+    lv = two_workers
+    seen = {lv.curl(lv.topo.ns_client, "http://30.0.0.2/") for _ in range(24)}
+    assert seen == {"backend0 10.0.0.2", "backend1 10.0.0.2"}
+    seen6 = {lv.curl(lv.topo.ns_client, "http://[fd30::2]/") for _ in range(8)}
+    assert seen6 == {"backend0 fd00::2", "backend1 fd00::2"}
+    for vip in ("30.0.0.2", "fd30::2"):
+        peer, text = lv.udp(lv.topo.ns_client, vip, 53).split(" ", 1)
+        assert peer == vip and text.split()[0] in ("backend0", "backend1")
+    assert lv.stop() == 0
+    stats = lv.final_stats()
+    for itf in ("a0", "a1", "a2"):
+        socks = [s for s in stats["sockets"] if s["interface"] == itf]
+        assert sorted(s["worker"] for s in socks) == [0, 1] and {s["io"] for s in socks} == {lv.io}, socks
+    a0 = [s["rx"] for s in stats["sockets"] if s["interface"] == "a0"]
+    assert min(a0) > 0, f"32 connections' frames all on one worker's socket: {a0}"
+    assert all(w["rx"] > 0 for w in stats["workers"]) and len(stats["workers"]) == 2, stats["workers"]
+    assert stats["worker_threads"] and stats["io"]["drop_new_flow_busy"] == 0, stats["io"]

@@ -37,8 +37,8 @@ ctx = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 1024, 1, 0), lib.io_ctx_de
 w = lib.io_ctx_worker(ctx, 0)
 BACKEND = sys.argv[1]
 open_port = {"uring": lib.io_uring_port_open, "mmap": lib.io_mmap_port_open}[BACKEND]
-u0 = open_port(w, b"u0", 0, 256, 256, mac("u0"), 1500)
-d0 = open_port(w, b"d0", 1, 256, 256, mac("d0"), 1500)
+u0 = open_port(w, b"u0", 0, 256, 256, mac("u0"), 1500, ffi.NULL)
+d0 = open_port(w, b"d0", 1, 256, 256, mac("d0"), 1500, ffi.NULL)
 assert u0 != ffi.NULL and d0 != ffi.NULL, ffi.errno
 assert ffi.string(lib.io_port_backend(u0)).decode() == BACKEND
 host = ffi.new("struct io_steer_entry *", {"family": 4, "flags": lib.STEER_ADDR_HOST})

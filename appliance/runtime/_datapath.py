@@ -197,9 +197,10 @@ class Steerings:
 
 def worker_count(configured: Optional[int], queues: dict[str, int]) -> int:
     """[datapath] workers, or its default: one per CPU the process may run
-    on, capped by the RX queues of the interface with the fewest. Every
-    worker serves a queue of every interface (it transmits through its own
-    socket there), so more are an error."""
+    on, capped by the RX queues of the interface with the fewest (a socket
+    mode's: IO_MAX_WORKERS, a socket per worker). Every worker serves a
+    queue of every interface (it transmits through its own socket there),
+    so more are an error."""
     fewest = min(queues.values())
     if configured is None:
         return max(1, min(len(os.sched_getaffinity(0)), fewest))
@@ -275,9 +276,10 @@ class Datapath:
         infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
         self.io_chosen, self.steering.xdp, self.io_passed_over = choose_io(
             self.config.interfaces, any(t.kind == "real" for t in self.config.translations))
-        # a socket backend's port is one socket per interface, which one
-        # worker serves and transmits through (PACKET_FANOUT per worker: not yet)
-        queues = {name: info[3] if self.io_chosen[name] == "xdp" else 1 for name, info in infos.items()}
+        # a socket mode's interface gets a socket per worker, sharing its
+        # frames by PACKET_FANOUT: its RX queues set no limit
+        queues = {name: info[3] if self.io_chosen[name] == "xdp" else io.IO_MAX_WORKERS
+                  for name, info in infos.items()}
         n_workers = worker_count(self.config.workers, queues)
         _sysctl("net.ipv4.ip_forward", "1")
         _sysctl("net.ipv6.conf.all.forwarding", "1")
@@ -344,27 +346,32 @@ class Datapath:
 
     def _open_socket_port(self, backend: str, name: str, ifindex: int, port_id: int, mac: bytes,
                           mtu: int) -> None:
-        """An io_uring or mmap port on the interface (docs/io.md), and the
-        kernel kept off its frames by the steering table."""
-        if backend == "uring":
-            p = io.io_uring_port_open(self.workers[0], name.encode(), port_id, URING_RX_BUFFERS,
-                                      URING_TX_BUFFERS, mac, mtu)
-        else:
-            p = io.io_mmap_port_open(self.workers[0], name.encode(), port_id, MMAP_RX_SLOTS, MMAP_TX_SLOTS, mac, mtu)
-        if p == io_ffi.NULL:
-            err = io_ffi.errno
-            hint = " (AF_PACKET needs CAP_NET_RAW)" if err == errno.EPERM else ""
-            why = (_uring_refused(err) if backend == "uring" and err in (errno.EPERM, errno.ENOSYS)
-                   else os.strerror(err))
-            raise SystemExit(f"appliance: error: cannot open the {BACKEND_NAMES[backend]} port on {name}: "
-                             f"{why}{hint}")
-        self.ports.append((name, 0, p))
+        """An io_uring or mmap port on the interface for every worker
+        (docs/io.md; more than one: a PACKET_FANOUT group sharing the
+        interface's frames by flow hash), and the kernel kept off their
+        frames by the steering table."""
+        fanout = io_ffi.new("uint16_t *", 0) if len(self.workers) > 1 else io_ffi.NULL
+        for k, w in enumerate(self.workers):
+            if backend == "uring":
+                p = io.io_uring_port_open(w, name.encode(), port_id, URING_RX_BUFFERS, URING_TX_BUFFERS, mac, mtu,
+                                          fanout)
+            else:
+                p = io.io_mmap_port_open(w, name.encode(), port_id, MMAP_RX_SLOTS, MMAP_TX_SLOTS, mac, mtu, fanout)
+            if p == io_ffi.NULL:
+                err = io_ffi.errno
+                hint = " (AF_PACKET needs CAP_NET_RAW)" if err == errno.EPERM else ""
+                why = (_uring_refused(err) if backend == "uring" and err in (errno.EPERM, errno.ENOSYS)
+                       else os.strerror(err))
+                raise SystemExit(f"appliance: error: cannot open the {BACKEND_NAMES[backend]} port on {name}: "
+                                 f"{why}{hint}")
+            self.ports.append((name, k, p))
         try:
             self.steering.socket.attach(ifindex, name)
         except SteeringError as exc:
             raise SystemExit(f"appliance: error: {name}: {exc}") from None
         why = f" ({self.io_passed_over})" if self.io_passed_over else ""
-        log.info("%s: %s port (AF_PACKET), worker 0%s", name, BACKEND_NAMES[backend], why)
+        shared = f", {len(self.workers)} sockets in fanout group {fanout[0]}" if fanout != io_ffi.NULL else ""
+        log.info("%s: %s port (AF_PACKET)%s%s", name, BACKEND_NAMES[backend], shared, why)
 
     def close(self) -> None:
         self.steering.detach_all()
@@ -398,8 +405,9 @@ class Datapath:
         return out
 
     def socket_counters(self) -> list[dict]:
-        """Frames received per port (an AF_XDP socket per queue): how RSS
-        spread the traffic, and the packet-I/O backend of each."""
+        """Frames received per port (an AF_XDP socket per queue; in the
+        socket modes a socket per worker, "queue" its index): how RSS or
+        the fanout spread the traffic, and the packet-I/O backend of each."""
         n = len(self.workers) or 1
         return [{"interface": name, "queue": q, "worker": q % n, "rx": io.io_port_rx(p),
                  "io": io_ffi.string(io.io_port_backend(p)).decode()}

@@ -96,16 +96,19 @@ struct io_port *io_xdp_port_open(struct io_worker *w, const char *ifname, uint32
  * nrx receive buffers in a provided-buffer ring and ntx registered
  * transmit buffers (powers of two, IO_BATCH_MAX to 32768 for nrx). NULL
  * with errno set: EPERM when io_uring or AF_PACKET is refused (seccomp,
- * kernel.io_uring_disabled, no CAP_NET_RAW), ENOSYS without io_uring. */
+ * kernel.io_uring_disabled, no CAP_NET_RAW), ENOSYS without io_uring.
+ * fanout: NULL, or the interface's PACKET_FANOUT group, one socket per
+ * worker sharing its frames by flow hash (*fanout 0: a new group, its id
+ * stored there for the next). */
 struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
-                                   uint32_t ntx, const uint8_t *mac, uint32_t mtu);
+                                   uint32_t ntx, const uint8_t *mac, uint32_t mtu, uint16_t *fanout);
 /* mmap (mmap/c/mmap_port.c, docs/io.md): an AF_PACKET socket on ifname
  * with a PACKET_MMAP (TPACKET_V2) receive ring of nrx slots and transmit
  * ring of ntx (powers of two, IO_BATCH_MAX to 65536), for where neither
  * XDP nor io_uring is allowed. NULL with errno set: EPERM without
- * CAP_NET_RAW. */
+ * CAP_NET_RAW. fanout: as for io_uring_port_open. */
 struct io_port *io_mmap_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
-                                  uint32_t ntx, const uint8_t *mac, uint32_t mtu);
+                                  uint32_t ntx, const uint8_t *mac, uint32_t mtu, uint16_t *fanout);
 /* Can this process have an io_uring? 0, or -errno (EPERM: refused by
  * kernel.io_uring_disabled or seccomp; ENOSYS: no io_uring). */
 int io_uring_probe(void);

@@ -243,6 +243,9 @@ IO_INTERNAL int steer_take(const struct io_ctx *ctx, const uint8_t *frame, uint3
  * rx_dropped only) */
 IO_INTERNAL int packet_socket(void);
 IO_INTERNAL int packet_bind(int sock, const char *ifname);
+/* Join the socket to the fanout group *group after packet_bind (NULL:
+ * none; *group 0: a new group, its id stored there). -1 with errno. */
+IO_INTERNAL int packet_fanout(int sock, uint16_t *group);
 IO_INTERNAL int packet_kernel_stats(int sock, uint64_t *drops, uint64_t *out6);
 
 /* io_forward.c */

@@ -43,6 +43,27 @@ int packet_bind(int sock, const char *ifname)
     return bind(sock, (struct sockaddr *)&sll, sizeof sll);
 }
 
+int packet_fanout(int sock, uint16_t *group)
+{
+    if (!group)
+        return 0;
+    /* by the flow's symmetric hash, so a flow's frames keep their order on
+     * one worker; the first socket has the kernel pick a group id no
+     * other program in the namespace uses, the others join it */
+    int arg = (int)*group | (PACKET_FANOUT_HASH << 16);
+    if (!*group)
+        arg |= PACKET_FANOUT_FLAG_UNIQUEID << 16;
+    if (setsockopt(sock, SOL_PACKET, PACKET_FANOUT, &arg, sizeof arg))
+        return -1;
+    if (!*group) {
+        socklen_t len = sizeof arg;
+        if (getsockopt(sock, SOL_PACKET, PACKET_FANOUT, &arg, &len))
+            return -1;
+        *group = (uint16_t)(arg & 0xffff);
+    }
+    return 0;
+}
+
 int packet_kernel_stats(int sock, uint64_t *drops, uint64_t *out6)
 {
     struct tpacket_stats st;   /* TPACKET_V2's are these too */

@@ -194,7 +194,7 @@ static int set_ring(int sock, int opt, uint32_t slots)
 }
 
 struct io_port *io_mmap_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
-                                  uint32_t ntx, const uint8_t *mac, uint32_t mtu)
+                                  uint32_t ntx, const uint8_t *mac, uint32_t mtu, uint16_t *fanout)
 {
     uint32_t per_block = BLOCK_SIZE / SLOT_SIZE;
     if (nrx < IO_BATCH_MAX || ntx < IO_BATCH_MAX || (nrx & (nrx - 1)) || (ntx & (ntx - 1)) || nrx < per_block ||
@@ -222,7 +222,7 @@ struct io_port *io_mmap_port_open(struct io_worker *w, const char *ifname, uint1
     if (m->ring == MAP_FAILED)
         goto fail;
     m->tx_ring = m->ring + (size_t)nrx * SLOT_SIZE;
-    if (packet_bind(m->sock, ifname) || port_attach(w, &m->port, &mmap_ops, port_id, mac, mtu) != 0)
+    if (packet_bind(m->sock, ifname) || packet_fanout(m->sock, fanout) || port_attach(w, &m->port, &mmap_ops, port_id, mac, mtu) != 0)
         goto fail;
     return &m->port;
 fail:

@@ -236,7 +236,7 @@ static const struct io_port_ops uring_ops = {
 };
 
 struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint16_t port_id, uint32_t nrx,
-                                   uint32_t ntx, const uint8_t *mac, uint32_t mtu)
+                                   uint32_t ntx, const uint8_t *mac, uint32_t mtu, uint16_t *fanout)
 {
     if (nrx < IO_BATCH_MAX || ntx < IO_BATCH_MAX || (nrx & (nrx - 1)) || (ntx & (ntx - 1)) || nrx > 32768) {
         errno = EINVAL;
@@ -251,7 +251,7 @@ struct io_port *io_uring_port_open(struct io_worker *w, const char *ifname, uint
     u->ntx = ntx;
     int rc;
     u->sock = packet_socket();
-    if (u->sock < 0 || packet_bind(u->sock, ifname))
+    if (u->sock < 0 || packet_bind(u->sock, ifname) || packet_fanout(u->sock, fanout))
         goto fail;
     /* The socket's own queue is what holds a burst while the worker is
      * away (AF_XDP's is its 8192-frame RX ring): the default, ~212 KB, is

@@ -135,7 +135,11 @@ def render(stats: dict) -> str:
                    "datapath counter io." + name + " (docs/operations.md)", [({}, value)])
     for name, value in stats["xdp"].items():
         out.family(f"appliance_xdp_{name}_total", "counter", _XDP_HELP.get(name, name), [({}, value)])
-    out.family("appliance_socket_rx_frames_total", "counter", "frames received per AF_XDP socket",
+    for name, value in stats.get("socket_steering", {}).items():
+        out.family(f"appliance_socket_steering_{name}_total", "counter",
+                   "host ports sessions needed that the socket modes leave to the kernel (docs/io.md)",
+                   [({}, value)])
+    out.family("appliance_socket_rx_frames_total", "counter", "frames received per port (socket)",
                [({"interface": s["interface"], "queue": s["queue"]}, s["rx"]) for s in stats["sockets"]])
     out.family("appliance_interface_up", "gauge",
                "1 while a data interface is the one the appliance attached to (0: gone or recreated)",

@@ -11,11 +11,14 @@ flow's source, an SNAT address of the host's), and the XDP-specific
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
 
 import pytest
 
 import test_live as L
+from appliance.runtime._state import STATE_HOLD_SECONDS
 
 pytestmark = pytest.mark.root
 
@@ -93,3 +96,55 @@ def test_two_workers_share_each_interface_by_fanout(two_workers):
     assert min(a0) > 0, f"32 connections' frames all on one worker's socket: {a0}"
     assert all(w["rx"] > 0 for w in stats["workers"]) and len(stats["workers"]) == 2, stats["workers"]
     assert stats["worker_threads"] and stats["io"]["drop_new_flow_busy"] == 0, stats["io"]
+
+
+def test_a_killed_socket_modes_table_is_removed_by_a_start_in_xdp_mode(live):
+    """SIGKILL leaves the steering table, dropping the appliance's
+    traffic. A next start in AF_XDP mode removes it (it would blackhole
+    transit the XDP program hands the kernel); a clean stop then leaves
+    nothing."""
+    assert live.stop(signal.SIGKILL) != 0
+    assert live.steered(), "a killed run leaves its table"
+    live.config.write_text(live.config.read_text().replace(f'io = "{live.io}"\n', ""))   # auto: AF_XDP here
+    live.start()
+    assert "appliance_steer" not in live.run(live.topo.ns_app, "nft", "list", "tables").stdout
+    assert live.xdp_attached()
+    r = live.run(live.topo.ns_client, "ping", "-c", "2", "-W", "2", "20.0.0.1")      # transit
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert live.curl(live.topo.ns_client, "http://30.0.0.2/").startswith("backend")
+
+
+def test_a_stop_with_state_file_holds_for_seconds_then_the_table_passes(live):
+    """As the XDP program's hold: the table drops the appliance's traffic
+    for STATE_HOLD_SECONDS after a --state-file stop (the kernel must not
+    forward it untranslated while the next start comes up), then its first
+    rule passes everything to the kernel."""
+    state = str(live.tmp / "sessions.state")
+    live.stop()
+    live.start(args=("--state-file", state))
+    assert live.curl(live.topo.ns_client, "http://30.0.0.2/").startswith("backend")
+    assert live.stop() == 0
+    held = time.time()
+    assert f"the nftables table holds the appliance's traffic for {STATE_HOLD_SECONDS:.0f} s" in live.log.read_text()
+    table = live.run(live.topo.ns_app, "nft", "list", "table", "netdev", "appliance_steer").stdout
+    assert "meta time >" in table, table
+    ping = ("ping", "-c", "1", "-W", "1", "20.0.0.1")                             # transit
+    assert live.run(live.topo.ns_client, *ping).returncode != 0, "held: the kernel does not forward it"
+    time.sleep(max(0.0, held + STATE_HOLD_SECONDS + 1.5 - time.time()))
+    r = live.run(live.topo.ns_client, *ping)
+    assert r.returncode == 0, "after the hold the kernel forwards again: " + r.stdout
+
+
+def test_a_hairpin_flow_is_counted_as_unserved_and_the_others_served(live):
+    """A backend reaching its own vip and picked itself: a hairpin flow,
+    sourced from the appliance's address on the link, whose replies the
+    socket modes leave to the kernel (docs/io.md). It is counted, not only
+    logged once; a flow picking the other backend is served."""
+    b0 = live.topo.ns_backends[0]
+    seen = [live.run(b0, "curl", "-s", "-m", "1", "http://30.0.0.2/").stdout.strip() for _ in range(16)]
+    assert "backend1 20.0.0.1" in seen, seen
+    assert live.stop() == 0
+    stats = live.final_stats()
+    assert stats["nat"]["hairpin_flows"] >= 1, "the test reached a hairpin flow"
+    assert stats["socket_steering"]["host_ports_unserved"] >= 1, stats["socket_steering"]
+    assert "a hairpin flow's source" in live.log.read_text()

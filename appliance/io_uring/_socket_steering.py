@@ -14,8 +14,10 @@ reported here.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import subprocess
+import time
 
 from ._binding import ffi, lib
 from .xdp._steering import SteeringError
@@ -47,7 +49,9 @@ class SocketSteering:
         self.interfaces: list[str] = []
         self.nat_only: set = set()
         self.warned_host_ports = False
+        self.unserved = 0              # host ports sessions needed (replies to a host address): the kernel's
         self.held = False
+        self.until = 0                 # hold(): the table passes everything after this (Unix time)
 
     def _table(self) -> str:
         def elements(items) -> str:
@@ -66,6 +70,7 @@ table netdev {TABLE} {{
     set nat6 {{ type ipv6_addr; {elements(v6)} }}
     chain ingress {{
         type filter hook ingress devices = {{ {devices} }} priority -500; policy accept;
+        {f"meta time > {self.until} accept" if self.until else ""}
         meta protocol ip fib daddr type != {{ local, broadcast, multicast }} ip ttl > 1 drop
         meta protocol ip6 fib daddr type != {{ local, broadcast, multicast }} ip6 hoplimit > 1 drop
         ip daddr @nat4 drop
@@ -92,8 +97,14 @@ table netdev {TABLE} {{
         self.interfaces.clear()
 
     def hold(self, seconds: float) -> None:
-        """A restart's gap: the table stays, so the kernel does not forward
-        that traffic untranslated until the next start replaces it."""
+        """A restart's gap, as the XDP program's hold: the table stays and
+        drops the appliance's traffic for `seconds`, so the kernel does not
+        forward it untranslated while the next start comes up; after that
+        its first rule passes everything (`meta time`, wall-clock seconds).
+        The next start replaces it."""
+        self.until = math.ceil(time.time() + seconds)
+        if self.interfaces:
+            _nft(self._table())
         self.held = True
 
     def set_addresses(self, host: set, nat: set, echo: frozenset = frozenset()) -> None:
@@ -115,6 +126,7 @@ table netdev {TABLE} {{
             self._host_ports_unserved()
 
     def add_port(self, p) -> None:
+        self.unserved += 1             # a (host address, proto, port) a session needed
         self._host_ports_unserved()
 
     def remove_port(self, p) -> None:
@@ -124,7 +136,22 @@ table netdev {TABLE} {{
         if not self.warned_host_ports:
             self.warned_host_ports = True
             log.error("io_uring/mmap mode: flows whose replies come to an address of the host's (an SNAT address "
-                      "the host has) are not served: their replies stay the kernel's (docs/io.md)")
+                      "the host has, or a hairpin flow's source: the appliance's own address on the link) are "
+                      "not served: their replies stay the kernel's (docs/io.md; counted as "
+                      "socket_steering.host_ports_unserved)")
 
     def counters(self) -> dict[str, int]:
-        return {}
+        return {"host_ports_unserved": self.unserved}
+
+
+def remove_stale_table() -> None:
+    """At a start: the table a socket mode's run left (SIGKILL, a stop
+    with --state-file), also in the `inet` family of the first version,
+    so that it does not drop traffic of a run in another mode. Nothing
+    when nftables is not installed (then there can be none)."""
+    if shutil.which("nft") is None:
+        return
+    try:
+        _nft("".join(f"table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in ("netdev", "inet")))
+    except SteeringError as exc:
+        log.error("%s", exc)

@@ -31,7 +31,7 @@ from ..io_uring._binding import COUNTER_NAMES as IO_COUNTER_NAMES
 from ..io_uring._binding import ffi as io_ffi
 from ..io_uring._binding import lib as io
 from ..io_uring._tap import Tap, _sysctl
-from ..io_uring._socket_steering import SocketSteering
+from ..io_uring._socket_steering import SocketSteering, remove_stale_table
 from ..io_uring.xdp._steering import Steering, SteeringError
 from ..nat import Batch
 
@@ -194,6 +194,14 @@ class Steerings:
     def counters(self) -> dict[str, int]:
         return self.xdp.counters() if self.xdp is not None else {}
 
+    def socket_counters(self) -> dict[str, int]:
+        return self.socket.counters() if self.socket is not None else {}
+
+    def holder(self) -> str:
+        """What holds the appliance's traffic in a restart's gap (hold)."""
+        return " and ".join(n for n, x in (("the XDP program", self.xdp), ("the nftables table", self.socket))
+                            if x is not None) or "nothing"
+
 
 def worker_count(configured: Optional[int], queues: dict[str, int]) -> int:
     """[datapath] workers, or its default: one per CPU the process may run
@@ -276,6 +284,7 @@ class Datapath:
         infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
         self.io_chosen, self.steering.xdp, self.io_passed_over = choose_io(
             self.config.interfaces, any(t.kind == "real" for t in self.config.translations))
+        remove_stale_table()   # a socket mode's earlier run may have left it, whatever this run's mode
         # a socket mode's interface gets a socket per worker, sharing its
         # frames by PACKET_FANOUT: its RX queues set no limit
         queues = {name: info[3] if self.io_chosen[name] == "xdp" else io.IO_MAX_WORKERS
@@ -430,6 +439,7 @@ class Datapath:
         (read before close: the sockets' own counters go with them)."""
         return {"io": self.io_counters(), "sockets": self.socket_counters(), "workers": self.worker_counters(),
                 "worker_threads": not self.inline, "xdp": self.steering.counters(),
+                "socket_steering": self.steering.socket_counters(),
                 "packet_io": {itf.name: self._io_reason(itf) for itf in self.config.interfaces
                               if itf.name in getattr(self, "io_chosen", {})}}
 

@@ -60,5 +60,5 @@ def _save_sessions(app: Appliance, path: str) -> None:
         log.error("saved %d sessions to %s, but %s: the kernel forwards the appliance's traffic until the "
                   "next start", saved, path, exc)
         return
-    log.warning("saved %d sessions to %s; the XDP program holds the appliance's traffic for %.0f s",
-                saved, path, STATE_HOLD_SECONDS)
+    log.warning("saved %d sessions to %s; %s holds the appliance's traffic for %.0f s",
+                saved, path, app.steering.holder(), STATE_HOLD_SECONDS)

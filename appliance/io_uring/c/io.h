@@ -302,6 +302,8 @@ uint32_t io_neigh_used(struct io_ctx *ctx, struct io_neigh_use *out, uint32_t ma
 
 /* libbpf/libxdp pieces the runtime uses directly. */
 int io_xdp_load(const char *path, int *prog_fd);
+/* What libbpf said during the last io_xdp_load (warnings and errors). */
+const char *io_xdp_log(void);
 int io_xdp_map_fd(int obj_id, const char *name);
 /* native: 1 = driver mode, 0 = generic (skb) mode */
 int io_xdp_attach(int ifindex, int prog_fd, int native);

@@ -54,8 +54,13 @@ class Steering:
     def __init__(self) -> None:
         prog = ffi.new("int *")
         obj = lib.io_xdp_load(str(OBJ).encode(), prog)
+        said = ffi.string(lib.io_xdp_log()).decode(errors="replace").strip()
         if obj < 0:
+            if said:    # libbpf's own words: noise where BPF is not allowed, else the verifier's reasons
+                log.log(logging.DEBUG if -obj == errno.EPERM else logging.ERROR, "libbpf: %s", said)
             raise SteeringError(f"cannot load {OBJ}: {os.strerror(-obj)}")
+        if said:
+            log.info("libbpf: %s", said)
         self.prog_fd = prog[0]
         self.obj = obj
         self.maps = {name: lib.io_xdp_map_fd(obj, name.encode())

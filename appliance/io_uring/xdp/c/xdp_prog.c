@@ -21,7 +21,37 @@
 #define IO_MAX_OBJS 8
 static struct bpf_object *objs[IO_MAX_OBJS];
 
+/* What libbpf said while loading, kept for the caller instead of printed:
+ * where BPF is not allowed its lines ("make sure your kernel supports
+ * BPF...") would stand before our own reason and mislead (io_xdp_log). */
+static char load_log[4096];
+static size_t load_log_len;
+
+static int libbpf_keep(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    if (level == LIBBPF_DEBUG || load_log_len >= sizeof load_log - 1)
+        return 0;
+    int n = vsnprintf(load_log + load_log_len, sizeof load_log - load_log_len, fmt, args);
+    if (n > 0)
+        load_log_len += (size_t)n < sizeof load_log - load_log_len ? (size_t)n : sizeof load_log - 1 - load_log_len;
+    return n;
+}
+
+const char *io_xdp_log(void) { return load_log; }
+
+static int load(const char *path, int *prog_fd);
+
 int io_xdp_load(const char *path, int *prog_fd)
+{
+    load_log_len = 0;
+    load_log[0] = 0;
+    libbpf_print_fn_t old = libbpf_set_print(libbpf_keep);
+    int rc = load(path, prog_fd);
+    libbpf_set_print(old);
+    return rc;
+}
+
+static int load(const char *path, int *prog_fd)
 {
     int id = -1;
     for (int i = 0; i < IO_MAX_OBJS; i++)

@@ -22,6 +22,7 @@ import tomllib
 from typing import Optional
 
 from .cluster import BgpConfig, ClusterConfig, parse_bgp, parse_cluster
+from .cluster._config import port_range
 from ._types import (BACKEND_STATES, TIMEOUT_MAX, TIMEOUT_MIN, Backend, Drain, HealthCheck, IPAddress,
                      Timeouts, Translation)
 
@@ -56,6 +57,11 @@ XDP_MODES = ("auto", "native", "generic")
 #: packet I/O per interface (docs/io.md): AF_XDP, io_uring, PACKET_MMAP
 #: rings, or the first of them that can be had
 IO_MODES = ("auto", "xdp", "uring", "mmap")
+
+
+#: [datapath] reserved_ports' default: the kernel keeps 32768-39999 of its
+#: default ephemeral range (32768-60999) for its own connections
+RESERVED_PORTS = (40000, 65535)
 
 
 #: [snat] policy: which new flows on an SNAT interface are SNATed (VPP
@@ -132,6 +138,9 @@ class Config:
     interfaces: tuple[InterfaceConfig, ...] = ()   # data interfaces of `appliance run`
     locality: tuple[tuple[str, str], ...] = ()     # [locality] labels: this appliance's own
     workers: Optional[int] = None                  # [datapath] workers; None: one per usable CPU
+    #: [datapath] reserved_ports: in the socket modes, where the NAT picks the
+    #: ports of flows whose source becomes a host address (docs/io.md)
+    reserved_ports: tuple = RESERVED_PORTS
     cluster: ClusterConfig = ClusterConfig()     # [cluster]
     bgp: Optional[BgpConfig] = None                # [bgp]: the vips announced by BIRD (docs/cluster.md)
 
@@ -470,7 +479,9 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     workers = r.take(dp, "datapath", None, "workers", (int,), None)
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise r.error("datapath", None, "workers", f"must be between 1 and {MAX_WORKERS}")
-    r.no_leftovers(dp, "datapath", None, {"workers"})
+    reserved = r.take(dp, "datapath", None, "reserved_ports", (str,), None)
+    reserved_ports = RESERVED_PORTS if reserved is None else port_range(r, "datapath", "reserved_ports", reserved, "40000-65535")
+    r.no_leftovers(dp, "datapath", None, {"workers", "reserved_ports"})
 
     # [snat]
     snat = None
@@ -670,7 +681,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
                   translations=tuple(translations), plugin_modules=tuple(modules),
                   plugin_budget_ms=float(budget), plugin_disable_after=disable_after,
                   max_sessions=max_sessions, interfaces=tuple(interfaces),
-                  locality=tuple(sorted(labels.items())), workers=workers, bgp=bgp, cluster=cluster)
+                  locality=tuple(sorted(labels.items())), workers=workers, bgp=bgp, cluster=cluster,
+                  reserved_ports=reserved_ports)
 
 
 def load_config(path: str | pathlib.Path) -> Config:

@@ -166,14 +166,12 @@ class Live:
             if xdp_mode != "auto":   # auto: the default, as an operator would leave it
                 text = re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1xdp_mode = "{xdp_mode}"\n', text)
             socket_mode = io in ("uring", "mmap")
-            if socket_mode:          # docs/io.md: no `real` translations, SNAT to an address the host lacks
+            if socket_mode:          # docs/io.md: no `real` translations
                 text = re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1io = "{io}"\n', text)
                 text = "\n[[".join(b for b in text.split("\n[[")
                                    if not (b.startswith("translation]]") and "\nreal = " in b))
-                text = text.replace('ip4 = "40.0.0.254"', 'ip4 = "40.0.0.253"').replace('ip6 = "fd40::fe"',
-                                                                                      'ip6 = "fd40::fd"')
             self.io = io
-            self.snat4, self.snat6 = ("40.0.0.253", "fd40::fd") if socket_mode else ("40.0.0.254", "fd40::fe")
+            self.snat4, self.snat6 = "40.0.0.254", "fd40::fe"
             self.config.write_text(text)
             self.app: subprocess.Popen | None = None
             self.log = tmp_path / "appliance.log"

@@ -1,8 +1,10 @@
-"""What a port that sees every frame (the io_uring backend, docs/io.md)
-takes for the appliance and what it leaves to the kernel: the XDP
-program's decision, made in C on the frame's copy. Each row: a frame, and
-whether the appliance takes it. Addresses: 192.0.2.1 and fd00::1 the
-host's, 30.0.0.2 and fd30::2 vips, 10.0.0.1 the host's and SNAT's."""
+"""What a port that sees every frame (the socket modes, io_uring and
+mmap, docs/io.md) takes for the appliance and what it leaves to the
+kernel: the XDP program's decision, made in C on the frame's copy, with a
+range of host ports (40000-65535) for the XDP program's per-session ports
+map. Each row: a frame, and whether the appliance takes it. Addresses:
+192.0.2.1 and fd00::1 the host's, 30.0.0.2 and fd30::2 vips, 10.0.0.1 the
+host's and SNAT's."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import struct
 import pytest
 
 from appliance.io_uring._binding import ffi, lib
-from packets import MAC_A, MAC_B, eth, tcp, udp
+from packets import MAC_A, MAC_B, eth, icmp_echo, icmp_error, ip, l4, tcp, udp
 
 HOST, NAT = lib.STEER_ADDR_HOST, lib.STEER_ADDR_NAT
 ADDRESSES = [("192.0.2.1", HOST), ("fd00::1", HOST), ("30.0.0.2", NAT), ("fd30::2", NAT),
@@ -32,6 +34,11 @@ def neighbour_solicitation(target: str, icmp_type: int = 135) -> bytes:
     return b"\x33\x33\xff\x00\x00\x02" + MAC_A + b"\x86\xdd" + hdr + ns
 
 
+def later_fragment(frame: bytes) -> bytes:
+    """The IPv4 frame as a fragment at offset 128."""
+    return frame[:20] + b"\x00\x10" + frame[22:]
+
+
 ROWS = [
     ("transit", udp("10.1.0.2", 1000, "20.0.0.9", 53), 1),
     ("transit, TTL 1: the kernel's time-exceeded", udp("10.1.0.2", 1000, "20.0.0.9", 53, ttl=1), 0),
@@ -39,6 +46,22 @@ ROWS = [
     ("a vip at TTL 1: our time-exceeded", tcp("10.1.0.2", 1000, "30.0.0.2", 80, ttl=1), 1),
     ("the host's own (BGP, ssh, sync)", tcp("10.1.0.2", 1000, "192.0.2.1", 179), 0),
     ("an address both the host's and SNAT's: the host's", udp("40.0.0.1", 53, "10.0.0.1", 20000), 0),
+    ("a reply to a host address, a port of the range", udp("40.0.0.1", 53, "10.0.0.1", 45000), 1),
+    ("a reply to the host, the range's first port", tcp("40.0.0.1", 80, "192.0.2.1", 40000), 1),
+    ("the port below the range: the host's", tcp("40.0.0.1", 80, "192.0.2.1", 39999), 0),
+    ("an echo reply to the host, identifier in the range", icmp_echo("40.0.0.1", "10.0.0.1", 50000, reply=True), 1),
+    ("an echo reply to the host, identifier below it", icmp_echo("40.0.0.1", "10.0.0.1", 7, reply=True), 0),
+    ("an echo request to the host: the host's", icmp_echo("40.0.0.1", "10.0.0.1", 50000), 0),
+    ("an ICMP error to the host: the NAT matches the quoted flow",
+     icmp_error("40.0.0.1", "10.0.0.1", ip("10.0.0.1", "40.0.0.1", l4("udp", 45000, 53)), type_=3, code=3), 1),
+    ("a fragment to the host (not the first): its ports are in the first",
+     later_fragment(eth(ip("40.0.0.1", "192.0.2.1", b"\0" * 16, proto=17))), 1),
+    ("an IPv6 reply to the host, a port of the range", tcp("fd01::2", 80, "fd00::1", 50000), 1),
+    ("an IPv6 echo reply to the host, identifier in the range", icmp_echo("fd01::2", "fd00::1", 40001, reply=True), 1),
+    ("an IPv6 ICMP error to the host",
+     icmp_error("fd01::2", "fd00::1", ip("fd00::1", "fd01::2", l4("udp", 45000, 53)), type_=1, code=4), 1),
+    ("an IPv6 reply behind a hop-by-hop header: the host's (the table looks at the first header)",
+     eth(ip("fd01::2", "fd00::1", l4("tcp", 80, 50000), ext=b"\x06\x00" + bytes(6), ext_nh=0)), 0),
     ("IPv6 transit", udp("fd01::2", 1000, "fd02::9", 53), 1),
     ("an IPv6 vip", tcp("fd01::2", 1000, "fd30::2", 80), 1),
     ("the host's own, IPv6", tcp("fd01::2", 1000, "fd00::1", 22), 0),
@@ -64,6 +87,7 @@ def ctx():
         e.family, e.flags = addr.version, flags
         ffi.memmove(e.addr, addr.packed, len(addr.packed))
     assert lib.io_steer_load(c, entries, len(ADDRESSES)) == 0
+    assert lib.io_steer_set_host_ports(c, 40000, 65535) == 0
     return c
 
 

@@ -201,17 +201,19 @@ SOURCE_PORTS_MIN = 256
 
 
 def _source_ports(r, text) -> Optional[tuple[int, int]]:
-    if text is None:
-        return None
+    return None if text is None else port_range(r, "cluster", "source_ports", text, "20000-29999")
+
+
+def port_range(r, table: str, key: str, text: str, example: str) -> tuple[int, int]:
+    """A port range "LO-HI" within 1024-65535, of at least SOURCE_PORTS_MIN
+    ports ([cluster] source_ports, [datapath] reserved_ports)."""
     lo, sep, hi = text.partition("-")
     try:
         lo_n, hi_n = int(lo), int(hi)
     except ValueError:
         lo_n = hi_n = -1
     if not sep or not 1024 <= lo_n <= hi_n <= 65535:
-        raise r.error("cluster", None, "source_ports",
-                      f"{text!r} is not a range \"LO-HI\" within 1024-65535 (such as \"20000-29999\")")
+        raise r.error(table, None, key, f"{text!r} is not a range \"LO-HI\" within 1024-65535 (such as \"{example}\")")
     if hi_n - lo_n + 1 < SOURCE_PORTS_MIN:
-        raise r.error("cluster", None, "source_ports", f"{text!r} has {hi_n - lo_n + 1} ports, "
-                      f"fewer than {SOURCE_PORTS_MIN}")
+        raise r.error(table, None, key, f"{text!r} has {hi_n - lo_n + 1} ports, fewer than {SOURCE_PORTS_MIN}")
     return lo_n, hi_n

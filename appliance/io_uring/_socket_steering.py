@@ -48,6 +48,8 @@ class SocketSteering:
         self.ctx = ctx
         self.interfaces: list[str] = []
         self.nat_only: set = set()
+        self.host: set = set()
+        self.ports: tuple = (0, 0)     # the host ports taken (set_host_port_range); (0, 0): none
         self.warned_host_ports = False
         self.unserved = 0              # host ports sessions needed (replies to a host address): the kernel's
         self.held = False
@@ -56,18 +58,28 @@ class SocketSteering:
     def _table(self) -> str:
         def elements(items) -> str:
             return "elements = { " + ", ".join(items) + " }" if items else ""
-        v4 = sorted(str(a) for a in self.nat_only if a.version == 4)
-        v6 = sorted(str(a) for a in self.nat_only if a.version == 6)
+        def addrs(pool, version) -> list:
+            return sorted(str(a) for a in pool if a.version == version)
         devices = ", ".join(f'"{n}"' for n in self.interfaces)
-        # the frames the appliance takes: to no address of the host's at a
-        # TTL it forwards, or to a NAT-only address at any (io_steer.c).
-        # At the ingress hook, after AF_PACKET's taps have seen the frame
-        # and before IP: the kernel's copy costs it no IP input.
+        lo, hi = self.ports
+        ports = "" if not hi else f"""
+        ip daddr @host4 ip protocol {{ tcp, udp }} th dport {lo}-{hi} drop
+        ip daddr @host4 icmp type echo-reply icmp id {lo}-{hi} drop
+        ip6 daddr @host6 ip6 nexthdr {{ tcp, udp }} th dport {lo}-{hi} drop
+        ip6 daddr @host6 ip6 nexthdr ipv6-icmp icmpv6 type echo-reply icmpv6 id {lo}-{hi} drop"""
+        # the frames the appliance takes (io_steer.c): to no address of the
+        # host's at a TTL it forwards, to a NAT-only address at any; to an
+        # address of the host's, the ports of the range, ICMP errors and
+        # fragments (the first header only, as the C looks). At the ingress
+        # hook, after AF_PACKET's taps have seen the frame and before IP:
+        # the kernel's copy costs it no IP input.
         return f"""table netdev {TABLE}
 delete table netdev {TABLE}
 table netdev {TABLE} {{
-    set nat4 {{ type ipv4_addr; {elements(v4)} }}
-    set nat6 {{ type ipv6_addr; {elements(v6)} }}
+    set nat4 {{ type ipv4_addr; {elements(addrs(self.nat_only, 4))} }}
+    set nat6 {{ type ipv6_addr; {elements(addrs(self.nat_only, 6))} }}
+    set host4 {{ type ipv4_addr; {elements(addrs(self.host, 4))} }}
+    set host6 {{ type ipv6_addr; {elements(addrs(self.host, 6))} }}
     chain ingress {{
         type filter hook ingress devices = {{ {devices} }} priority -500; policy accept;
         {f"meta time > {self.until} accept" if self.until else ""}
@@ -75,6 +87,10 @@ table netdev {TABLE} {{
         meta protocol ip6 fib daddr type != {{ local, broadcast, multicast }} ip6 hoplimit > 1 drop
         ip daddr @nat4 drop
         ip6 daddr @nat6 drop
+        ip daddr @host4 ip frag-off & 0x3fff != 0 drop
+        ip daddr @host4 icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} drop
+        ip6 daddr @host6 ip6 nexthdr ipv6-frag drop
+        ip6 daddr @host6 ip6 nexthdr ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} drop{ports}
     }}
 }}
 """
@@ -116,18 +132,30 @@ table netdev {TABLE} {{
         if lib.io_steer_load(self.ctx, arr, len(entries)) != 0:
             raise SteeringError("socket steering: out of memory")
         nat_only = set(nat) - set(host)
-        if nat_only != self.nat_only:
-            self.nat_only = nat_only
+        if nat_only != self.nat_only or set(host) != self.host:
+            self.nat_only, self.host = nat_only, set(host)
             if self.interfaces:
                 _nft(self._table())
 
+    def set_host_port_range(self, lo: int, hi: int) -> None:
+        """The ports of the host's addresses taken for the appliance: where
+        the NAT picks the ports of flows whose source becomes a host
+        address (the runtime reserves them from the kernel's own)."""
+        lib.io_steer_set_host_ports(self.ctx, lo, hi)
+        self.ports = (lo, hi)
+        if self.interfaces:
+            _nft(self._table())
+
     def set_host_ports(self, ports: set) -> None:
-        if ports:
+        lo, hi = self.ports
+        if any(not lo <= p[2] <= hi for p in ports):
             self._host_ports_unserved()
 
     def add_port(self, p) -> None:
-        self.unserved += 1             # a (host address, proto, port) a session needed
-        self._host_ports_unserved()
+        lo, hi = self.ports
+        if not lo <= p[2] <= hi:       # a (host address, proto, port) a session needed, outside the range
+            self.unserved += 1
+            self._host_ports_unserved()
 
     def remove_port(self, p) -> None:
         pass
@@ -135,23 +163,27 @@ table netdev {TABLE} {{
     def _host_ports_unserved(self) -> None:
         if not self.warned_host_ports:
             self.warned_host_ports = True
-            log.error("io_uring/mmap mode: flows whose replies come to an address of the host's (an SNAT address "
-                      "the host has, or a hairpin flow's source: the appliance's own address on the link) are "
-                      "not served: their replies stay the kernel's (docs/io.md; counted as "
-                      "socket_steering.host_ports_unserved)")
+            lo, hi = self.ports
+            log.error("io_uring/mmap mode: flows whose replies come to an address of the host's on a port "
+                      "outside %d-%d ([datapath] reserved_ports; sessions restored from a run in another range, "
+                      "say) are not served: their replies stay the kernel's (docs/io.md; counted as "
+                      "socket_steering.host_ports_unserved)", lo, hi)
 
     def counters(self) -> dict[str, int]:
         return {"host_ports_unserved": self.unserved}
 
 
-def remove_stale_table() -> None:
+def remove_stale_table(keep_netdev: bool) -> None:
     """At a start: the table a socket mode's run left (SIGKILL, a stop
-    with --state-file), also in the `inet` family of the first version,
-    so that it does not drop traffic of a run in another mode. Nothing
+    with --state-file), so that it does not drop traffic of a run in
+    AF_XDP mode, and the `inet` one of the first version. keep_netdev: a
+    run in a socket mode replaces it in one transaction at its first
+    attach instead, so that a held one covers the gap until then. Nothing
     when nftables is not installed (then there can be none)."""
     if shutil.which("nft") is None:
         return
+    families = ("inet",) if keep_netdev else ("netdev", "inet")
     try:
-        _nft("".join(f"table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in ("netdev", "inet")))
+        _nft("".join(f"table {family} {TABLE}\ndelete table {family} {TABLE}\n" for family in families))
     except SteeringError as exc:
         log.error("%s", exc)

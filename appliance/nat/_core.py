@@ -79,6 +79,10 @@ class NatCore(Expiry, Introspection, Synced):
         # prefixes; set by the live runtime from the kernel's tables.
         self.links: dict[str, tuple] = {}
         self.hairpin_flows = 0
+        # Where source ports are picked when [cluster] source_ports does not
+        # say: set by the live runtime in the socket modes ([datapath]
+        # reserved_ports, docs/io.md); None: anywhere.
+        self.default_source_ports: Optional[tuple[int, int]] = None
         self._info = ffi.new("struct nat_session_info *")
         self._stale_from: Optional[int] = None   # next session index of a pending sweep
         # The live backend state, by translation id: the configuration's
@@ -93,6 +97,19 @@ class NatCore(Expiry, Introspection, Synced):
 
     # ------------------------------------------------------------------
     # configuration
+
+    def set_default_source_ports(self, ports: Optional[tuple[int, int]]) -> None:
+        """Pick source ports in `ports` where [cluster] source_ports does not
+        say (the socket modes: the host ports they take, docs/io.md)."""
+        self.default_source_ports = ports
+        self._apply_source_ports(self.config)
+
+    def _apply_source_ports(self, config: Config) -> None:
+        ports = config.cluster.source_ports or self.default_source_ports
+        if ports is None:
+            lib.nat_clear_source_ports(self._nat)
+        else:
+            lib.nat_set_source_ports(self._nat, *ports)
 
     def apply_config(self, config: Config) -> None:
         """Switch to a new configuration. Sessions keep their rewrites,
@@ -127,10 +144,7 @@ class NatCore(Expiry, Introspection, Synced):
         lib.nat_set_classifier(self._nat, c)
         self._failover = failover
         lib.nat_set_flow_hash_seed(self._nat, config.flow_hash_seed)
-        if config.cluster.source_ports is None:
-            lib.nat_clear_source_ports(self._nat)
-        else:
-            lib.nat_set_source_ports(self._nat, *config.cluster.source_ports)
+        self._apply_source_ports(config)
         self.config = config
         self._set_profile(0, config.timeouts)
         self._profiles = {config.timeouts: 0, **{k: v for k, v in self._profiles.items() if v != 0}}

@@ -108,6 +108,28 @@ SOCKET_BACKENDS = ("uring", "mmap")
 BACKEND_NAMES = {"xdp": "AF_XDP", "uring": "io_uring", "mmap": "PACKET_MMAP rings (mmap)"}
 
 
+def reserve_ports(lo: int, hi: int) -> None:
+    """Keep lo-hi out of the kernel's own ephemeral ports in this network
+    namespace (net.ipv4.ip_local_reserved_ports, IPv6 too): the socket
+    modes take the replies to the host's addresses on those ports, so no
+    connection of the host's may have one. Added to what is reserved
+    already; left at the stop (a restart reserves them again)."""
+    path = pathlib.Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+    try:
+        now = path.read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"appliance: error: cannot read {path}: {exc.strerror}") from None
+    for part in filter(None, now.split(",")):
+        a, _, b = part.partition("-")
+        if int(a) <= lo and hi <= int(b or a):
+            return
+    try:
+        path.write_text(f"{now},{lo}-{hi}" if now else f"{lo}-{hi}")
+    except OSError as exc:
+        raise SystemExit(f"appliance: error: cannot reserve ports {lo}-{hi} from the kernel ({path}): "
+                         f"{exc.strerror} (the socket modes need CAP_NET_ADMIN)") from None
+
+
 def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optional[Steering], str]:
     """Each interface's backend ("xdp", "uring" or "mmap", docs/io.md),
     the XDP steering when some interface uses AF_XDP, and why the backends
@@ -284,7 +306,8 @@ class Datapath:
         infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
         self.io_chosen, self.steering.xdp, self.io_passed_over = choose_io(
             self.config.interfaces, any(t.kind == "real" for t in self.config.translations))
-        remove_stale_table()   # a socket mode's earlier run may have left it, whatever this run's mode
+        # a socket mode's earlier run may have left it, whatever this run's mode
+        remove_stale_table(keep_netdev=bool(set(SOCKET_BACKENDS) & set(self.io_chosen.values())))
         # a socket mode's interface gets a socket per worker, sharing its
         # frames by PACKET_FANOUT: its RX queues set no limit
         queues = {name: info[3] if self.io_chosen[name] == "xdp" else io.IO_MAX_WORKERS
@@ -317,6 +340,12 @@ class Datapath:
         io.io_set_nat(self.ctx, *self.core.session_peek_pointer())
         if set(SOCKET_BACKENDS) & set(self.io_chosen.values()):
             self.steering.socket = SocketSteering(self.ctx)
+            # the host ports they take: where the NAT picks the ports of
+            # flows whose source becomes a host address (docs/io.md)
+            ports = self.config.cluster.source_ports or self.config.reserved_ports
+            reserve_ports(*ports)
+            self.steering.socket.set_host_port_range(*ports)
+            self.core.set_default_source_ports(self.config.reserved_ports)
         key = 0
         for itf in self.config.interfaces:
             name = itf.name

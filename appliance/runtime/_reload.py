@@ -83,11 +83,13 @@ class ConfigReload:
         for what, old_v, new_v in (("[[interface]]", self.config.interfaces, new.interfaces),
                                    ("[plugins] modules", self.config.plugin_modules, new.plugin_modules),
                                    ("[sessions] max", self.config.max_sessions, new.max_sessions),
-                                   ("[datapath] workers", self.config.workers, new.workers)):
+                                   ("[datapath] workers", self.config.workers, new.workers),
+                                   ("[datapath] reserved_ports", self.config.reserved_ports, new.reserved_ports)):
             if old_v != new_v:
                 log.warning("%s changed in %s: takes effect at restart", what, path)
         new = dataclasses.replace(new, interfaces=self.config.interfaces, plugin_modules=self.config.plugin_modules,
-                                  max_sessions=self.config.max_sessions, workers=self.config.workers)
+                                  max_sessions=self.config.max_sessions, workers=self.config.workers,
+                                  reserved_ports=self.config.reserved_ports)
         self.file_config = new
         new = self._with_overlay(new)
         await self._switch_to(new)

@@ -120,6 +120,10 @@ struct io_steer_entry {
     uint8_t family, flags;
 };
 int io_steer_load(struct io_ctx *ctx, const struct io_steer_entry *entries, uint32_t n);
+/* The ports of the host's addresses such a port takes, lo-hi (hi 0:
+ * none): the range the NAT picks ports in for flows whose source becomes
+ * a host address, reserved from the kernel's own. Returns 0. */
+int io_steer_set_host_ports(struct io_ctx *ctx, uint16_t lo, uint16_t hi);
 /* For the tests: 1 if the appliance takes this frame from a port with MAC
  * mac, 0 if it is the kernel's. */
 int io_steer_take(struct io_ctx *ctx, const uint8_t *frame, uint32_t len, const uint8_t *mac);

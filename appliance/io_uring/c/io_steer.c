@@ -3,9 +3,12 @@
  * io_uring and mmap backends) takes for the appliance, and which it leaves
  * to the kernel, which gets its own copy of each (docs/io.md). The same
  * decision as the XDP program's (xdp/bpf/steer.bpf.c) for what the socket
- * modes serve: not `real` translations or an SNAT address of the host's, whose
- * ports the XDP program lists per session. The kernel drops what this
- * takes, by the appliance's nftables table.
+ * modes serve. Where the XDP program lists the host ports of sessions one
+ * by one, these modes take a whole range of ports of the host's addresses,
+ * which the kernel keeps for them (ip_local_reserved_ports) and in which
+ * the NAT picks the ports of flows whose source becomes a host address:
+ * SNAT to the host's address, hairpin flows. The kernel drops what this
+ * takes, by the appliance's nftables table (_socket_steering.py).
  */
 #include "io_internal.h"
 
@@ -79,6 +82,58 @@ static int nat_only(const struct io_ctx *ctx, uint8_t family, const uint8_t *a)
     return (addr_flags(ctx, family, a) & (STEER_ADDR_NAT | STEER_ADDR_HOST)) == STEER_ADDR_NAT;
 }
 
+int io_steer_set_host_ports(struct io_ctx *ctx, uint16_t lo, uint16_t hi)
+{
+    tables_pause(ctx);
+    ctx->steer_port_lo = lo;
+    ctx->steer_port_hi = hi;
+    tables_resume(ctx);
+    return 0;
+}
+
+static inline int in_range(const struct io_ctx *ctx, const uint8_t *p)
+{
+    uint16_t port = (uint16_t)(p[0] << 8 | p[1]);
+    return ctx->steer_port_hi && port >= ctx->steer_port_lo && port <= ctx->steer_port_hi;
+}
+
+/* A frame to an address of the host's: the appliance's when its port (an
+ * echo reply's identifier) is in the range, when it is an ICMP error (the
+ * NAT matches the quoted flow, or hands it on to the kernel), or a
+ * fragment (its ports are in the first one only; the NAT follows a
+ * translated datagram's fragments and hands the kernel the others). As
+ * the XDP program, with the range for its ports map. */
+static int host_take(const struct io_ctx *ctx, uint8_t family, const uint8_t *ip, uint32_t iplen)
+{
+    uint8_t proto;
+    uint32_t hl;
+    if (family == 4) {
+        if ((ip[6] & 0x3f) || ip[7])
+            return 1;                      /* a fragment: more follow, or not the first */
+        hl = (uint32_t)(ip[0] & 0x0f) * 4;
+        proto = ip[9];
+    } else {
+        if (ip[6] == 44)
+            return 1;                      /* a fragment header first */
+        hl = 40;
+        proto = ip[6];
+    }
+    if (iplen < hl + 8)
+        return 0;
+    const uint8_t *l4 = ip + hl;
+    if (proto == 6 || proto == 17)
+        return in_range(ctx, l4 + 2);      /* the destination port */
+    if (proto == (family == 4 ? 1 : 58)) {
+        uint8_t type = l4[0];
+        if (type == (family == 4 ? 0 : 129))
+            return in_range(ctx, l4 + 4);  /* an echo reply: its identifier */
+        if (family == 4)
+            return type == 3 || type == 11 || type == 12;
+        return type >= 1 && type <= 4;
+    }
+    return 0;
+}
+
 int steer_take(const struct io_ctx *ctx, const uint8_t *f, uint32_t len, const uint8_t *mac)
 {
     if (len < 14 || !ctx->steer)
@@ -117,8 +172,8 @@ int steer_take(const struct io_ctx *ctx, const uint8_t *f, uint32_t len, const u
         return 0;
     }
     uint8_t flags = addr_flags(ctx, family, daddr);
-    if (flags & STEER_ADDR_HOST)
-        return 0;            /* the host's own traffic (the socket modes serve no host-address ports) */
+    if (flags & STEER_ADDR_HOST)   /* the host's own traffic, but for the ports of the range */
+        return host_take(ctx, family, f + 14, len - 14);
     return ttl > 1 || (flags & STEER_ADDR_NAT);   /* transit expiring here: the kernel answers it */
 }
 

@@ -66,11 +66,12 @@ class SocketSteering:
         ip daddr @host4 ip protocol {{ tcp, udp }} th dport {lo}-{hi} drop
         ip daddr @host4 icmp type echo-reply icmp id {lo}-{hi} drop
         ip6 daddr @host6 ip6 nexthdr {{ tcp, udp }} th dport {lo}-{hi} drop
-        ip6 daddr @host6 ip6 nexthdr ipv6-icmp icmpv6 type echo-reply icmpv6 id {lo}-{hi} drop"""
+        ip6 daddr @host6 ip6 nexthdr 58 icmpv6 type echo-reply icmpv6 id {lo}-{hi} drop"""
         # the frames the appliance takes (io_steer.c): to no address of the
         # host's at a TTL it forwards, to a NAT-only address at any; to an
         # address of the host's, the ports of the range, ICMP errors and
-        # fragments (the first header only, as the C looks). At the ingress
+        # fragments (the first header only, as the C looks; numbers, not names:
+        # a slim image has no /etc/protocols). At the ingress
         # hook, after AF_PACKET's taps have seen the frame and before IP:
         # the kernel's copy costs it no IP input.
         return f"""table netdev {TABLE}
@@ -89,8 +90,8 @@ table netdev {TABLE} {{
         ip6 daddr @nat6 drop
         ip daddr @host4 ip frag-off & 0x3fff != 0 drop
         ip daddr @host4 icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} drop
-        ip6 daddr @host6 ip6 nexthdr ipv6-frag drop
-        ip6 daddr @host6 ip6 nexthdr ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} drop{ports}
+        ip6 daddr @host6 ip6 nexthdr 44 drop
+        ip6 daddr @host6 ip6 nexthdr 58 icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} drop{ports}
     }}
 }}
 """

@@ -112,22 +112,24 @@ def reserve_ports(lo: int, hi: int) -> None:
     """Keep lo-hi out of the kernel's own ephemeral ports in this network
     namespace (net.ipv4.ip_local_reserved_ports, IPv6 too): the socket
     modes take the replies to the host's addresses on those ports, so no
-    connection of the host's may have one. Added to what is reserved
-    already; left at the stop (a restart reserves them again)."""
+    connection of the host's should have one. Added to what is reserved
+    already; left at the stop (a restart reserves them again). Where it
+    cannot be written (a container's /proc/sys is read-only), a warning:
+    a connection of the host's on such a port still works, its frames
+    handed to the kernel through the TAP device, at that cost."""
     path = pathlib.Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
     try:
         now = path.read_text().strip()
-    except OSError as exc:
-        raise SystemExit(f"appliance: error: cannot read {path}: {exc.strerror}") from None
-    for part in filter(None, now.split(",")):
-        a, _, b = part.partition("-")
-        if int(a) <= lo and hi <= int(b or a):
-            return
-    try:
+        for part in filter(None, now.split(",")):
+            a, _, b = part.partition("-")
+            if int(a) <= lo and hi <= int(b or a):
+                return
         path.write_text(f"{now},{lo}-{hi}" if now else f"{lo}-{hi}")
     except OSError as exc:
-        raise SystemExit(f"appliance: error: cannot reserve ports {lo}-{hi} from the kernel ({path}): "
-                         f"{exc.strerror} (the socket modes need CAP_NET_ADMIN)") from None
+        log.warning("cannot reserve ports %d-%d from the kernel's own (%s: %s): the host's own connections may "
+                    "get such a port, and their frames then reach the kernel through the appliance; set "
+                    "net.ipv4.ip_local_reserved_ports = %d-%d in this network namespace (docs/io.md)",
+                    lo, hi, path, exc.strerror, lo, hi)
 
 
 def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optional[Steering], str]:

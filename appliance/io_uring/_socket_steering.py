@@ -1,14 +1,15 @@
 """Steering for the socket backends, io_uring and mmap (docs/io.md): the
 appliance's C takes what the XDP program would redirect (``c/io_steer.c``,
 fed the host's and the NAT's addresses here), and an nftables table keeps
-the kernel off those same frames, dropping them before routing.
+the kernel off those same frames, dropping them at the ingress hook.
 
 The same methods as the XDP steering (``xdp/_steering.py``), so the
-runtime feeds both alike. Host-address ports (``real`` translations, SNAT
-to an address of the host's) are not served in these modes: their frames
-stay the kernel's; the configuration check refuses ``real`` with
-``io = "uring"`` or ``"mmap"``, and an SNAT address of the host's is
-reported here.
+runtime feeds both alike. Host-address ports are a range
+(``set_host_port_range``: ``[datapath] reserved_ports``), not one entry
+per session as in the XDP ``ports`` map; a session's host port outside it
+is counted and logged here. ``real`` translations are not served in these
+modes: the configuration check refuses them with ``io = "uring"`` or
+``"mmap"``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ def _nft(script: str) -> None:
 
 
 class SocketSteering:
-    """``attach`` adds an interface to the table's ``data`` set;
-    ``set_addresses`` loads the C's address set and the table's NAT-only
-    sets; ``detach_all`` removes the table, ``hold`` keeps it (the kernel
-    goes on dropping the appliance's traffic until the next start)."""
+    """``attach`` adds an interface to the table's chain; ``set_addresses``
+    loads the C's address set and the table's address sets; ``detach_all``
+    removes the table, ``hold`` keeps it dropping the appliance's traffic
+    for a while (the gap of a restart with --state-file)."""
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx

@@ -1,7 +1,6 @@
 """The data plane: the ports of packet I/O (AF_XDP sockets, one per data
-interface and queue, or an io_uring or mmap port per interface:
-docs/io.md), the
-TAP device and the steering they are opened with, the
+interface and queue, or io_uring or mmap ports, one per interface and
+worker: docs/io.md), the TAP device and the steering they are opened with, the
 workers that serve them (the established-flow loop in C: io_worker_run on
 a thread of its own per worker; io_poll on the trio thread only for one
 worker in a process with one CPU), the new flows they hand to the slow path, the session timers and
@@ -179,10 +178,9 @@ def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optio
     return chosen, steering, passed_over
 
 
-
 class Steerings:
-    """The steering of every backend in use (AF_XDP's program, io_uring's
-    table), fed alike by the control plane."""
+    """The steering of every backend in use (AF_XDP's program, the socket
+    modes' nftables table), fed alike by the control plane."""
 
     def __init__(self) -> None:
         self.xdp: Optional[Steering] = None

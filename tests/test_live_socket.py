@@ -49,13 +49,14 @@ def test_in_socket_mode(live, test):
 
 
 def test_show_stats_says_each_interfaces_backend_and_why(live):
+    ping = live.run(live.topo.ns_client, "ping", "-c", "1", "-W", "2", "10.0.0.1")   # the host's: its kernel answers
+    assert ping.returncode == 0, ping.stdout
     r = live.run(live.topo.ns_app, sys.executable, "-m", "appliance", "show", "stats", "--json")
     assert r.returncode == 0, r.stderr
     stats = json.loads(r.stdout)
     assert stats["packet_io"]["a0"] == {"backend": live.io, "why": f'io = "{live.io}"'}
     assert {s["io"] for s in stats["sockets"]} == {live.io}
-    # the host's own traffic (the kernel's snapshot of neighbours, IPv6
-    # chatter) was seen and left alone
+    # the host's own traffic (that ping, ARP) was seen and left alone
     assert stats["io"]["left_to_kernel"] > 0 and not live.xdp_attached()
 
 

@@ -28,13 +28,14 @@ log = logging.getLogger("appliance.steering")
 TABLE = "appliance_steer"
 
 
-def _nft(script: str) -> None:
+def _nft(script: str, check: bool = False) -> None:
+    """Run `script` in one transaction; check: only try it (nft -c)."""
     nft = shutil.which("nft")
     if nft is None:
         raise SteeringError("the socket modes (io_uring, mmap) keep the kernel off the appliance's frames with "
                             "nftables: "
                             "`nft` not found (Debian: apt install nftables)")
-    r = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True)
+    r = subprocess.run([nft, *(["-c"] if check else []), "-f", "-"], input=script, capture_output=True, text=True)
     if r.returncode != 0:
         raise SteeringError(f"nftables refused the steering table: {r.stderr.strip() or r.returncode}")
 
@@ -53,6 +54,7 @@ class SocketSteering:
         self.ports: tuple = (0, 0)     # the host ports taken (set_host_port_range); (0, 0): none
         self.warned_host_ports = False
         self.unserved = 0              # host ports sessions needed (replies to a host address): the kernel's
+        self.known = False             # set_addresses done: the table is written from then on
         self.held = False
         self.until = 0                 # hold(): the table passes everything after this (Unix time)
 
@@ -98,9 +100,14 @@ table netdev {TABLE} {{
 """
 
     def attach(self, ifindex: int, name: str, mode: str = "auto") -> str:
+        """Until the host's addresses are known the C takes nothing, and a
+        table written now would give the kernel the replies to host ports
+        (it would reset them: the flows of sessions restored with
+        --state-file): the table is only tried here, and written by the
+        first set_addresses; a held one holds until then."""
         if name not in self.interfaces:
             self.interfaces.append(name)
-        _nft(self._table())
+        _nft(self._table(), check=not self.known)
         return "socket"
 
     def set_ifbase(self, ifindex: int, base: int) -> None:
@@ -121,7 +128,7 @@ table netdev {TABLE} {{
         its first rule passes everything (`meta time`, wall-clock seconds).
         The next start replaces it."""
         self.until = math.ceil(time.time() + seconds)
-        if self.interfaces:
+        if self.interfaces and self.known:
             _nft(self._table())
         self.held = True
 
@@ -134,8 +141,8 @@ table netdev {TABLE} {{
         if lib.io_steer_load(self.ctx, arr, len(entries)) != 0:
             raise SteeringError("socket steering: out of memory")
         nat_only = set(nat) - set(host)
-        if nat_only != self.nat_only or set(host) != self.host:
-            self.nat_only, self.host = nat_only, set(host)
+        if nat_only != self.nat_only or set(host) != self.host or not self.known:
+            self.nat_only, self.host, self.known = nat_only, set(host), True
             if self.interfaces:
                 _nft(self._table())
 
@@ -145,7 +152,7 @@ table netdev {TABLE} {{
         address (the runtime reserves them from the kernel's own)."""
         lib.io_steer_set_host_ports(self.ctx, lo, hi)
         self.ports = (lo, hi)
-        if self.interfaces:
+        if self.interfaces and self.known:
             _nft(self._table())
 
     def set_host_ports(self, ports: set) -> None:
@@ -179,8 +186,9 @@ def remove_stale_table(keep_netdev: bool) -> None:
     """At a start: the table a socket mode's run left (SIGKILL, a stop
     with --state-file), so that it does not drop traffic of a run in
     AF_XDP mode, and the `inet` one of the first version. keep_netdev: a
-    run in a socket mode replaces it in one transaction at its first
-    attach instead, so that a held one covers the gap until then. Nothing
+    run in a socket mode replaces it in one transaction once it knows
+    the host's addresses instead, so that a held one covers the gap until
+    then. Nothing
     when nftables is not installed (then there can be none)."""
     if shutil.which("nft") is None:
         return

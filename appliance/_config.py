@@ -668,14 +668,6 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     bgp = parse_bgp(r, data)
     cluster = parse_cluster(r, data, bgp)
-    sock = next((itf for itf in interfaces if itf.io in ("uring", "mmap")), None)
-    real = next((t for t in translations if t.kind == "real"), None)
-    if sock is not None and real is not None:
-        # its frames are addressed to the host: the socket modes leave those to the kernel (docs/io.md)
-        raise r.error("translation", translations.index(real), "real",
-                      f"a `real` translation (ports of a host address) needs AF_XDP; interface '{sock.name}' has "
-                      f"io = \"{sock.io}\" (docs/io.md)")
-
     r.no_leftovers(data, None, None, known_top)
     return Config(path=path, flow_hash_seed=seed, timeouts=timeouts, snat=snat,
                   translations=tuple(translations), plugin_modules=tuple(modules),

@@ -137,7 +137,7 @@ def render(stats: dict) -> str:
         out.family(f"appliance_xdp_{name}_total", "counter", _XDP_HELP.get(name, name), [({}, value)])
     for name, value in stats.get("socket_steering", {}).items():
         out.family(f"appliance_socket_steering_{name}_total", "counter",
-                   "host ports sessions needed that the socket modes leave to the kernel (docs/io.md)",
+                   "nftables transactions that wrote the socket modes' steering table (docs/operations.md)",
                    [({}, value)])
     out.family("appliance_socket_rx_frames_total", "counter", "frames received per port (socket)",
                [({"interface": s["interface"], "queue": s["queue"]}, s["rx"]) for s in stats["sockets"]])

@@ -79,9 +79,6 @@ BAD = [
      "'fast' is not one of auto, native, generic"),
     ("bad io", GOOD + '\n[[interface]]\nname = "n0"\nio = "tap"\n', 25, "interface[0].io",
      "'tap' is not one of auto, xdp, uring, mmap"),
-    ("real translation, mmap interface", GOOD + '\n[[interface]]\nname = "n0"\nio = "mmap"\n'
-     '[[translation]]\nproto = "tcp"\nreal = "1.2.3.4"\nport = 81\nbackends = []\n', 28, "translation[1].real",
-     "needs AF_XDP; interface 'n0' has io = \"mmap\""),
     ("no workers", GOOD + "\n[datapath]\nworkers = 0\n", 24, "datapath.workers", "must be between 1 and 64"),
     ("workers as text", GOOD + '\n[datapath]\nworkers = "2"\n', 24, "datapath.workers", "expected an integer"),
     ("unknown datapath key", GOOD + "\n[datapath]\nthreads = 2\n", 24, "datapath.threads", "unknown key"),

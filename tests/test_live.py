@@ -165,11 +165,8 @@ class Live:
             text = CONFIG.format(session=session, closing=closing)
             if xdp_mode != "auto":   # auto: the default, as an operator would leave it
                 text = re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1xdp_mode = "{xdp_mode}"\n', text)
-            socket_mode = io in ("uring", "mmap")
-            if socket_mode:          # docs/io.md: no `real` translations
+            if io in ("uring", "mmap"):
                 text = re.sub(r'(\[\[interface\]\]\nname = "\w+"\n)', rf'\1io = "{io}"\n', text)
-                text = "\n[[".join(b for b in text.split("\n[[")
-                                   if not (b.startswith("translation]]") and "\nreal = " in b))
             self.io = io
             self.snat4, self.snat6 = "40.0.0.254", "fd40::fe"
             self.config.write_text(text)
@@ -271,13 +268,16 @@ print(peer[0], len(data), data.split()[0].decode())
 '''
 
 
-@pytest.mark.parametrize("ns, addr, port, want", [
+FRAGMENTED = [
     ("client", "10.0.0.1", 53, "backend0"),      # `real` on a host address
     ("client", "fd00::1", 53, "backend0"),
     ("pod", "40.0.0.1", 5353, "outside"),        # SNAT to a host address: fragmented replies
     ("pod", "fd40::1", 5353, "outside"),
     ("client", "30.0.0.2", 53, None),            # vip
-])
+]
+
+
+@pytest.mark.parametrize("ns, addr, port, want", FRAGMENTED)
 def test_fragmented_datagrams_through_real_snat_and_vip(live, ns, addr, port, want):
     """A fragment's ports are in its datagram's first fragment only: those
     addressed to the host's own addresses (a `real` translation, replies to

@@ -2,9 +2,12 @@
 mmap, docs/io.md) takes for the appliance and what it leaves to the
 kernel: the XDP program's decision, made in C on the frame's copy, with a
 range of host ports (40000-65535) for the XDP program's per-session ports
-map. Each row: a frame, and whether the appliance takes it. Addresses:
-192.0.2.1 and fd00::1 the host's, 30.0.0.2 and fd30::2 vips, 10.0.0.1 the
-host's and SNAT's."""
+map, and the ports of `real` translations listed one by one. Each row: a
+frame, and whether the appliance takes it. Addresses: 192.0.2.1 and
+fd00::1 the host's, 30.0.0.2 and fd30::2 vips, 10.0.0.1 the host's and
+SNAT's, 192.0.2.7 and fd00::7 the host's with a `real` icmp translation.
+Listed: `real` TCP 192.0.2.1 port 80, `real` UDP fd00::1 port 53, and
+echo identifier 7 of 192.0.2.1 (a session restored from another range)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ import pytest
 from appliance.io_uring._binding import ffi, lib
 from packets import MAC_A, MAC_B, eth, icmp_echo, icmp_error, ip, l4, tcp, udp
 
-HOST, NAT = lib.STEER_ADDR_HOST, lib.STEER_ADDR_NAT
+HOST, NAT, ECHO = lib.STEER_ADDR_HOST, lib.STEER_ADDR_NAT, lib.STEER_ADDR_ECHO
 ADDRESSES = [("192.0.2.1", HOST), ("fd00::1", HOST), ("30.0.0.2", NAT), ("fd30::2", NAT),
-             ("10.0.0.1", HOST), ("10.0.0.1", NAT)]
+             ("10.0.0.1", HOST), ("10.0.0.1", NAT), ("192.0.2.7", HOST | ECHO), ("fd00::7", HOST | ECHO)]
+LISTED = [("192.0.2.1", 6, 80), ("fd00::1", 17, 53), ("192.0.2.1", 1, 7)]
 
 
 def arp_request(target: str, sender: str = "192.0.2.9") -> bytes:
@@ -52,6 +56,16 @@ ROWS = [
     ("an echo reply to the host, identifier in the range", icmp_echo("40.0.0.1", "10.0.0.1", 50000, reply=True), 1),
     ("an echo reply to the host, identifier below it", icmp_echo("40.0.0.1", "10.0.0.1", 7, reply=True), 0),
     ("an echo request to the host: the host's", icmp_echo("40.0.0.1", "10.0.0.1", 50000), 0),
+    ("a `real` translation's port", tcp("10.1.0.2", 1000, "192.0.2.1", 80), 1),
+    ("that port in another protocol: the host's", udp("10.1.0.2", 1000, "192.0.2.1", 80), 0),
+    ("that port of another host address: the host's", tcp("10.1.0.2", 1000, "10.0.0.1", 80), 0),
+    ("a `real` UDP port, IPv6", udp("fd01::2", 1000, "fd00::1", 53), 1),
+    ("a listed echo identifier", icmp_echo("40.0.0.1", "192.0.2.1", 7, reply=True), 1),
+    ("a listed identifier in an echo request: the host's", icmp_echo("40.0.0.1", "192.0.2.1", 7), 0),
+    ("an echo request to a `real` icmp translation", icmp_echo("40.0.0.1", "192.0.2.7", 3), 1),
+    ("an IPv6 echo request to a `real` icmp translation", icmp_echo("fd01::2", "fd00::7", 3), 1),
+    ("an echo reply to it, identifier below the range: the host's",
+     icmp_echo("40.0.0.1", "192.0.2.7", 3, reply=True), 0),
     ("an ICMP error to the host: the NAT matches the quoted flow",
      icmp_error("40.0.0.1", "10.0.0.1", ip("10.0.0.1", "40.0.0.1", l4("udp", 45000, 53)), type_=3, code=3), 1),
     ("a fragment to the host (not the first): its ports are in the first",
@@ -88,7 +102,17 @@ def ctx():
         ffi.memmove(e.addr, addr.packed, len(addr.packed))
     assert lib.io_steer_load(c, entries, len(ADDRESSES)) == 0
     assert lib.io_steer_set_host_ports(c, 40000, 65535) == 0
+    assert lib.io_steer_load_ports(c, ports(LISTED), len(LISTED)) == 0
     return c
+
+
+def ports(listed):
+    arr = ffi.new("struct io_steer_port[]", max(1, len(listed)))
+    for e, (a, proto, port) in zip(arr, listed):
+        addr = ipaddress.ip_address(a)
+        e.family, e.proto, e.port = addr.version, proto, port
+        ffi.memmove(e.addr, addr.packed, len(addr.packed))
+    return arr
 
 
 @pytest.mark.parametrize("what,frame,taken", ROWS, ids=[r[0] for r in ROWS])
@@ -104,3 +128,22 @@ def test_before_the_addresses_are_loaded_everything_is_the_kernels():
     assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 0
     assert lib.io_steer_load(c, ffi.NULL, 0) == 0
     assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 1
+
+
+def test_the_listed_ports_are_replaced_as_a_whole():
+    """A reload without the `real` translation: its port is the host's
+    again, at once (the table's sets are written alike)."""
+    c = ffi.gc(lib.io_ctx_create(-1, b"\2\0\0\0\0\xff", 16, 1, 0), lib.io_ctx_destroy)
+    entry = ffi.new("struct io_steer_entry[]", 1)
+    entry[0].family, entry[0].flags = 4, HOST
+    ffi.memmove(entry[0].addr, ipaddress.ip_address("192.0.2.1").packed, 4)
+    assert lib.io_steer_load(c, entry, 1) == 0
+    frame = tcp("10.1.0.2", 1000, "192.0.2.1", 80)
+    assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 0
+    assert lib.io_steer_load_ports(c, ports(LISTED), len(LISTED)) == 0
+    assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 1
+    assert lib.io_steer_load_ports(c, ports(LISTED[1:]), 2) == 0
+    assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 0
+    assert lib.io_steer_load_ports(c, ports(LISTED), len(LISTED)) == 0
+    assert lib.io_steer_load_ports(c, ffi.NULL, 0) == 0
+    assert lib.io_steer_take(c, frame, len(frame), MAC_B) == 0

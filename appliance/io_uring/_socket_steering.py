@@ -6,10 +6,11 @@ the kernel off those same frames, dropping them at the ingress hook.
 The same methods as the XDP steering (``xdp/_steering.py``), so the
 runtime feeds both alike. Host-address ports are a range
 (``set_host_port_range``: ``[datapath] reserved_ports``), not one entry
-per session as in the XDP ``ports`` map; a session's host port outside it
-is counted and logged here. ``real`` translations are not served in these
-modes: the configuration check refuses them with ``io = "uring"`` or
-``"mmap"``.
+per session as in the XDP ``ports`` map: a session in it costs no table
+write. Listed one by one besides, in the C and in the table's sets: the
+ports of ``real`` translations, from the configuration, and a session's
+host port outside the range (restored from a run with another range),
+each a table write.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def _nft(script: str, check: bool = False) -> None:
 
 class SocketSteering:
     """``attach`` adds an interface to the table's chain; ``set_addresses``
-    loads the C's address set and the table's address sets; ``detach_all``
-    removes the table, ``hold`` keeps it dropping the appliance's traffic
-    for a while (the gap of a restart with --state-file)."""
+    and the port methods set what the table and the C take; ``start``
+    makes all of it take effect; ``detach_all`` removes the table,
+    ``hold`` keeps it dropping the appliance's traffic for a while (the
+    gap of a restart with --state-file)."""
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
@@ -52,9 +54,11 @@ class SocketSteering:
         self.nat_only: set = set()
         self.host: set = set()
         self.ports: tuple = (0, 0)     # the host ports taken (set_host_port_range); (0, 0): none
-        self.warned_host_ports = False
-        self.unserved = 0              # host ports sessions needed (replies to a host address): the kernel's
-        self.known = False             # set_addresses done: the table is written from then on
+        self.listed: set = set()       # (host address, proto, port) taken besides the range
+        self.echo: set = set()         # host addresses of `real` icmp translations: their echo requests
+        self.writes = 0                # the table written (one nft transaction each)
+        self.nat: set = set()
+        self.live = False              # start(): the table and the C's tables written from then on
         self.held = False
         self.until = 0                 # hold(): the table passes everything after this (Unix time)
 
@@ -63,6 +67,10 @@ class SocketSteering:
             return "elements = { " + ", ".join(items) + " }" if items else ""
         def addrs(pool, version) -> list:
             return sorted(str(a) for a in pool if a.version == version)
+        def listed(version, icmp) -> list:
+            return sorted(f"{a} . {port}" if icmp else f"{a} . {proto} . {port}"
+                          for a, proto, port in self.listed
+                          if a.version == version and (proto in (1, 58)) == icmp)
         devices = ", ".join(f'"{n}"' for n in self.interfaces)
         lo, hi = self.ports
         ports = "" if not hi else f"""
@@ -72,7 +80,8 @@ class SocketSteering:
         ip6 daddr @host6 ip6 nexthdr 58 icmpv6 type echo-reply icmpv6 id {lo}-{hi} drop"""
         # the frames the appliance takes (io_steer.c): to no address of the
         # host's at a TTL it forwards, to a NAT-only address at any; to an
-        # address of the host's, the ports of the range, ICMP errors and
+        # address of the host's, the ports of the range and those listed,
+        # echo requests to a `real` icmp translation, ICMP errors and
         # fragments (the first header only, as the C looks; numbers, not names:
         # a slim image has no /etc/protocols). At the ingress
         # hook, after AF_PACKET's taps have seen the frame and before IP:
@@ -84,6 +93,12 @@ table netdev {TABLE} {{
     set nat6 {{ type ipv6_addr; {elements(addrs(self.nat_only, 6))} }}
     set host4 {{ type ipv4_addr; {elements(addrs(self.host, 4))} }}
     set host6 {{ type ipv6_addr; {elements(addrs(self.host, 6))} }}
+    set echo4 {{ type ipv4_addr; {elements(addrs(self.echo, 4))} }}
+    set echo6 {{ type ipv6_addr; {elements(addrs(self.echo, 6))} }}
+    set ports4 {{ typeof ip daddr . ip protocol . th dport; {elements(listed(4, False))} }}
+    set ports6 {{ typeof ip6 daddr . ip6 nexthdr . th dport; {elements(listed(6, False))} }}
+    set ids4 {{ typeof ip daddr . icmp id; {elements(listed(4, True))} }}
+    set ids6 {{ typeof ip6 daddr . icmpv6 id; {elements(listed(6, True))} }}
     chain ingress {{
         type filter hook ingress devices = {{ {devices} }} priority -500; policy accept;
         {f"meta time > {self.until} accept" if self.until else ""}
@@ -94,21 +109,36 @@ table netdev {TABLE} {{
         ip daddr @host4 ip frag-off & 0x3fff != 0 drop
         ip daddr @host4 icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} drop
         ip6 daddr @host6 ip6 nexthdr 44 drop
-        ip6 daddr @host6 ip6 nexthdr 58 icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} drop{ports}
+        ip6 daddr @host6 ip6 nexthdr 58 icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }} drop
+        ip daddr @echo4 icmp type echo-request drop
+        ip6 daddr @echo6 ip6 nexthdr 58 icmpv6 type echo-request drop
+        ip daddr @host4 ip daddr . ip protocol . th dport @ports4 drop
+        ip6 daddr @host6 ip6 daddr . ip6 nexthdr . th dport @ports6 drop
+        ip daddr @host4 icmp type echo-reply ip daddr . icmp id @ids4 drop
+        ip6 daddr @host6 ip6 nexthdr 58 icmpv6 type echo-reply ip6 daddr . icmpv6 id @ids6 drop{ports}
     }}
 }}
 """
 
     def attach(self, ifindex: int, name: str, mode: str = "auto") -> str:
-        """Until the host's addresses are known the C takes nothing, and a
-        table written now would give the kernel the replies to host ports
-        (it would reset them: the flows of sessions restored with
-        --state-file): the table is only tried here, and written by the
-        first set_addresses; a held one holds until then."""
+        """An interface for the table's chain; the table is only tried
+        here (nft -c), and written by ``start``."""
         if name not in self.interfaces:
             self.interfaces.append(name)
-        _nft(self._table(), check=not self.known)
+        _nft(self._table(), check=True)
         return "socket"
+
+    def start(self) -> None:
+        """The steering takes effect, all at once, when the tables are
+        complete (the host's addresses, the listed ports, the sessions a
+        --state-file restored): the table, then the C. Before, the C takes
+        nothing and a table held by the last run holds; a table written
+        with half of them would hand the kernel the replies to host ports,
+        and it would reset those flows."""
+        self.live = True
+        self._write()
+        self._load_addresses()
+        self._load_ports()
 
     def set_ifbase(self, ifindex: int, base: int) -> None:
         pass
@@ -128,23 +158,40 @@ table netdev {TABLE} {{
         its first rule passes everything (`meta time`, wall-clock seconds).
         The next start replaces it."""
         self.until = math.ceil(time.time() + seconds)
-        if self.interfaces and self.known:
-            _nft(self._table())
+        self._write()
         self.held = True
 
+    def _write(self) -> None:
+        """The table as it is now, in one transaction (once started)."""
+        if self.interfaces and self.live:
+            _nft(self._table())
+            self.writes += 1
+
     def set_addresses(self, host: set, nat: set, echo: frozenset = frozenset()) -> None:
-        entries = [(a, lib.STEER_ADDR_HOST) for a in host] + [(a, lib.STEER_ADDR_NAT) for a in nat]
+        """host: the host's own addresses; nat: vips and SNAT addresses;
+        echo: addresses of `real` icmp translations (the host's ones
+        count), whose echo requests are the appliance's. The table first:
+        an address the kernel is kept off and the C does not take yet
+        loses a frame for a moment, where the other order would have the
+        kernel reset a flow."""
+        echo = set(echo) & set(host)
+        changed = (set(nat) - set(host), set(host), echo) != (self.nat_only, self.host, self.echo)
+        self.nat_only, self.host, self.echo, self.nat = set(nat) - set(host), set(host), echo, set(nat)
+        if changed:
+            self._write()
+        self._load_addresses()
+
+    def _load_addresses(self) -> None:
+        if not self.live:
+            return
+        entries = [(a, lib.STEER_ADDR_HOST | (lib.STEER_ADDR_ECHO if a in self.echo else 0)) for a in self.host]
+        entries += [(a, lib.STEER_ADDR_NAT) for a in self.nat]
         arr = ffi.new("struct io_steer_entry[]", max(1, len(entries)))
         for e, (a, flags) in zip(arr, entries):
             e.family, e.flags = a.version, flags
             ffi.memmove(e.addr, a.packed, len(a.packed))
         if lib.io_steer_load(self.ctx, arr, len(entries)) != 0:
             raise SteeringError("socket steering: out of memory")
-        nat_only = set(nat) - set(host)
-        if nat_only != self.nat_only or set(host) != self.host or not self.known:
-            self.nat_only, self.host, self.known = nat_only, set(host), True
-            if self.interfaces:
-                _nft(self._table())
 
     def set_host_port_range(self, lo: int, hi: int) -> None:
         """The ports of the host's addresses taken for the appliance: where
@@ -152,43 +199,53 @@ table netdev {TABLE} {{
         address (the runtime reserves them from the kernel's own)."""
         lib.io_steer_set_host_ports(self.ctx, lo, hi)
         self.ports = (lo, hi)
-        if self.interfaces and self.known:
-            _nft(self._table())
+        self._write()
+
+    def _in_range(self, p) -> bool:
+        lo, hi = self.ports
+        return lo <= p[2] <= hi and hi > 0
+
+    def _list(self, listed: set) -> None:
+        self.listed = listed
+        self._write()
+        self._load_ports()
+
+    def _load_ports(self) -> None:
+        if not self.live:
+            return
+        arr = ffi.new("struct io_steer_port[]", max(1, len(self.listed)))
+        for e, (a, proto, port) in zip(arr, self.listed):
+            e.family, e.proto, e.port = a.version, proto, port
+            ffi.memmove(e.addr, a.packed, len(a.packed))
+        if lib.io_steer_load_ports(self.ctx, arr, len(self.listed)) != 0:
+            raise SteeringError("socket steering: out of memory")
 
     def set_host_ports(self, ports: set) -> None:
-        lo, hi = self.ports
-        if any(not lo <= p[2] <= hi for p in ports):
-            self._host_ports_unserved()
+        """ports: {(host address, proto number, port)} that go to the
+        appliance: those of the range are taken already."""
+        listed = {p for p in ports if not self._in_range(p)}
+        if listed != self.listed:
+            self._list(listed)
 
     def add_port(self, p) -> None:
-        lo, hi = self.ports
-        if not lo <= p[2] <= hi:       # a (host address, proto, port) a session needed, outside the range
-            self.unserved += 1
-            self._host_ports_unserved()
+        if not self._in_range(p) and p not in self.listed:
+            self._list(self.listed | {p})
 
     def remove_port(self, p) -> None:
-        pass
-
-    def _host_ports_unserved(self) -> None:
-        if not self.warned_host_ports:
-            self.warned_host_ports = True
-            lo, hi = self.ports
-            log.error("io_uring/mmap mode: flows whose replies come to an address of the host's on a port "
-                      "outside %d-%d ([datapath] reserved_ports; sessions restored from a run in another range, "
-                      "say) are not served: their replies stay the kernel's (docs/io.md; counted as "
-                      "socket_steering.host_ports_unserved)", lo, hi)
+        if p in self.listed:
+            self._list(self.listed - {p})
 
     def counters(self) -> dict[str, int]:
-        return {"host_ports_unserved": self.unserved}
+        return {"table_writes": self.writes}
 
 
 def remove_stale_table(keep_netdev: bool) -> None:
     """At a start: the table a socket mode's run left (SIGKILL, a stop
     with --state-file), so that it does not drop traffic of a run in
     AF_XDP mode, and the `inet` one of the first version. keep_netdev: a
-    run in a socket mode replaces it in one transaction once it knows
-    the host's addresses instead, so that a held one covers the gap until
-    then. Nothing
+    run in a socket mode replaces it in one transaction when it starts
+    (SocketSteering.start) instead, so that a held one covers the gap
+    until then. Nothing
     when nftables is not installed (then there can be none)."""
     if shutil.which("nft") is None:
         return

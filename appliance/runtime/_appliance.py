@@ -20,6 +20,7 @@ from ._host_ports import _HostPorts
 from ._kernel_tables import KernelTables
 from ._reload import ConfigReload
 from ._sched import run_queue_wait_ns
+from ._state import _restore_sessions
 from ._sync import SessionSync
 
 log = logging.getLogger("appliance.run")
@@ -58,9 +59,12 @@ class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket, Announce, S
 
     # -- set-up / tear-down --------------------------------------------------
 
-    def open(self) -> None:
+    def open(self, state_file: Optional[str] = None) -> None:
         Datapath.open(self)
         self.sync_kernel()
+        if state_file:
+            _restore_sessions(self, state_file)
+        self.start_steering()
         # What exists now (modules, plugins, the configuration) lives as long
         # as the process: out of the cyclic collector's sight. Its full
         # collections took 8-13 ms here, longer than a socket's 8192 RX

@@ -131,7 +131,7 @@ def reserve_ports(lo: int, hi: int) -> None:
                     lo, hi, path, exc.strerror, lo, hi)
 
 
-def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optional[Steering], str]:
+def choose_io(interfaces) -> tuple[dict[str, str], Optional[Steering], str]:
     """Each interface's backend ("xdp", "uring" or "mmap", docs/io.md),
     the XDP steering when some interface uses AF_XDP, and why the backends
     before the one `auto` took were passed over ("" when none was). `auto`
@@ -163,13 +163,6 @@ def choose_io(interfaces, real_translation: bool) -> tuple[dict[str, str], Optio
         else:
             chosen[itf.name] = "mmap"
             passed_over = f"AF_XDP cannot be had: {xdp_refused}; io_uring cannot be had: {uring_refused}"
-    sockets = [n for n, b in chosen.items() if b in SOCKET_BACKENDS]
-    if sockets and real_translation:
-        name = sockets[0]
-        why = f" ({passed_over})" if passed_over else ""
-        raise SystemExit(f"appliance: error: interface '{name}' uses {BACKEND_NAMES[chosen[name]]}{why}, which "
-                         f"does not serve `real` translations (ports of a host address): give it AF_XDP "
-                         f"(docs/io.md)")
     for itf in interfaces:
         if itf.io == "auto" and chosen[itf.name] != "xdp":
             log.warning("%s: %s: %s", itf.name, passed_over, BACKEND_NAMES[chosen[itf.name]])
@@ -298,14 +291,14 @@ class Datapath:
     _ifindex, interface_state)."""
 
     def open(self) -> None:
-        """The TAP device, the AF_XDP sockets, the XDP programs attached
-        (the kernel's tables then come from the control plane:
-        Appliance.open)."""
+        """The TAP device, the sockets, the steering made ready (the
+        kernel's tables then come from the control plane, and the steering
+        takes effect after them: Appliance.open, start_steering)."""
         if not self.config.interfaces:
             raise SystemExit(f"appliance: error: {self.config.path}: no [[interface]] to run on")
         infos = {itf.name: _iface_info(itf.name) for itf in self.config.interfaces}
         self.io_chosen, self.steering.xdp, self.io_passed_over = choose_io(
-            self.config.interfaces, any(t.kind == "real" for t in self.config.translations))
+            self.config.interfaces)
         # a socket mode's earlier run may have left it, whatever this run's mode
         remove_stale_table(keep_netdev=bool(set(SOCKET_BACKENDS) & set(self.io_chosen.values())))
         # a socket mode's interface gets a socket per worker, sharing its
@@ -347,6 +340,7 @@ class Datapath:
             self.steering.socket.set_host_port_range(*ports)
             self.core.set_default_source_ports(self.config.reserved_ports)
         key = 0
+        self._xdp_attach: list = []     # attached by start_steering
         for itf in self.config.interfaces:
             name = itf.name
             ifindex, mac, mtu, queues = infos[name]
@@ -376,11 +370,28 @@ class Datapath:
                 log.info("%s queue %d: AF_XDP socket in %s mode, worker %d", name, q, mode, q % n_workers)
                 self.ports.append((name, q, p))
                 key += 1
-            mode = xdp.attach(ifindex, name, itf.xdp_mode)
-            log.info("%s: XDP attached in %s mode", name, mode)
+            self._xdp_attach.append((ifindex, name, itf.xdp_mode))
         cpus = sorted(os.sched_getaffinity(0))
         # one CPU each while there are enough; else the scheduler places them
         self.worker_cpus = cpus[:n_workers] if n_workers > 1 and len(cpus) >= n_workers else [None] * n_workers
+
+    def start_steering(self) -> None:
+        """The steering takes effect once the tables are complete (the
+        kernel's, and the sessions a --state-file restored): a program or
+        a table that took effect before would hand the kernel the replies
+        to the host ports of those sessions, and it would reset them. Until
+        then the last run's, when it holds, holds."""
+        for ifindex, name, mode in self._xdp_attach:
+            try:
+                mode = self.steering.xdp.attach(ifindex, name, mode)
+            except SteeringError as exc:
+                raise SystemExit(f"appliance: error: {name}: {exc}") from None
+            log.info("%s: XDP attached in %s mode", name, mode)
+        if self.steering.socket is not None:
+            try:
+                self.steering.socket.start()
+            except SteeringError as exc:
+                raise SystemExit(f"appliance: error: {exc}") from None
 
     def _open_socket_port(self, backend: str, name: str, ifindex: int, port_id: int, mac: bytes,
                           mtu: int) -> None:

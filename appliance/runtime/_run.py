@@ -20,7 +20,7 @@ from .._config import Config
 from ..cluster import BirdError
 from ._appliance import Appliance
 from ._control import _control_socket, _listening_socket
-from ._state import _restore_sessions, _save_sessions
+from ._state import _save_sessions
 
 log = logging.getLogger("appliance.run")
 
@@ -67,9 +67,7 @@ async def run(config: Config, ready_file: Optional[str] = None, control: Optiona
     app = Appliance(config)
     serving = False
     try:
-        app.open()
-        if state_file:
-            _restore_sessions(app, state_file)
+        app.open(state_file)
         try:
             app.open_bgp()
         except BirdError as exc:

@@ -113,8 +113,10 @@ struct io_port *io_mmap_port_open(struct io_worker *w, const char *ifname, uint1
  * kernel.io_uring_disabled or seccomp; ENOSYS: no io_uring). */
 int io_uring_probe(void);
 /* What a port that sees every frame (io_uring, mmap) takes, as the XDP program
- * does (docs/io.md): the addresses that are the host's (STEER_ADDR_HOST)
- * or the NAT's (STEER_ADDR_NAT), the whole set at once. 0, or -ENOMEM. */
+ * does (docs/io.md): the addresses that are the host's (STEER_ADDR_HOST),
+ * the NAT's (STEER_ADDR_NAT), and host addresses of `real` icmp
+ * translations, whose echo requests it takes (STEER_ADDR_ECHO); the whole
+ * set at once. 0, or -ENOMEM. */
 struct io_steer_entry {
     uint8_t addr[16];
     uint8_t family, flags;
@@ -124,6 +126,16 @@ int io_steer_load(struct io_ctx *ctx, const struct io_steer_entry *entries, uint
  * none): the range the NAT picks ports in for flows whose source becomes
  * a host address, reserved from the kernel's own. Returns 0. */
 int io_steer_set_host_ports(struct io_ctx *ctx, uint16_t lo, uint16_t hi);
+/* Ports of the host's addresses such a port takes besides the range: those
+ * of `real` translations, and a session's outside the range (restored from
+ * a run with another one). For ICMP (proto 1, 58) the port is an echo
+ * reply's identifier. The whole set at once; 0, or -ENOMEM. */
+struct io_steer_port {
+    uint8_t addr[16];
+    uint8_t family, proto;
+    uint16_t port;           /* host order */
+};
+int io_steer_load_ports(struct io_ctx *ctx, const struct io_steer_port *ports, uint32_t n);
 /* For the tests: 1 if the appliance takes this frame from a port with MAC
  * mac, 0 if it is the kernel's. */
 int io_steer_take(struct io_ctx *ctx, const uint8_t *frame, uint32_t len, const uint8_t *mac);

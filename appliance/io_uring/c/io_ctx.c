@@ -102,6 +102,7 @@ void io_ctx_destroy(struct io_ctx *ctx)
     free(ctx->nhs);
     free(ctx->route_index);
     free(ctx->steer);
+    free(ctx->steer_ports);
     free(ctx);
 }
 

@@ -158,6 +158,8 @@ struct io_ctx {
     struct steer_slot *steer;
     uint32_t steer_mask;
     uint16_t steer_port_lo, steer_port_hi;   /* the host ports they take (hi 0: none) */
+    struct steer_port_slot *steer_ports;     /* and those listed besides (NULL: none) */
+    uint32_t steer_ports_mask;
     uint32_t mtu[IO_MAX_PORTS];              /* frames longer go to the kernel */
     uint8_t has_port[IO_MAX_PORTS];          /* a socket of ours is on the port */
     /* for the ICMP errors the appliance sends itself */

@@ -7,8 +7,10 @@
  * by one, these modes take a whole range of ports of the host's addresses,
  * which the kernel keeps for them (ip_local_reserved_ports) and in which
  * the NAT picks the ports of flows whose source becomes a host address:
- * SNAT to the host's address, hairpin flows. The kernel drops what this
- * takes, by the appliance's nftables table (_socket_steering.py).
+ * SNAT to the host's address, hairpin flows. Ports listed one by one
+ * besides: those of `real` translations (and any session's outside the
+ * range). The kernel drops what this takes, by the appliance's nftables
+ * table (_socket_steering.py).
  */
 #include "io_internal.h"
 
@@ -91,19 +93,79 @@ int io_steer_set_host_ports(struct io_ctx *ctx, uint16_t lo, uint16_t hi)
     return 0;
 }
 
-static inline int in_range(const struct io_ctx *ctx, const uint8_t *p)
+struct steer_port_slot {
+    uint8_t addr[16];
+    uint8_t family;          /* 0: empty */
+    uint8_t proto;
+    uint16_t port;
+};
+
+static uint32_t port_hash(uint8_t family, uint8_t proto, uint16_t port, const uint8_t *a)
+{
+    return slot_hash(family, a) ^ mix32((uint32_t)proto << 16 | port);
+}
+
+int io_steer_load_ports(struct io_ctx *ctx, const struct io_steer_port *ports, uint32_t n)
+{
+    struct steer_port_slot *t = NULL;
+    uint32_t size = 0;
+    if (n) {
+        size = 64;
+        while (size < 2 * n)
+            size <<= 1;
+        t = calloc(size, sizeof *t);
+        if (!t)
+            return -ENOMEM;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        const struct io_steer_port *e = &ports[k];
+        if (e->family != 4 && e->family != 6)
+            continue;
+        struct steer_port_slot v = {.family = e->family, .proto = e->proto, .port = e->port};
+        memcpy(v.addr, e->addr, e->family == 4 ? 4 : 16);
+        uint32_t i = port_hash(v.family, v.proto, v.port, v.addr) & (size - 1);
+        while (t[i].family && memcmp(&t[i], &v, sizeof v))
+            i = (i + 1) & (size - 1);
+        t[i] = v;
+    }
+    tables_pause(ctx);
+    struct steer_port_slot *old = ctx->steer_ports;
+    ctx->steer_ports = t;
+    ctx->steer_ports_mask = size ? size - 1 : 0;
+    tables_resume(ctx);
+    free(old);
+    return 0;
+}
+
+/* p: the port (an echo reply's identifier), network order. In the range,
+ * or listed. */
+static int port_taken(const struct io_ctx *ctx, uint8_t family, const uint8_t *daddr, uint8_t proto,
+                      const uint8_t *p)
 {
     uint16_t port = (uint16_t)(p[0] << 8 | p[1]);
-    return ctx->steer_port_hi && port >= ctx->steer_port_lo && port <= ctx->steer_port_hi;
+    if (ctx->steer_port_hi && port >= ctx->steer_port_lo && port <= ctx->steer_port_hi)
+        return 1;
+    if (!ctx->steer_ports)
+        return 0;
+    unsigned alen = family == 4 ? 4 : 16;
+    for (uint32_t i = port_hash(family, proto, port, daddr) & ctx->steer_ports_mask;;
+         i = (i + 1) & ctx->steer_ports_mask) {
+        const struct steer_port_slot *s = &ctx->steer_ports[i];
+        if (!s->family)
+            return 0;
+        if (s->family == family && s->proto == proto && s->port == port && !memcmp(s->addr, daddr, alen))
+            return 1;
+    }
 }
 
 /* A frame to an address of the host's: the appliance's when its port (an
- * echo reply's identifier) is in the range, when it is an ICMP error (the
- * NAT matches the quoted flow, or hands it on to the kernel), or a
- * fragment (its ports are in the first one only; the NAT follows a
- * translated datagram's fragments and hands the kernel the others). As
- * the XDP program, with the range for its ports map. */
-static int host_take(const struct io_ctx *ctx, uint8_t family, const uint8_t *ip, uint32_t iplen)
+ * echo reply's identifier) is in the range or listed, when it is an ICMP
+ * error (the NAT matches the quoted flow, or hands it on to the kernel),
+ * an echo request to a `real` icmp translation, or a fragment (its ports
+ * are in the first one only; the NAT follows a translated datagram's
+ * fragments and hands the kernel the others). As the XDP program, with
+ * the range besides its ports map. */
+static int host_take(const struct io_ctx *ctx, uint8_t family, const uint8_t *ip, uint32_t iplen, uint8_t flags)
 {
     uint8_t proto;
     uint32_t hl;
@@ -121,12 +183,15 @@ static int host_take(const struct io_ctx *ctx, uint8_t family, const uint8_t *ip
     if (iplen < hl + 8)
         return 0;
     const uint8_t *l4 = ip + hl;
+    const uint8_t *daddr = family == 4 ? ip + 16 : ip + 24;
     if (proto == 6 || proto == 17)
-        return in_range(ctx, l4 + 2);      /* the destination port */
+        return port_taken(ctx, family, daddr, proto, l4 + 2);   /* the destination port */
     if (proto == (family == 4 ? 1 : 58)) {
         uint8_t type = l4[0];
         if (type == (family == 4 ? 0 : 129))
-            return in_range(ctx, l4 + 4);  /* an echo reply: its identifier */
+            return port_taken(ctx, family, daddr, proto, l4 + 4);   /* an echo reply: its identifier */
+        if (type == (family == 4 ? 8 : 128))
+            return (flags & STEER_ADDR_ECHO) != 0;   /* an echo request to a `real` icmp translation */
         if (family == 4)
             return type == 3 || type == 11 || type == 12;
         return type >= 1 && type <= 4;
@@ -172,8 +237,8 @@ int steer_take(const struct io_ctx *ctx, const uint8_t *f, uint32_t len, const u
         return 0;
     }
     uint8_t flags = addr_flags(ctx, family, daddr);
-    if (flags & STEER_ADDR_HOST)   /* the host's own traffic, but for the ports of the range */
-        return host_take(ctx, family, f + 14, len - 14);
+    if (flags & STEER_ADDR_HOST)   /* the host's own traffic, but for the ports taken */
+        return host_take(ctx, family, f + 14, len - 14, flags);
     return ttl > 1 || (flags & STEER_ADDR_NAT);   /* transit expiring here: the kernel answers it */
 }
 

@@ -721,6 +721,46 @@ def test_sessions_survive_a_restart_with_state_file(live):
     assert sum(t < stopped for t in ticks) >= 5 and sum(t > restarted for t in ticks) >= 5, (stopped, restarted, out)
 
 
+def snat_stream_across_a_restart(live, between=None) -> str:
+    """A stream from the pod SNATed to the host's address (40.0.0.254),
+    across a stop with --state-file and a start (`between` runs between
+    them); returns `show sessions` just after the start, and in the socket
+    modes the steering table then."""
+    state = str(live.tmp / "sessions.state")
+    live.stop()
+    live.start(args=("--state-file", state))
+    t = live.topo
+    server = t.popen(t.ns_out, sys.executable, "-c", STREAM_SERVER)
+    time.sleep(0.3)
+    client = t.popen(t.ns_pod, sys.executable, "-c", STREAM_CLIENT.replace('"30.0.0.2"', '"40.0.0.1"'), "6",
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert live.stop() == 0
+        if between is not None:
+            between()
+        live.start(args=("--state-file", state))
+        restarted = time.time()
+        sessions = live.run(t.ns_app, sys.executable, "-m", "appliance", "show", "sessions", "--match",
+                            "40.0.0.254").stdout
+        if live.io in ("uring", "mmap"):
+            sessions += live.run(t.ns_app, "nft", "list", "table", "netdev", "appliance_steer").stdout
+        out = client.communicate(timeout=20)[0].split("\n")
+    finally:
+        server.kill()
+    assert "restored 1 sessions from" in live.log.read_text()
+    assert out[0][:1].isdigit(), f"the stream broke: {out}\n{live.log.read_text()}"
+    assert sum(float(x) > restarted for x in out[-2].split()) >= 5, (restarted, out)
+    return sessions
+
+
+def test_a_stream_snatted_to_the_hosts_address_survives_a_restart(live):
+    """Its replies come to a host port, which the restored session makes
+    the appliance's: the steering takes effect only after the restore,
+    else the kernel, which has no socket for them, resets the stream."""
+    snat_stream_across_a_restart(live)
+
+
 def test_sigterm_detaches_and_restart_after_sigkill(live):
     assert live.steered(), "XDP program attached (io_uring: the steering table) while running"
     nices = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{live.app.pid}/task")}

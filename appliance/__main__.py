@@ -500,6 +500,8 @@ def _main(argv: list[str] | None = None) -> int:
                 print(f"[{s['index']}] {s['proto']} {ep(s['src'], s['sport'])} -> {ep(s['dst'], s['dport'])} => "
                       f"{ep(s['new_src'], s['new_sport'])} -> {ep(s['new_dst'], s['new_dport'])} {s['kind']} "
                       f"{s['state']} pkts {s['packets'][0]}/{s['packets'][1]} expires in {s['expires_in']}s")
+            if not answer["sessions"]:   # said on stderr: stdout stays one line per session
+                print("(no sessions" + (f" with {args.match})" if args.match else ")"), file=sys.stderr)
             if answer["shown"] == args.limit and answer["total"] > args.limit:
                 print(f"({answer['shown']} of {answer['total']} sessions shown: --limit N, --limit 0 for all, "
                       f"--match ADDRESS)")

@@ -935,6 +935,8 @@ def test_control_socket_shows_sessions_and_stats(live, tmp_path):
     r = show("--match", "40.0.0.254")                                  # the SNAT address, after NAT
     (line,) = r.stdout.splitlines()
     assert line.split()[2].startswith("10.1.0.2:") and line.split()[6].startswith("40.0.0.254:"), line
+    r = show("--match", "10.9.9.9")                                    # nobody's
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "(no sessions with 10.9.9.9)\n", r
     r = show("--match", "not-an-address")
     assert r.returncode != 0 and "match" in r.stderr, r.stderr
     # askers that hang up before the answer are their own business

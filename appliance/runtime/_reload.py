@@ -77,7 +77,7 @@ class ConfigReload:
         except (ConfigError, OSError, UnicodeDecodeError) as exc:
             self.config_status["rejected"] += 1
             self.config_status["last_error"] = str(exc)
-            log.error("configuration rejected, still serving the previous one: %s", exc)
+            # one line, as the start's own lines (ready, stopped): not logged again
             print(f"appliance: configuration rejected, still serving the previous one: {exc}", flush=True)
             return False
         for what, old_v, new_v in (("[[interface]]", self.config.interfaces, new.interfaces),

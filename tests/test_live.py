@@ -761,6 +761,39 @@ def test_a_stream_snatted_to_the_hosts_address_survives_a_restart(live):
     snat_stream_across_a_restart(live)
 
 
+def test_a_removed_real_translation_keeps_its_port_while_its_sessions_remain(live):
+    """A reload removes a `real` translation while a stream runs through
+    it: the session remains (as a removed translation's do), and so must
+    its port's steering, or the kernel, which has no socket on it, resets
+    the stream. Once the session has ended the port is the host's again."""
+    good = live.config.read_text()
+    live.config.write_text(good + '\n[[translation]]\nproto = "tcp"\nreal = "10.0.0.1"\nport = 7000\n'
+                                  'backends = ["->20.0.0.1 7000"]\n')
+    live.app.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    t = live.topo
+    server = t.popen(t.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    time.sleep(0.3)
+    client = t.popen(t.ns_client, sys.executable, "-c", STREAM_CLIENT.replace('"30.0.0.2"', '"10.0.0.1"'), "4",
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        live.config.write_text(good)
+        live.app.send_signal(signal.SIGHUP)
+        removed = time.time()
+        out = client.communicate(timeout=20)[0].split("\n")
+    finally:
+        server.kill()
+    assert out[0][:1].isdigit(), f"the stream broke: {out}\n{live.log.read_text()}"
+    assert sum(float(x) > removed + 0.5 for x in out[-2].split()) >= 15, (removed, out)
+    if live.io in ("uring", "mmap"):   # let go once the session has ended (closing: 5 s)
+        listed = lambda: live.run(t.ns_app, "nft", "list", "set", "netdev", "appliance_steer", "ports4").stdout
+        deadline = time.time() + 15
+        while "10.0.0.1 . tcp . 7000" in listed() and time.time() < deadline:
+            time.sleep(0.5)
+        assert "10.0.0.1 . tcp . 7000" not in listed(), listed()
+
+
 def test_sigterm_detaches_and_restart_after_sigkill(live):
     assert live.steered(), "XDP program attached (io_uring: the steering table) while running"
     nices = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{live.app.pid}/task")}

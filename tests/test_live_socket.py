@@ -36,6 +36,7 @@ SHARED = [
     L.test_real_translation_with_source_rewrite_and_host_ports,
     L.test_a_real_icmp_translation_sends_echo_requests_to_its_backend,
     L.test_a_stream_snatted_to_the_hosts_address_survives_a_restart,
+    L.test_a_removed_real_translation_keeps_its_port_while_its_sessions_remain,
 ]
 
 

@@ -157,6 +157,10 @@ class NatCore(Expiry, Introspection, Synced):
         """The live backend state of each current translation, by name."""
         return {s.translation.name: s for s in self._sets if not s.removed}
 
+    def lingering(self) -> list:
+        """The translations a reload removed whose sessions remain."""
+        return [s.translation for s in self._sets if s.removed and s.has_sessions()]
+
     def backend_set(self, translation_id: int) -> Optional[BackendSet]:
         return self._sets[translation_id] if 0 <= translation_id < len(self._sets) else None
 

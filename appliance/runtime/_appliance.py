@@ -43,6 +43,7 @@ class Appliance(Datapath, KernelTables, ConfigReload, ControlSocket, Announce, S
         self.workers: list = []       # struct io_worker * per datapath worker
         self.worker_cpus: list = []   # the CPU each worker thread is pinned to (None: not pinned)
         self._snapshot = None
+        self._lingering_real = False              # a removed `real` translation's port still steered
         self._host_ports = _HostPorts(self.steering)
         self.config_status = {"path": config.path, "reloads": 0, "rejected": 0, "last_error": None}
         # requests answered, and those refused by why (runtime/_control.py)

@@ -611,4 +611,5 @@ class Datapath:
         while True:
             now = time.time()
             self.core.expire(now)
+            self.release_drained_ports()
             await trio.sleep_until(trio.current_time() + (self.core.next_deadline(now) - now))

@@ -196,9 +196,25 @@ class KernelTables:
         echo = frozenset(t.address for t in self.config.translations if t.kind == "real" and t.proto == "icmp")
         self.steering.set_addresses(set(host), self._nat_addresses(), echo)
         self.core.host_sources = frozenset(a.packed for a in host)
+        self.sync_real_ports()
+
+    def sync_real_ports(self) -> None:
+        """The host ports of `real` translations steered to the appliance:
+        the configuration's, and those of removed ones while their sessions
+        remain (the kernel, which has no socket for them, would reset
+        them); those are let go once drained (release_drained_ports)."""
+        host = self._snapshot.addresses if self._snapshot is not None else ()
+        lingering = [t for t in self.core.lingering() if t.kind == "real"]
+        self._lingering_real = bool(lingering)
         self._host_ports.sync(host, {(t.address, 6 if t.proto == "tcp" else 17, t.port)
-                                        for t in self.config.translations
-                                        if t.kind == "real" and t.address in host and t.proto in ("tcp", "udp")})
+                                     for t in (*self.config.translations, *lingering)
+                                     if t.kind == "real" and t.address in host and t.proto in ("tcp", "udp")})
+
+    def release_drained_ports(self) -> None:
+        """From the timer loop: a removed `real` translation's port goes
+        back to the host when its last session has ended."""
+        if self._lingering_real and not any(t.kind == "real" for t in self.core.lingering()):
+            self.sync_real_ports()
 
     def apply_neighbours(self, changes: list) -> int:
         """Neighbours from netlink notifications, (ifindex, address, MAC),

@@ -47,11 +47,19 @@ static uint8_t addr_flags(const struct io_ctx *ctx, uint8_t family, const uint8_
     }
 }
 
-int io_steer_load(struct io_ctx *ctx, const struct io_steer_entry *entries, uint32_t n)
+/* Slots for n entries of an open-addressing table: a power of two, at
+ * most half full. */
+static uint32_t table_size(uint32_t n)
 {
     uint32_t size = 64;
     while (size < 2 * n)
         size <<= 1;
+    return size;
+}
+
+int io_steer_load(struct io_ctx *ctx, const struct io_steer_entry *entries, uint32_t n)
+{
+    uint32_t size = table_size(n);
     struct steer_slot *t = calloc(size, sizeof *t);
     if (!t)
         return -ENOMEM;
@@ -110,9 +118,7 @@ int io_steer_load_ports(struct io_ctx *ctx, const struct io_steer_port *ports, u
     struct steer_port_slot *t = NULL;
     uint32_t size = 0;
     if (n) {
-        size = 64;
-        while (size < 2 * n)
-            size <<= 1;
+        size = table_size(n);
         t = calloc(size, sizeof *t);
         if (!t)
             return -ENOMEM;

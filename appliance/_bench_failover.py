@@ -126,6 +126,13 @@ def _stats(topo: ClusterTopology, k: int) -> dict:
     return json.loads(r.stdout) if r.returncode == 0 else {}
 
 
+def _counters(topo: ClusterTopology, k: int) -> dict:
+    """Instance k's counters of flows it met: made here, recovered from a
+    reply, refused as orphans; {} when it does not answer."""
+    return {n: v for n, v in _stats(topo, k).get("nat", {}).get("counters", {}).items()
+            if n in ("session_recovered", "drop_orphan_reply", "session_miss", "translated")}
+
+
 def _sessions(topo: ClusterTopology, k: int) -> int:
     return _stats(topo, k).get("nat", {}).get("sessions", 0)
 
@@ -238,11 +245,15 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
                                   daemon=True)
         waiter.start()
         out["drained_sessions_at_drain"] = _sessions(topo, drain)
+        # the drained instance is a survivor too, but gone at the end: its
+        # counters are the last read while it serves
+        drained_counters = _counters(topo, drain)
         time.sleep(2.0)
         topo.start(kill)
         left |= {topo.uplink(kill)}
         out["announced_after_restart_s"] = round(topo.wait_nexthops(VIP4, left, 20), 2)
         out["hostile"] = _hostile(topo, next(k for k in range(instances) if k not in (kill, drain)), kill)
+        drained_counters = _counters(topo, drain) or drained_counters
         res = json.loads(client.stdout.readline())
         out.update(res)
         # the UDP stream's silence around the kill: from the SIGKILL to its first
@@ -253,9 +264,8 @@ def run(instances: int = 3, n_tcp: int = 8, size: int = 36 << 20, seconds: float
         waiter.join(max(0.0, t1 + drain_seconds + 10 - time.monotonic()))
         out["drained_exit_after_s"] = round(exited[0] - t1, 1) if exited else None
         out["drained_returncode"] = topo.procs[drain].returncode
-        out["counters"] = {k: {n: v for n, v in _stats(topo, k).get("nat", {}).get("counters", {}).items()
-                               if n in ("session_recovered", "drop_orphan_reply", "session_miss", "translated")}
-                           for k in range(instances) if k != drain}
+        out["counters"] = {k: _counters(topo, k) for k in range(instances) if k != drain}
+        out["counters"][drain] = drained_counters
         out["sync"] = {k: _stats(topo, k).get("sync", {}) for k in range(instances) if k != drain}
         return out
     finally:

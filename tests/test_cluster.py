@@ -138,6 +138,7 @@ def test_instances_fail_over_drain_and_come_back_under_traffic(tmp_path):
     # the drained instance served on, then stopped by itself, cleanly
     assert r["drained_sessions_at_drain"] > 0, info
     assert r["drained_returncode"] == 0 and r["drained_exit_after_s"] <= 8 + 3, info
-    # survivors continued flows they had not seen begin, from the backend's side too
+    # survivors (the drained one's counters as last read while it served)
+    # continued flows they had not seen begin, from the backend's side too
     assert sum(c["session_recovered"] for c in r["counters"].values()) >= 1, info
     assert all(c["drop_orphan_reply"] == 0 for c in r["counters"].values()), info

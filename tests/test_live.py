@@ -794,6 +794,37 @@ def test_a_removed_real_translation_keeps_its_port_while_its_sessions_remain(liv
         assert "10.0.0.1 . tcp . 7000" not in listed(), listed()
 
 
+def test_a_real_stream_survives_a_restart_into_a_configuration_without_it(live):
+    """Restored by --state-file into a configuration that lacks its `real`
+    translation, a stream's session remains as after a reload that removed
+    it, port steered and all, or the kernel would reset it."""
+    good = live.config.read_text()
+    state = str(live.tmp / "sessions.state")
+    live.stop()
+    live.config.write_text(good + '\n[[translation]]\nproto = "tcp"\nreal = "10.0.0.1"\nport = 7000\n'
+                                  'backends = ["->20.0.0.1 7000"]\n')
+    live.start(args=("--state-file", state))
+    t = live.topo
+    server = t.popen(t.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
+    time.sleep(0.3)
+    client = t.popen(t.ns_client, sys.executable, "-c", STREAM_CLIENT.replace('"30.0.0.2"', '"10.0.0.1"'), "6",
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert live.stop() == 0
+        live.config.write_text(good)
+        live.start(args=("--state-file", state))
+        restarted = time.time()
+        shown = live.run(t.ns_app, sys.executable, "-m", "appliance", "show", "translations").stdout
+        out = client.communicate(timeout=20)[0].split("\n")
+    finally:
+        server.kill()
+    assert "restored 1 sessions from" in live.log.read_text()
+    assert out[0][:1].isdigit(), f"the stream broke: {out}\n{live.log.read_text()}"
+    assert sum(float(x) > restarted for x in out[-2].split()) >= 5, (restarted, out)
+    assert "tcp/10.0.0.1/7000" in shown and "removed" in shown, shown
+
+
 def test_sigterm_detaches_and_restart_after_sigkill(live):
     assert live.steered(), "XDP program attached (io_uring: the steering table) while running"
     nices = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{live.app.pid}/task")}

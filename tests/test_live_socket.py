@@ -37,6 +37,7 @@ SHARED = [
     L.test_a_real_icmp_translation_sends_echo_requests_to_its_backend,
     L.test_a_stream_snatted_to_the_hosts_address_survives_a_restart,
     L.test_a_removed_real_translation_keeps_its_port_while_its_sessions_remain,
+    L.test_a_real_stream_survives_a_restart_into_a_configuration_without_it,
 ]
 
 

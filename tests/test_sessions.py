@@ -275,6 +275,74 @@ def test_sessions_saved_by_one_run_are_restored_by_the_next():
         Harness(SAVED).core.import_sessions(b"garbage\n", new.now)
 
 
+REAL = """
+[[translation]]
+proto = "tcp"
+real = "10.0.0.9"
+port = 8000
+backends = ["->20.0.0.1 8080"]
+name = "web"
+[[translation]]
+proto = "udp"
+real = "10.0.0.9"
+port = 53
+backends = ["->20.0.0.1 5353"]
+"""
+
+
+@pytest.mark.parametrize("removed_by_reload", [False, True], ids=["saved_live", "saved_while_removed"])
+def test_sessions_restored_without_their_translation_remain_under_a_removed_one(removed_by_reload):
+    """A state file restored into a configuration that lacks a translation:
+    its sessions are kept as a reload keeps them (a removed translation, its
+    backends gone), not turned into sessions of none, so a `real` one's host
+    port stays the appliance's while they remain (NatCore.lingering) and
+    the connectionless ones go by the drain policy. Also when the state was
+    saved while a reload had already removed it."""
+    from appliance import parse_config
+
+    old = Harness(REAL)
+    old.send(tcp("10.0.0.1", 40000, "10.0.0.9", 8000))
+    tcp_out = dpkt.ethernet.Ethernet(old.last[2]).data
+    old.send(udp("10.0.0.1", 5000, "10.0.0.9", 53))
+    if removed_by_reload:
+        old.core.apply_config(parse_config(VIP_ONLY))
+        assert {t.name for t in old.core.lingering()} == {"web", "udp/10.0.0.9/53"}
+    saved = old.core.export_sessions()
+
+    new = Harness(VIP_ONLY, now=old.now + 1)
+    assert new.core.lingering() == []
+    assert new.core.import_sessions(saved, new.now) == (2, 0, 0)
+    lingering = {t.name: t for t in new.core.lingering()}
+    assert set(lingering) == {"web", "udp/10.0.0.9/53"}
+    web = lingering["web"]
+    assert (web.kind, str(web.address), web.port, web.proto) == ("real", "10.0.0.9", 8000, "tcp")
+    shown = {t["name"]: t for t in new.core.describe_translations()["translations"]}
+    assert shown["web"]["removed"] and shown["web"]["id"] is None
+    # the backend's reply still goes back through the restored session
+    new.send(tcp("20.0.0.1", 8080, "10.0.0.1", tcp_out.data.sport, 0x12)).expect(
+        tcp("10.0.0.9", 8000, "10.0.0.1", 40000, 0x12))
+    # the UDP session goes by the removed translation's drain policy; the TCP one stays
+    for _ in range(50):
+        new.advance(1)
+        new.core.expire(new.now)
+    assert [x.proto for x in new.core.sessions()] == ["tcp"]
+    assert {t.name for t in new.core.lingering()} == {"web"}
+    # its end lets the port go
+    new.send(tcp("10.0.0.1", 40000, "10.0.0.9", 8000, 0x04))
+    new.advance(60)
+    new.core.expire(new.now)
+    assert new.core.lingering() == []
+
+
+VIP_ONLY = """
+[[translation]]
+proto = "tcp"
+vip = "30.0.0.2"
+port = 80
+backends = ["->20.0.0.1 8080"]
+"""
+
+
 async def _listing(core, args, other_turns):
     """The control socket's session listing over an in-memory stream, with
     another task counting the turns it gets meanwhile (the datapath's)."""

@@ -10,6 +10,7 @@ import json
 from typing import Iterator, Optional
 
 from ..__about__ import __version__
+from .._backends import BackendSet, Gone
 from .._types import PROTO_NAMES, SessionInfo, Timeouts, Translation
 from ._binding import COUNTER_HELP, COUNTER_NAMES, ffi, lib
 from ._common import NO_BACKEND, _ns, _ntohs, _u8
@@ -54,9 +55,11 @@ class Introspection:
             i = lib.nat_session_next(nat, i + 1)
         size = ffi.sizeof("struct nat_session_info")
         header = {"format": SESSIONS_FORMAT, "version": __version__, "record": size, "count": k,
-                  "translations": {str(t.id): _identity(t) for t in self.config.translations},
+                  # the removed translations whose sessions remain too: restored, they remain so
+                  "translations": {str(bs.translation.id): _identity(bs.translation) for bs in self._sets},
+                  "names": {str(bs.translation.id): bs.translation.name for bs in self._sets},
                   "backends": {str(bs.translation.id): [[d["name"], d["to"]] for d in map(bs.describe, bs.all_indexes())]
-                               for bs in self._sets if not bs.removed},
+                               for bs in self._sets},
                   "profiles": {str(v): dataclasses.astuple(t) for t, v in self._profiles.items()}}
         return json.dumps(header).encode() + b"\n" + bytes(ffi.buffer(recs, k * size))
 
@@ -64,8 +67,10 @@ class Introspection:
         """Put back what :meth:`export_sessions` saved, as far as it still
         holds: sessions that expired meanwhile are skipped, translation ids
         and timeout profiles are matched to the current configuration (a
-        session whose translation is gone keeps its rewrite; the stale
-        sweep removes the connectionless ones). Plugins hear of each restored
+        session whose translation is gone keeps its rewrite under a removed
+        one, as after a reload: its drain policy, the default, removes the
+        connectionless ones, and a `real` one's port stays the appliance's
+        while its sessions remain). Plugins hear of each restored
         session as created. Returns (restored, expired, refused: key taken
         or table full). ValueError if ``data`` is not such a state."""
         line, _, blob = data.partition(b"\n")
@@ -82,6 +87,7 @@ class Introspection:
             raise ValueError(f"truncated: {len(blob)} bytes for {h['count']} sessions")
         current = {_identity(t): t.id for t in self.config.translations}
         tmap = {int(k): current.get(v, lib.NAT_NONE) for k, v in h["translations"].items()}
+        removed: dict[int, int] = {}   # saved id -> the id of a removed set made for it here
         pmap = {int(k): 0 if int(k) == 0 else self._profile(Timeouts(*v)) for k, v in h["profiles"].items()}
         saved = ffi.from_buffer("struct nat_session_info[]", blob)
         # a scratch record of its own: session() below reuses self._info
@@ -96,6 +102,11 @@ class Introspection:
             if rec.translation != lib.NAT_NONE:
                 old_tid = rec.translation
                 rec.translation = tmap.get(old_tid, lib.NAT_NONE)
+                if rec.translation == lib.NAT_NONE and str(old_tid) in h["translations"]:
+                    if old_tid not in removed:
+                        removed[old_tid] = self._removed_set(h["translations"][str(old_tid)],
+                                                             h.get("names", {}).get(str(old_tid), ""))
+                    rec.translation = removed[old_tid]
                 if rec.translation != lib.NAT_NONE:
                     bs = self._sets[rec.translation]
                     rec.backend = self._restored_backend(bs, h.get("backends", {}).get(str(old_tid), []),
@@ -112,6 +123,17 @@ class Introspection:
         self._stale_from = 0
         self._orphans = True    # and sessions whose translation is gone
         return restored, expired, refused
+
+    def _removed_set(self, identity: str, name: str) -> int:
+        """A removed translation's set for restored sessions whose
+        translation this configuration lacks (as a reload keeps one): the
+        saved identity, its name, no backends; returns its id."""
+        proto, kind, address, port = identity.split()
+        t = Translation(len(self._sets), kind, ipaddress.ip_address(address), int(port), proto, (), name)
+        bs = BackendSet(t, self.config.locality)
+        bs.removed = True
+        self._sets.append(bs)
+        return t.id
 
     def _restored(self, rec, index: int, bs) -> None:
         """What a session put back from outside the datapath (a state file,
@@ -142,8 +164,6 @@ class Introspection:
         for k, g in enumerate(bs.gone):
             if g.name == name and g.rewrite == rewrite:
                 return n + k
-        from .._backends import Gone
-
         bs.gone.append(Gone(name, rewrite, 0, 0))
         return n + len(bs.gone) - 1
 

@@ -34,6 +34,7 @@ def _restore_sessions(app: Appliance, path: str) -> None:
     else:
         log.warning("restored %d sessions from %s (%d expired meanwhile, %d refused)", restored, path, expired,
                     refused)
+        app.sync_real_ports()   # those of a `real` translation this configuration lacks keep its port
     try:
         p.unlink(missing_ok=True)
     except OSError as exc:

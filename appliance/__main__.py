@@ -540,7 +540,8 @@ def _main(argv: list[str] | None = None) -> int:
             print(f"  {line}")
         if cfg.snat:
             print(f"  snat ip4={cfg.snat.ip4} ip6={cfg.snat.ip6} interfaces={list(cfg.snat.interfaces)} "
-                  f"exclude={[str(n) for n in cfg.snat.exclude]}")
+                  f"exclude={[str(n) for n in cfg.snat.exclude]} policy={cfg.snat.policy}"
+                  + (f" pod_prefixes={[str(n) for n in cfg.snat.pod_prefixes]}" if cfg.snat.pod_prefixes else ""))
         print(f"  timeouts {cfg.timeouts}")
         print(f"  plugins {plugins.names}")
         for line in _cluster_lines(cfg):

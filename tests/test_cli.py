@@ -25,6 +25,10 @@ def test_check_config(tmp_path):
     p.write_text('[[translation]]\nproto = "udp"\nvip = "30.0.0.2"\nport = 53\nbackends = ["->20.0.0.1"]\n')
     r = run("check-config", str(p))
     assert r.returncode == 0 and "udp/30.0.0.2/53: udp vip 30.0.0.2 53 to ->20.0.0.1  [selector hash]" in r.stdout
+    p.write_text(p.read_text() + '[snat]\nip4 = "30.0.0.1"\ninterfaces = ["eth1"]\npolicy = "k8s"\n'
+                 'pod_prefixes = ["10.1.0.0/16"]\n')
+    r = run("check-config", str(p))
+    assert r.returncode == 0 and "policy=k8s pod_prefixes=['10.1.0.0/16']" in r.stdout, r.stdout + r.stderr
     p.write_text("flow_hash_seed = -1\n")
     r = run("check-config", str(p))
     assert r.returncode == 1 and f"{p}:1: flow_hash_seed: must be between" in r.stderr

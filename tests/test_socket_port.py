@@ -182,3 +182,5 @@ def test_neither_af_xdp_nor_io_uring_auto_takes_mmap_and_names_both_reasons():
     assert backend == "mmap" and no_xdp == "True", out
     assert why.startswith("AF_XDP cannot be had: ") and "(no CAP_BPF/CAP_SYS_ADMIN, or bpf() refused)" in why, why
     assert "io_uring cannot be had: io_uring is disabled (sysctl kernel.io_uring_disabled = 2)" in why, why
+    # the log says which one it took, in words
+    assert f"x0: {why}; using PACKET_MMAP rings (mmap)" in r.stderr, r.stderr

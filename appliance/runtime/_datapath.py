@@ -165,7 +165,7 @@ def choose_io(interfaces) -> tuple[dict[str, str], Optional[Steering], str]:
             passed_over = f"AF_XDP cannot be had: {xdp_refused}; io_uring cannot be had: {uring_refused}"
     for itf in interfaces:
         if itf.io == "auto" and chosen[itf.name] != "xdp":
-            log.warning("%s: %s: %s", itf.name, passed_over, BACKEND_NAMES[chosen[itf.name]])
+            log.warning("%s: %s; using %s", itf.name, passed_over, BACKEND_NAMES[chosen[itf.name]])
     if steering is not None and "xdp" not in chosen.values():
         steering = None
     return chosen, steering, passed_over

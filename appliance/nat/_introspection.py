@@ -24,6 +24,18 @@ def _identity(t: Translation) -> str:
     return f"{t.proto} {t.kind} {t.address} {t.port}"
 
 
+def _from_identity(text: str) -> tuple:
+    """(kind, address, port, proto) from :func:`_identity`'s text;
+    ValueError if it is none."""
+    try:
+        proto, kind, address, port = text.split()
+        if proto not in PROTO_NAMES.values() or kind not in ("vip", "real"):
+            raise ValueError
+        return kind, ipaddress.ip_address(address), int(port), proto
+    except (ValueError, AttributeError):
+        raise ValueError(f"a translation it names is none: {text!r}") from None
+
+
 _STATE_NAMES = {
     lib.NAT_ST_OTHER: "active",
     lib.NAT_ST_TCP_NEW: "new",
@@ -87,7 +99,11 @@ class Introspection:
             raise ValueError(f"truncated: {len(blob)} bytes for {h['count']} sessions")
         current = {_identity(t): t.id for t in self.config.translations}
         tmap = {int(k): current.get(v, lib.NAT_NONE) for k, v in h["translations"].items()}
-        removed: dict[int, int] = {}   # saved id -> the id of a removed set made for it here
+        # what this configuration lacks, read before anything changes (a bad
+        # header restores nothing): made a removed set at its first session
+        lacking = {k: (_from_identity(h["translations"][str(k)]), h.get("names", {}).get(str(k), ""))
+                   for k, tid in tmap.items() if tid == lib.NAT_NONE}
+        removed: dict[int, int] = {}   # saved id -> the id of the removed set made for it here
         pmap = {int(k): 0 if int(k) == 0 else self._profile(Timeouts(*v)) for k, v in h["profiles"].items()}
         saved = ffi.from_buffer("struct nat_session_info[]", blob)
         # a scratch record of its own: session() below reuses self._info
@@ -102,10 +118,9 @@ class Introspection:
             if rec.translation != lib.NAT_NONE:
                 old_tid = rec.translation
                 rec.translation = tmap.get(old_tid, lib.NAT_NONE)
-                if rec.translation == lib.NAT_NONE and str(old_tid) in h["translations"]:
+                if old_tid in lacking:
                     if old_tid not in removed:
-                        removed[old_tid] = self._removed_set(h["translations"][str(old_tid)],
-                                                             h.get("names", {}).get(str(old_tid), ""))
+                        removed[old_tid] = self._removed_set(*lacking[old_tid])
                     rec.translation = removed[old_tid]
                 if rec.translation != lib.NAT_NONE:
                     bs = self._sets[rec.translation]
@@ -124,12 +139,12 @@ class Introspection:
         self._orphans = True    # and sessions whose translation is gone
         return restored, expired, refused
 
-    def _removed_set(self, identity: str, name: str) -> int:
+    def _removed_set(self, identity: tuple, name: str) -> int:
         """A removed translation's set for restored sessions whose
         translation this configuration lacks (as a reload keeps one): the
         saved identity, its name, no backends; returns its id."""
-        proto, kind, address, port = identity.split()
-        t = Translation(len(self._sets), kind, ipaddress.ip_address(address), int(port), proto, (), name)
+        kind, address, port, proto = identity
+        t = Translation(len(self._sets), kind, address, port, proto, (), name)
         bs = BackendSet(t, self.config.locality)
         bs.removed = True
         self._sets.append(bs)

@@ -309,6 +309,14 @@ def test_sessions_restored_without_their_translation_remain_under_a_removed_one(
         assert {t.name for t in old.core.lingering()} == {"web", "udp/10.0.0.9/53"}
     saved = old.core.export_sessions()
 
+    # a header naming no translation it could be restores nothing, and says so
+    bad = saved.replace(b'"tcp real 10.0.0.9 8000"', b'"tcp real nowhere 8000"', 1)
+    assert bad != saved
+    wrong = Harness(VIP_ONLY, now=old.now + 1)
+    with pytest.raises(ValueError, match="a translation it names is none: 'tcp real nowhere 8000'"):
+        wrong.core.import_sessions(bad, wrong.now)
+    assert list(wrong.core.sessions()) == [] and wrong.core.lingering() == []
+
     new = Harness(VIP_ONLY, now=old.now + 1)
     assert new.core.lingering() == []
     assert new.core.import_sessions(saved, new.now) == (2, 0, 0)
@@ -321,8 +329,9 @@ def test_sessions_restored_without_their_translation_remain_under_a_removed_one(
     # the backend's reply still goes back through the restored session
     new.send(tcp("20.0.0.1", 8080, "10.0.0.1", tcp_out.data.sport, 0x12)).expect(
         tcp("10.0.0.9", 8000, "10.0.0.1", 40000, 0x12))
-    # the UDP session goes by the removed translation's drain policy; the TCP one stays
-    for _ in range(50):
+    # the UDP session goes by the removed translation's drain policy (the
+    # default: at once, long before its 30 s timeout); the TCP one stays
+    for _ in range(3):
         new.advance(1)
         new.core.expire(new.now)
     assert [x.proto for x in new.core.sessions()] == ["tcp"]

@@ -685,14 +685,20 @@ print(" ".join("%.2f" % t for t in times))
 """
 
 
-def start_stream(live, seconds: int):
+def start_stream(live, seconds: int, to: str = "30.0.0.2"):
     """A backend that sends a line every 0.1 s, and a client reading it
-    through the vip for `seconds` (its output: the times it read them)."""
+    through `to` (the vip; REAL_7000's address) for `seconds` (its output:
+    the times it read them)."""
     server = live.topo.popen(live.topo.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
     time.sleep(0.3)
-    client = live.topo.popen(live.topo.ns_client, sys.executable, "-c", STREAM_CLIENT, str(seconds),
+    client = live.topo.popen(live.topo.ns_client, sys.executable, "-c",
+                             STREAM_CLIENT.replace('"30.0.0.2"', f'"{to}"'), str(seconds),
                              stdout=subprocess.PIPE, text=True)
     return server, client
+
+
+#: a `real` translation of the host's port 7000 to the stream's backend
+REAL_7000 = '\n[[translation]]\nproto = "tcp"\nreal = "10.0.0.1"\nport = 7000\nbackends = ["->20.0.0.1 7000"]\n'
 
 
 def test_sessions_survive_a_restart_with_state_file(live):
@@ -767,15 +773,11 @@ def test_a_removed_real_translation_keeps_its_port_while_its_sessions_remain(liv
     its port's steering, or the kernel, which has no socket on it, resets
     the stream. Once the session has ended the port is the host's again."""
     good = live.config.read_text()
-    live.config.write_text(good + '\n[[translation]]\nproto = "tcp"\nreal = "10.0.0.1"\nport = 7000\n'
-                                  'backends = ["->20.0.0.1 7000"]\n')
+    live.config.write_text(good + REAL_7000)
     live.app.send_signal(signal.SIGHUP)
     time.sleep(0.5)
     t = live.topo
-    server = t.popen(t.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
-    time.sleep(0.3)
-    client = t.popen(t.ns_client, sys.executable, "-c", STREAM_CLIENT.replace('"30.0.0.2"', '"10.0.0.1"'), "4",
-                     stdout=subprocess.PIPE, text=True)
+    server, client = start_stream(live, 4, to="10.0.0.1")
     try:
         time.sleep(1.0)
         live.config.write_text(good)
@@ -801,14 +803,10 @@ def test_a_real_stream_survives_a_restart_into_a_configuration_without_it(live):
     good = live.config.read_text()
     state = str(live.tmp / "sessions.state")
     live.stop()
-    live.config.write_text(good + '\n[[translation]]\nproto = "tcp"\nreal = "10.0.0.1"\nport = 7000\n'
-                                  'backends = ["->20.0.0.1 7000"]\n')
+    live.config.write_text(good + REAL_7000)
     live.start(args=("--state-file", state))
     t = live.topo
-    server = t.popen(t.ns_backends[0], sys.executable, "-c", STREAM_SERVER)
-    time.sleep(0.3)
-    client = t.popen(t.ns_client, sys.executable, "-c", STREAM_CLIENT.replace('"30.0.0.2"', '"10.0.0.1"'), "6",
-                     stdout=subprocess.PIPE, text=True)
+    server, client = start_stream(live, 6, to="10.0.0.1")
     try:
         time.sleep(1.5)
         assert live.stop() == 0

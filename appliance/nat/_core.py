@@ -90,7 +90,6 @@ class NatCore(Expiry, Introspection, Synced):
         self._sets: list[BackendSet] = []
         # (translation id, backend index) -> the drain its policy has set off
         self._doom: dict[tuple[int, int], _Drain] = {}
-        self._orphans = False    # restored sessions whose translation is gone
         self._now = 0.0
         self.config = config
         self.apply_config(config)

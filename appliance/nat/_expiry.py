@@ -82,7 +82,7 @@ class Expiry:
 
     def _sweep_stale(self, budget: int, now: float) -> None:
         """Remove, a slice at a time, the sessions the drain policies have
-        made due (and restored sessions whose translation is gone)."""
+        made due."""
         info, nat, none, doom = self._info, self._nat, lib.NAT_NONE, self._doom
         i = lib.nat_session_next(nat, self._stale_from)
         while i != none and budget > 0:
@@ -99,12 +99,9 @@ class Expiry:
                             lib.nat_session_reset(nat, i)
                         elif d.what != "connectionless" or not tcp:
                             lib.nat_session_remove(nat, i)
-                elif self._orphans and info.translation == none and not tcp:
-                    lib.nat_session_remove(nat, i)
             i = lib.nat_session_next(nat, i + 1)
         if i == none:
             self._stale_from = None
-            self._orphans = False
             for key, d in list(doom.items()):   # done, unless a deadline is still to come
                 if d.due is not None and d.due <= now:
                     if d.what == "reset":   # what no packet came for to reset, removed later

@@ -117,15 +117,14 @@ class Introspection:
             bs = None
             if rec.translation != lib.NAT_NONE:
                 old_tid = rec.translation
-                rec.translation = tmap.get(old_tid, lib.NAT_NONE)
-                if old_tid in lacking:
-                    if old_tid not in removed:
-                        removed[old_tid] = self._removed_set(*lacking[old_tid])
-                    rec.translation = removed[old_tid]
-                if rec.translation != lib.NAT_NONE:
-                    bs = self._sets[rec.translation]
-                    rec.backend = self._restored_backend(bs, h.get("backends", {}).get(str(old_tid), []),
-                                                         rec.backend)
+                if old_tid not in tmap:    # a translation the header does not name
+                    refused += 1
+                    continue
+                if old_tid in lacking and old_tid not in removed:
+                    removed[old_tid] = self._removed_set(*lacking[old_tid])
+                rec.translation = removed[old_tid] if old_tid in lacking else tmap[old_tid]
+                bs = self._sets[rec.translation]
+                rec.backend = self._restored_backend(bs, h.get("backends", {}).get(str(old_tid), []), rec.backend)
             rec.profile = pmap.get(rec.profile, 0)
             if lib.nat_session_restore(self._nat, rec, out) != 0:
                 refused += 1
@@ -136,7 +135,6 @@ class Introspection:
             for j in range(len(bs.translation.backends), len(bs.translation.backends) + len(bs.gone)):
                 self._schedule_drain(bs, j)
         self._stale_from = 0
-        self._orphans = True    # and sessions whose translation is gone
         return restored, expired, refused
 
     def _removed_set(self, identity: tuple, name: str) -> int:
